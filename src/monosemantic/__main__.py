@@ -1,0 +1,5 @@
+"""python -m monosemantic"""
+
+from monosemantic.cli import main
+
+main()

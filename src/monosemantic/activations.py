@@ -1,0 +1,172 @@
+"""Harvest residual-stream activations into a sharded store, and read them back in shuffled batches.
+
+Layout of ``run/activations/``: ``manifest.json`` and ``shard-NNNNN.safetensors`` files, each with
+``acts`` (N, d) in the store dtype and ``tokens`` (n_seq, seq_len) int32; ``acts`` holds positions
+1..seq_len-1 of each sequence in order (position 0, the attention sink with a ~150x norm, is left
+out). The manifest is rewritten after every shard, so a killed harvest resumes at the next shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from monosemantic.config import HarvestConfig, resolve_device
+from monosemantic.corpus import load_texts, take_sequences
+from monosemantic.errors import UserError
+from monosemantic.fsio import atomic_path, read_json, write_json
+from monosemantic.models import LoadedModel, capture_residual, load_model
+from monosemantic.progress import Throughput, progress_bar
+
+MANIFEST = "manifest.json"
+
+
+def resolve_layer(lm: LoadedModel, layer: int) -> int:
+    return lm.check_layer(lm.n_layers // 2 if layer < 0 else layer)
+
+
+def normalization_scale(acts: Tensor) -> float:
+    """The scalar s with E‖s·x‖₂ = √d over ``acts`` (N, d), as in Anthropic's April 2024 update."""
+    return math.sqrt(acts.shape[-1]) / acts.float().norm(dim=-1).mean().item()
+
+
+def _check_finite(acts: Tensor, where: str) -> None:
+    if not torch.isfinite(acts).all():
+        bad = (~torch.isfinite(acts)).any(dim=-1).sum().item()
+        raise UserError(
+            f"{where}: {bad} activations are NaN/Inf: try --dtype float32 / --store-dtype float32, "
+            f"or delete the shard and rerun"
+        )
+
+
+def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) -> dict[str, Any]:
+    """Fill ``run_dir/activations`` up to ``cfg.n_tokens`` train and ``cfg.n_eval_tokens`` eval
+    activations, resuming after the last complete shard. Returns the manifest."""
+    store = run_dir / "activations"
+    lm = lm or load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)
+    layer = resolve_layer(lm, cfg.layer)
+    manifest: dict[str, Any] = (
+        read_json(store / MANIFEST)
+        if (store / MANIFEST).is_file()
+        else {"format": 1, "model": cfg.model, "layer": layer, "d_model": lm.d_model, "seq_len": cfg.seq_len,
+              "store_dtype": cfg.store_dtype, "scale": None, "shards": []}
+    )
+    per_seq = cfg.seq_len - 1
+    seqs_per_shard = max(1, cfg.shard_tokens // per_seq)
+    meter = Throughput()
+    with progress_bar() as bar:
+        for split, budget in (("train", cfg.n_tokens), ("eval", cfg.n_eval_tokens)):
+            done = sum(s["n_seqs"] for s in manifest["shards"] if s["split"] == split)
+            want = math.ceil(budget / per_seq)
+            if done >= want:
+                continue
+            seqs = take_sequences(load_texts(cfg.corpus), lm.tokenizer, cfg.seq_len, want - done,
+                                  split=split, eval_fraction=cfg.eval_fraction, skip=done)
+            task = bar.add_task(f"harvest {split}", total=len(seqs) * per_seq, info="")
+            for start in range(0, len(seqs), seqs_per_shard):
+                chunk = seqs[start : start + seqs_per_shard]
+                acts = _forward(lm, layer, chunk, cfg.batch_size, bar, task)
+                name = f"shard-{len(manifest['shards']):05d}.safetensors"
+                _check_finite(acts, f"shard {name} (model output)")
+                if manifest["scale"] is None:
+                    manifest["scale"] = normalization_scale(acts)
+                with atomic_path(store / name) as tmp:
+                    save_file({"acts": acts.to(getattr(torch, cfg.store_dtype)).contiguous(),
+                               "tokens": chunk.to(torch.int32).contiguous()}, str(tmp))
+                manifest["shards"].append({"file": name, "split": split, "n_seqs": len(chunk),
+                                           "n_tokens": acts.shape[0]})
+                meter.add(acts.shape[0])
+                manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
+                manifest["harvest"] = {**meter.as_dict(), "config": asdict(cfg)}
+                write_json(store / MANIFEST, manifest)
+            if len(seqs) < want - done:
+                manifest.setdefault("exhausted", []).append(split)
+    return manifest
+
+
+def _forward(lm: LoadedModel, layer: int, seqs: Tensor, batch_size: int, bar: Any, task: Any) -> Tensor:
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        resid = capture_residual(lm, layer, seqs[i : i + batch_size])  # (B, T, d)
+        out.append(resid[:, 1:].reshape(-1, resid.shape[-1]).float().cpu())
+        bar.update(task, advance=out[-1].shape[0])
+    return torch.cat(out)
+
+
+class ActivationStore:
+    """Read side of the store: shard loading with checks, held-out iteration, shuffled batches."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / "activations"
+        if not (self.dir / MANIFEST).is_file():
+            raise UserError(f"{run_dir} has no activation store: run `monosemantic harvest --out {run_dir}` first")
+        self.manifest = read_json(self.dir / MANIFEST)
+        if not self.shards("train"):
+            raise UserError(f"{self.dir} holds no training shards: rerun `monosemantic harvest`")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def scale(self) -> float:
+        return float(self.manifest["scale"])
+
+    def shards(self, split: str) -> list[dict[str, Any]]:
+        return [s for s in self.manifest["shards"] if s["split"] == split]
+
+    def n_tokens(self, split: str) -> int:
+        return sum(s["n_tokens"] for s in self.shards(split))
+
+    def load(self, shard: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """(acts (N, d) float32, tokens (n_seq, seq_len) int64), checked for corruption and NaN."""
+        path = self.dir / shard["file"]
+        try:
+            data = load_file(str(path))
+            acts, tokens = data["acts"].float(), data["tokens"].long()
+        except (SafetensorError, FileNotFoundError, KeyError, OSError) as e:
+            raise UserError(f"{path} is missing or corrupt ({e}): delete it and its manifest entry, then rerun harvest") from e
+        if acts.shape != (shard["n_tokens"], self.d_model):
+            raise UserError(f"{path} has shape {tuple(acts.shape)}, the manifest says {shard['n_tokens']}x{self.d_model}")
+        _check_finite(acts, str(path))
+        return acts, tokens
+
+    def iter_split(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+        for shard in self.shards(split):
+            yield self.load(shard)
+
+    def batches(self, batch_size: int, seed: int, buffer_shards: int, start_step: int = 0) -> Iterator[Tensor]:
+        """An endless stream of shuffled (batch_size, d) training batches, normalised by ``scale``.
+
+        Epoch e visits the shards in a seeded random order, ``buffer_shards`` at a time, and
+        shuffles the activations of each group. The order depends only on (seed, step), so a resumed
+        run that starts at ``start_step`` sees exactly the batches an uninterrupted run would."""
+        shards = self.shards("train")
+        sizes = [s["n_tokens"] for s in shards]
+        if sum(sizes) < batch_size:
+            raise UserError(f"the store holds {sum(sizes)} training activations, fewer than one batch "
+                            f"of {batch_size}: harvest more (--tokens) or lower --batch-size")
+        step, epoch, loaded, buffer = 0, 0, None, torch.empty(0)
+        while True:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(len(shards), generator=g).tolist()
+            for w in range(0, len(order), buffer_shards):
+                group = tuple(order[w : w + buffer_shards])
+                n = sum(sizes[i] for i in group)
+                perm = torch.randperm(n, generator=g)
+                for b in range(n // batch_size):
+                    if step >= start_step:
+                        if loaded != group:
+                            buffer = torch.cat([self.load(shards[i])[0] for i in group]) * self.scale
+                            loaded = group
+                        yield buffer[perm[b * batch_size : (b + 1) * batch_size]]
+                    step += 1
+            epoch += 1

@@ -1,0 +1,239 @@
+"""The ``monosemantic`` command. Options come from the stage dataclasses in ``config.py``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from monosemantic.config import (
+    EvalConfig,
+    HarvestConfig,
+    TrainConfig,
+    default_of,
+    help_of,
+    load_stage,
+    record_stage,
+    resolve_device,
+)
+from monosemantic.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Extract interpretable features from a transformer with sparse autoencoders.")
+console = Console(stderr=True)
+
+
+def _opt(cls: type, name: str, *flags: str) -> Any:
+    default = default_of(cls, name)
+    if isinstance(default, tuple | list):
+        default = ",".join(map(str, default))
+    return typer.Option(default, *flags, help=help_of(cls, name))
+
+
+OUT = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory")
+RUN = typer.Argument(..., help="run directory (as given to --out)")
+FORCE = typer.Option(False, "--force", help="discard this stage's earlier output if its configuration differs")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as e:
+        raise UserError(f"--sizes {text!r} must be comma-separated integers, e.g. 512,2048,16384") from e
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _load_lm(model: str, device: str, dtype: str = "float32") -> Any:
+    from monosemantic.models import load_model
+
+    with console.status(f"loading model {model} ..."):
+        return load_model(model, device=resolve_device(device), dtype=dtype)
+
+
+def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
+    from monosemantic.activations import harvest
+
+    if force and (out / "activations").exists():
+        shutil.rmtree(out / "activations")
+    record_stage(out, "harvest", cfg, force=force)
+    lm = _load_lm(cfg.model, cfg.device, cfg.dtype)
+    manifest = harvest(cfg, out, lm)
+    h = manifest["harvest"]
+    console.print(f"harvest: {manifest['n_tokens']:,} activations at layer {manifest['layer']} in {out / 'activations'}; "
+                  f"{h['tokens_per_s']:,.0f} tokens/s, peak RSS {h['peak_rss_mb']:,.0f} MiB")
+    for split in manifest.get("exhausted", []):
+        console.print(f"[yellow]note: the corpus ran out of {split} text before the requested --tokens")
+    return lm
+
+
+def run_train(cfg: TrainConfig, out: Path, force: bool) -> list[Path]:
+    from monosemantic.activations import ActivationStore
+    from monosemantic.dictionary import sae_name
+    from monosemantic.train import train
+
+    store = ActivationStore(out)
+    dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
+    if force:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    record_stage(out, "train", cfg, force=force)
+    device = resolve_device(cfg.device)
+    meta = {k: store.manifest[k] for k in ("model", "layer", "seq_len")}
+    states = train(cfg, lambda step: store.batches(cfg.batch_size, cfg.seed, cfg.buffer_shards, step),
+                   run_dir=out, d_model=store.d_model, n_train_tokens=store.n_tokens("train"),
+                   scale=store.scale, meta=meta, device=device)
+    console.print(f"train: {len(states)} dictionaries in {out / 'saes'}")
+    return dirs
+
+
+def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None) -> dict[str, dict[str, Any]]:
+    from monosemantic.evaluate import evaluate
+
+    harvest_cfg = load_stage(out, "harvest")
+    saes = sorted((out / "saes").glob("*/cfg.json")) if (out / "saes").is_dir() else []
+    if not saes:
+        raise UserError(f"{out} has no trained dictionaries: run `monosemantic train --out {out}` first")
+    record_stage(out, "evaluate", cfg, force=True)
+    lm = lm if cfg.loss_sequences <= 0 or lm is not None else _load_lm(harvest_cfg.model, cfg.device, harvest_cfg.dtype)
+    from monosemantic.activations import ActivationStore
+
+    layer = int(ActivationStore(out).manifest["layer"])
+    results = evaluate(out, cfg, device=resolve_device(cfg.device), lm=lm, layer=layer, sae_dirs=[p.parent for p in saes])
+    _summary(results)
+    return results
+
+
+def _summary(results: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="dictionaries (held-out activations)")
+    for col in ("dictionary", "features", "L0", "var. explained", "dead %", "dense %", "loss recovered"):
+        table.add_column(col, justify="right")
+    for name, m in sorted(results.items(), key=lambda kv: kv[1]["n_features"]):
+        rec = m.get("loss_recovered")
+        table.add_row(name, f"{m['n_features']:,}", f"{m['l0']:.1f}", f"{m['variance_explained']:.3f}",
+                      f"{100 * m['dead_fraction']:.1f}", f"{100 * m['dense_fraction']:.1f}",
+                      "n/a" if rec is None else f"{rec:.3f}")
+    Console().print(table)
+
+
+def run_report(out: Path) -> Path:
+    from monosemantic.report import build_report
+
+    path = build_report(out)
+    console.print(f"report: {path}")
+    return path
+
+
+@app.command("harvest")
+def harvest_cmd(
+    out: Path = OUT,
+    model: str = _opt(HarvestConfig, "model", "--model"),
+    layer: int = _opt(HarvestConfig, "layer", "--layer"),
+    corpus: str = _opt(HarvestConfig, "corpus", "--corpus"),
+    tokens: int = _opt(HarvestConfig, "n_tokens", "--tokens"),
+    eval_tokens: int = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens"),
+    seq_len: int = _opt(HarvestConfig, "seq_len", "--seq-len"),
+    batch_size: int = _opt(HarvestConfig, "batch_size", "--batch-size"),
+    store_dtype: str = _opt(HarvestConfig, "store_dtype", "--store-dtype"),
+    device: str = _opt(HarvestConfig, "device", "--device"),
+    dtype: str = _opt(HarvestConfig, "dtype", "--dtype"),
+    force: bool = FORCE,
+) -> None:
+    """Run the model over the corpus and store residual-stream activations at one layer."""
+    cfg = HarvestConfig(model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens,
+                        seq_len=seq_len, batch_size=batch_size, store_dtype=store_dtype, device=device, dtype=dtype)
+    run_harvest(cfg, out, force)
+
+
+def _train_cfg(sizes: str, l1_coeff: float, lr: float, batch_size: int, epochs: float, seed: int, device: str) -> TrainConfig:
+    return TrainConfig(sizes=_sizes(sizes), l1_coeff=l1_coeff, lr=lr, batch_size=batch_size, epochs=epochs,
+                       seed=seed, device=device)
+
+
+SIZES = _opt(TrainConfig, "sizes", "--sizes")
+L1 = _opt(TrainConfig, "l1_coeff", "--l1-coeff")
+LR = _opt(TrainConfig, "lr", "--lr")
+TRAIN_BATCH = _opt(TrainConfig, "batch_size", "--train-batch-size")
+EPOCHS = _opt(TrainConfig, "epochs", "--epochs")
+SEED = _opt(TrainConfig, "seed", "--seed")
+
+
+@app.command("train")
+def train_cmd(out: Path = OUT, sizes: str = SIZES, l1_coeff: float = L1, lr: float = LR, batch_size: int = TRAIN_BATCH,
+              epochs: float = EPOCHS, seed: int = SEED, device: str = _opt(TrainConfig, "device", "--device"),
+              force: bool = FORCE) -> None:
+    """Train dictionaries of several sizes on the stored activations (resumes after an interruption)."""
+    run_train(_train_cfg(sizes, l1_coeff, lr, batch_size, epochs, seed, device), out, force)
+
+
+@app.command("evaluate")
+def evaluate_cmd(run: Path = RUN, loss_sequences: int = _opt(EvalConfig, "loss_sequences", "--loss-sequences"),
+                 device: str = _opt(EvalConfig, "device", "--device")) -> None:
+    """Measure L0, variance explained, dead/dense features and spliced next-token loss."""
+    run_evaluate(run, EvalConfig(loss_sequences=loss_sequences, device=device))
+
+
+@app.command("report")
+def report_cmd(run: Path = RUN) -> None:
+    """Write the run's HTML report with plots (run/report/index.html)."""
+    run_report(run)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = OUT,
+    tokens: int = _opt(HarvestConfig, "n_tokens", "--tokens"),
+    model: str = _opt(HarvestConfig, "model", "--model"),
+    layer: int = _opt(HarvestConfig, "layer", "--layer"),
+    corpus: str = _opt(HarvestConfig, "corpus", "--corpus"),
+    sizes: str = SIZES,
+    l1_coeff: float = L1,
+    lr: float = LR,
+    batch_size: int = TRAIN_BATCH,
+    epochs: float = EPOCHS,
+    seed: int = SEED,
+    device: str = _opt(HarvestConfig, "device", "--device"),
+    force: bool = FORCE,
+) -> None:
+    """Every stage on the embedded default: harvest, train three sizes, evaluate, report."""
+    eval_tokens = max(2_000, min(default_of(HarvestConfig, "n_eval_tokens"), tokens // 10))
+    hcfg = HarvestConfig(model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device)
+    lm = run_harvest(hcfg, out, force)
+    run_train(_train_cfg(sizes, l1_coeff, lr, batch_size, epochs, seed, device), out, force)
+    run_evaluate(out, EvalConfig(device=device), lm)
+    run_report(out)
+
+
+def main() -> None:
+    _setup_logging()
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

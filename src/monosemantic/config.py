@@ -1,0 +1,140 @@
+"""Configuration of every stage: one dataclass each, a docstring (``help``) per field, validated
+on construction. The CLI builds its options from these fields, so a default lives in one place.
+``run.toml`` in the run directory holds the resolved configuration of every stage that ran."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from monosemantic.errors import UserError
+from monosemantic.fsio import write_text
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class HarvestConfig:
+    model: str = _f("default", "model: 'default' (embedded SmolLM2-135M), a folder, a .gguf file or a hub id")
+    layer: int = _f(-1, "residual stream entering this block (hidden_states[L]); -1 = the middle layer")
+    corpus: str = _f("default", "text: 'default' (embedded), a file, folder, glob, .jsonl, or hf:NAME")
+    seq_len: int = _f(128, "tokens per packed sequence (position 0 is excluded from the store)")
+    n_tokens: int = _f(250_000, "training activations to harvest")
+    n_eval_tokens: int = _f(25_000, "held-out activations to harvest for evaluation")
+    eval_fraction: float = _f(0.05, "fraction of corpus documents held out for evaluation (by hash)")
+    batch_size: int = _f(16, "sequences per forward pass")
+    shard_tokens: int = _f(32_768, "activations per shard file (the unit of resume)")
+    store_dtype: str = _f("float16", "dtype of stored activations: float16, bfloat16 or float32")
+    device: str = _f("auto", "cpu, cuda, cuda:1 ...; auto picks cuda when available")
+    dtype: str = _f("float32", "model dtype (bf16 matmuls are ~400x slower on CPUs: keep float32 there)")
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 2:
+            raise UserError("--seq-len must be at least 2 (position 0 is excluded)")
+        if self.n_tokens <= 0 or self.n_eval_tokens < 0:
+            raise UserError("--tokens must be positive and --eval-tokens non-negative")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise UserError("--eval-fraction must be between 0 and 1")
+        if self.store_dtype not in ("float16", "bfloat16", "float32"):
+            raise UserError("--store-dtype must be float16, bfloat16 or float32")
+
+
+@dataclass
+class TrainConfig:
+    arch: str = _f("relu", "dictionary architecture: relu (Anthropic, April 2024)")
+    sizes: list[int] = _f((512, 2048, 16384), "dictionary sizes trained together from one batch stream")
+    l1_coeff: float = _f(5.0, "lambda: weight of the decoder-norm-weighted L1 penalty")
+    lr: float = _f(1e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
+    batch_size: int = _f(1024, "activations per training step")
+    epochs: float = _f(4.0, "passes over the stored training activations")
+    l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
+    lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
+    grad_clip: float = _f(1.0, "gradient clipping: max global norm")
+    dec_init_norm: float = _f(0.1, "initial norm of each decoder column")
+    seed: int = _f(0, "seed for initialisation and batch order")
+    checkpoint_every: int = _f(200, "steps between checkpoints (and one at the end)")
+    log_every: int = _f(20, "steps between log.jsonl lines")
+    buffer_shards: int = _f(16, "shards shuffled together in memory")
+    device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
+
+    def __post_init__(self) -> None:
+        self.sizes = [int(s) for s in self.sizes]
+        if self.arch != "relu":
+            raise UserError(f"unknown --arch {self.arch!r}: choose relu")
+        if not self.sizes or min(self.sizes) <= 0:
+            raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
+        if self.lr <= 0 or self.l1_coeff < 0 or self.batch_size <= 0 or self.epochs <= 0:
+            raise UserError("--lr, --batch-size and --epochs must be positive and --l1-coeff non-negative")
+
+
+@dataclass
+class EvalConfig:
+    loss_sequences: int = _f(32, "held-out sequences used for the spliced next-token loss")
+    batch_size: int = _f(4096, "activations per evaluation batch")
+    device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
+
+
+STAGES: dict[str, type] = {"harvest": HarvestConfig, "train": TrainConfig, "evaluate": EvalConfig}
+
+
+def help_of(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def default_of(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def read_run_config(run_dir: Path) -> dict[str, dict[str, Any]]:
+    path = run_dir / "run.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is corrupt ({e}): fix or delete it") from e
+
+
+def load_stage(run_dir: Path, stage: str) -> Any:
+    """The configuration a stage ran with, from run.toml."""
+    data = read_run_config(run_dir).get(stage)
+    if data is None:
+        raise UserError(f"{run_dir} has no {stage} stage yet: run `monosemantic {stage}` first")
+    return STAGES[stage](**data)
+
+
+# Fields that may change between a run and its resumption without invalidating what was written.
+_RESUMABLE = {"device", "checkpoint_every", "log_every", "n_tokens", "n_eval_tokens", "loss_sequences"}
+
+
+def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) -> None:
+    """Write ``cfg`` into run.toml, refusing when an earlier run of the stage used another setting
+    that changes what is on disk (unless ``force``)."""
+    data = read_run_config(run_dir)
+    new = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    old = data.get(stage)
+    if old is not None and not force:
+        diff = [k for k in new if k not in _RESUMABLE and old.get(k) != new[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(
+                f"{run_dir} holds a {stage} run with {k}={old.get(k)!r}, not {new[k]!r}: "
+                f"use another --out, or --force to discard it and start the {stage} stage over"
+            )
+    data[stage] = new
+    write_text(run_dir / "run.toml", tomli_w.dumps(data))

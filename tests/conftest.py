@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny randomly initialised transformers saved as real model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+WORDS = ("the a of and to in is was for on with as by at from it that this paris einstein code sql "
+         "select where buffer overflow shell python def return import class if else while").split()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
+
+
+def tiny_model(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    v = 64
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=4, n_head=4))
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    if family == "bert":
+        return BertModel(BertConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                    num_attention_heads=4, max_position_embeddings=64))
+    raise ValueError(family)
+
+
+def save_tiny(family: str, path: Path) -> Path:
+    tiny_model(family).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text corpus of many short documents in the tiny tokenizer's vocabulary."""
+    g = torch.Generator().manual_seed(1)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    import json
+
+    with open(path, "w") as f:
+        for _ in range(400):
+            n = int(torch.randint(20, 80, (1,), generator=g))
+            words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)]
+            f.write(json.dumps({"text": " ".join(words)}) + "\n")
+    return path

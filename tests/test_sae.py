@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from monosemantic.sae import ReluSAE, relu_sae_loss
+from monosemantic.train import l1_at, lr_at
+
+
+def _sae(d: int = 8, n: int = 16, seed: int = 0) -> ReluSAE:
+    sae = ReluSAE(d, n)
+    sae.initialize(torch.Generator().manual_seed(seed), dec_norm=0.1)
+    with torch.no_grad():  # move away from the init so biases and norms matter
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)))
+    return sae
+
+
+def test_loss_matches_hand_computation() -> None:
+    sae = _sae()
+    x = torch.randn(5, 8)
+    out = sae(x)
+    lam = 3.0
+    total = 0.0
+    torch.set_grad_enabled(False)
+    for b in range(5):
+        f = [max(0.0, float(sae.W_enc[i] @ x[b] + sae.b_enc[i])) for i in range(16)]
+        xhat = [float(sae.b_dec[j] + sum(f[i] * sae.W_dec[j, i] for i in range(16))) for j in range(8)]
+        err = sum((x[b, j].item() - xhat[j]) ** 2 for j in range(8))
+        pen = sum(f[i] * math.sqrt(sum(float(sae.W_dec[j, i]) ** 2 for j in range(8))) for i in range(16))
+        total += err + lam * pen
+    torch.set_grad_enabled(True)
+    lo = relu_sae_loss(x, out, sae.decoder_norms(), lam)
+    assert lo.loss.item() == pytest.approx(total / 5, rel=1e-5)
+    assert (lo.mse + lam * lo.sparsity).item() == pytest.approx(lo.loss.item(), rel=1e-6)
+
+
+def test_init_follows_the_recipe() -> None:
+    sae = ReluSAE(8, 32)
+    sae.initialize(torch.Generator().manual_seed(0), dec_norm=0.1)
+    torch.testing.assert_close(sae.decoder_norms(), torch.full((32,), 0.1))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    assert sae.b_enc.abs().sum() == 0 and sae.b_dec.abs().sum() == 0
+
+
+def test_folding_the_scale_keeps_features_and_reconstruction() -> None:
+    sae = _sae()
+    raw = 37.0 * torch.randn(20, 8)
+    scale = 1 / 37.0
+    before = sae(raw * scale)
+    sae.fold_input_scale(scale)
+    after = sae(raw)
+    torch.testing.assert_close(after.feats, before.feats)
+    torch.testing.assert_close(after.recon, before.recon / scale)
+
+
+def test_schedules() -> None:
+    total = 1000
+    assert l1_at(0, total, 5.0, 0.05) == 0.0
+    assert l1_at(25, total, 5.0, 0.05) == pytest.approx(2.5)
+    assert l1_at(50, total, 5.0, 0.05) == 5.0 and l1_at(999, total, 5.0, 0.05) == 5.0
+    assert lr_at(0, total, 1e-3, 0.2) == 1e-3 and lr_at(799, total, 1e-3, 0.2) == 1e-3
+    assert lr_at(900, total, 1e-3, 0.2) == pytest.approx(0.5e-3)
+    assert lr_at(1000, total, 1e-3, 0.2) == 0.0

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from monosemantic.config import TrainConfig
+from monosemantic.dictionary import load_dictionary
+from monosemantic.train import train
+
+
+def planted(n_dirs: int = 64, d: int = 32, active: int = 3, seed: int = 0) -> tuple[Tensor, callable]:
+    """Activations that are sparse non-negative combinations of known unit directions."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_dirs, d, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+
+    def batches_from(step: int, batch: int = 512) -> Iterator[Tensor]:
+        while True:
+            gs = torch.Generator().manual_seed(seed * 100_003 + step)
+            idx = torch.rand(batch, n_dirs, generator=gs).argsort(dim=1)[:, :active]
+            coef = torch.zeros(batch, n_dirs).scatter_(1, idx, torch.rand(batch, active, generator=gs) + 0.5)
+            yield coef @ dirs
+            step += 1
+
+    return dirs, batches_from
+
+
+def test_planted_dictionary_is_recovered(tmp_path: Path) -> None:
+    dirs, batches_from = planted()
+    cfg = TrainConfig(sizes=[128], l1_coeff=0.3, lr=3e-3, batch_size=512, epochs=1.0, log_every=50,
+                      checkpoint_every=10_000)
+    train(cfg, batches_from, run_dir=tmp_path, d_model=32, n_train_tokens=512 * 1500, scale=1.0, meta={})
+    sae, _ = load_dictionary(tmp_path / "saes" / "relu-128")
+    dec = sae.W_dec / sae.W_dec.norm(dim=0, keepdim=True)
+    best = (dirs @ dec).max(dim=1).values
+    assert (best >= 0.9).float().mean() >= 0.9, best.sort().values[:10]
+
+
+def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
+    _, batches_from = planted(seed=3)
+    cfg = TrainConfig(sizes=[32, 64], batch_size=512, epochs=1.0, log_every=5, checkpoint_every=7, l1_coeff=0.3)
+    steps = 30
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg, batches_from, run_dir=a, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
+
+    class Stop(Exception):
+        pass
+
+    def interrupted(step: int) -> Iterator[Tensor]:
+        for i, x in enumerate(batches_from(step)):
+            if step + i == 17:
+                raise Stop
+            yield x
+
+    try:
+        train(cfg, interrupted, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
+    except Stop:
+        pass
+    assert not (b / "saes" / "relu-32" / "sae.safetensors").exists()
+    assert torch.load(b / "saes" / "relu-32" / "state.pt", weights_only=True)["step"] == 14
+    train(cfg, batches_from, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
+    for n in (32, 64):
+        sa, _ = load_dictionary(a / "saes" / f"relu-{n}")
+        sb, _ = load_dictionary(b / "saes" / f"relu-{n}")
+        for (k, va), vb in zip(sa.state_dict().items(), sb.state_dict().values(), strict=True):
+            torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
+        logs = (b / "saes" / f"relu-{n}" / "log.jsonl").read_text().splitlines()
+        assert [int(line.split('"step": ')[1].split(",")[0]) for line in logs] == [5, 10, 15, 20, 25, 30]
