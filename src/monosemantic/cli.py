@@ -56,6 +56,7 @@ def _setup_logging() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # our own status line covers model loading
 
 
 def _load_lm(model: str, device: str, dtype: str = "float32") -> Any:
@@ -68,8 +69,10 @@ def _load_lm(model: str, device: str, dtype: str = "float32") -> Any:
 def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
     from monosemantic.activations import harvest
 
-    if force and (out / "activations").exists():
-        shutil.rmtree(out / "activations")
+    if force:  # new activations invalidate everything trained on the old ones
+        for stale in ("activations", "saes", "report"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        (out / "run.toml").unlink(missing_ok=True)
     record_stage(out, "harvest", cfg, force=force)
     lm = _load_lm(cfg.model, cfg.device, cfg.dtype)
     manifest = harvest(cfg, out, lm)
@@ -148,6 +151,7 @@ def harvest_cmd(
     eval_tokens: int = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens"),
     seq_len: int = _opt(HarvestConfig, "seq_len", "--seq-len"),
     batch_size: int = _opt(HarvestConfig, "batch_size", "--batch-size"),
+    shard_tokens: int = _opt(HarvestConfig, "shard_tokens", "--shard-tokens"),
     store_dtype: str = _opt(HarvestConfig, "store_dtype", "--store-dtype"),
     device: str = _opt(HarvestConfig, "device", "--device"),
     dtype: str = _opt(HarvestConfig, "dtype", "--dtype"),
@@ -155,7 +159,7 @@ def harvest_cmd(
 ) -> None:
     """Run the model over the corpus and store residual-stream activations at one layer."""
     cfg = HarvestConfig(model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens,
-                        seq_len=seq_len, batch_size=batch_size, store_dtype=store_dtype, device=device, dtype=dtype)
+                        seq_len=seq_len, batch_size=batch_size, shard_tokens=shard_tokens, store_dtype=store_dtype, device=device, dtype=dtype)
     run_harvest(cfg, out, force)
 
 
@@ -221,18 +225,20 @@ def demo_cmd(
 def main() -> None:
     _setup_logging()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer re-raises our errors; a Ctrl-C comes back as exit code 130.
+        code = app(standalone_mode=False)
     except UserError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print("[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
+        code = 130
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    if code == 130:
+        console.print("[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

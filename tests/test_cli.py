@@ -1,0 +1,180 @@
+"""The CLI end to end on a tiny model, resume after interruptions, and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import monosemantic.activations as activations
+import monosemantic.activations as store_mod
+from monosemantic.cli import main
+
+TRAIN = ["--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2", "--l1-coeff", "1"]
+
+
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["monosemantic", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
+def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["harvest", "--out", str(out), "--model", str(model), "--corpus", str(corpus), "--seq-len", "16",
+            "--tokens", "3000", "--eval-tokens", "600", "--shard-tokens", "600", "--layer", "2", *extra]
+
+
+@pytest.fixture
+def run(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> Path:
+    out = tmp_path / "run"
+    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, out))[0] == 0
+    return out
+
+
+def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
+    manifest = json.loads((run / "activations" / "manifest.json").read_text())
+    assert manifest["layer"] == 2 and manifest["d_model"] == 32
+    assert sum(s["n_tokens"] for s in manifest["shards"] if s["split"] == "train") >= 3000
+    acts = load_file(str(run / "activations" / manifest["shards"][0]["file"]))
+    assert acts["acts"].shape == (manifest["shards"][0]["n_seqs"] * 15, 32)  # position 0 left out
+    code, err = cli(capsys, monkeypatch, "train", "--out", run, *TRAIN)
+    assert code == 0, err
+    code, err = cli(capsys, monkeypatch, "evaluate", run, "--loss-sequences", "8")
+    assert code == 0, err
+    for n in (16, 64):
+        m = json.loads((run / "saes" / f"relu-{n}" / "metrics.json").read_text())
+        assert m["n_features"] == n and 0 < m["l0"] <= n
+        assert m["variance_explained"] <= 1 and 0 <= m["dead_fraction"] <= 1
+        assert m["loss_zero"] > m["loss_clean"] and "loss_recovered" in m
+        cfg = json.loads((run / "saes" / f"relu-{n}" / "cfg.json").read_text())
+        assert cfg["input_scale_folded"] and cfg["layer"] == 2
+    code, err = cli(capsys, monkeypatch, "report", run)
+    assert code == 0 and (run / "report" / "index.html").is_file()
+    assert "relu-64" in (run / "report" / "index.html").read_text()
+
+
+def test_harvest_resumes_after_interrupt(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, full))[0] == 0
+    real_save, calls = store_mod.save_file, []
+
+    def flaky_save(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(store_mod, "save_file", flaky_save)
+    code, err = cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))
+    assert code == 130 and "resume" in err
+    assert len(json.loads((cut / "activations" / "manifest.json").read_text())["shards"]) == 2
+    assert not list((cut / "activations").glob(".*tmp"))
+    monkeypatch.setattr(store_mod, "save_file", real_save)
+    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))[0] == 0
+    a = json.loads((full / "activations" / "manifest.json").read_text())
+    b = json.loads((cut / "activations" / "manifest.json").read_text())
+    assert a["shards"] == b["shards"]
+    for s in a["shards"]:
+        sa, sb = load_file(str(full / "activations" / s["file"])), load_file(str(cut / "activations" / s["file"]))
+        assert torch.equal(sa["tokens"], sb["tokens"]) and torch.equal(sa["acts"], sb["acts"])
+
+
+def test_train_resumes_after_ctrl_c_to_the_same_weights(capsys, monkeypatch, run: Path, tmp_path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    assert cli(capsys, monkeypatch, "train", "--out", run, *TRAIN)[0] == 0
+    real_batches = activations.ActivationStore.batches
+
+    def batches_then_sigint(self, *a, **k):
+        for i, x in enumerate(real_batches(self, *a, **k)):
+            if i == 5:
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-run
+            yield x
+
+    monkeypatch.setattr(activations.ActivationStore, "batches", batches_then_sigint)
+    code, err = cli(capsys, monkeypatch, "train", "--out", other, *TRAIN)
+    assert code == 130 and "resume" in err
+    assert torch.load(other / "saes" / "relu-16" / "state.pt", weights_only=True)["step"] == 6
+    monkeypatch.setattr(activations.ActivationStore, "batches", real_batches)
+    assert cli(capsys, monkeypatch, "train", "--out", other, *TRAIN)[0] == 0
+    for n in (16, 64):
+        a = load_file(str(run / "saes" / f"relu-{n}" / "sae.safetensors"))
+        b = load_file(str(other / "saes" / f"relu-{n}" / "sae.safetensors"))
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def one_line_error(code: int, err: str, pattern: str) -> None:
+    assert code == 2, err
+    assert pattern in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_model_and_layer(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
+    one_line_error(*cli(capsys, monkeypatch, *harvest_args(tmp_path / "missing", tiny_corpus, tmp_path / "r")),
+                   "does not exist")
+    args = harvest_args(tiny_llama_dir, tiny_corpus, tmp_path / "r2")
+    args[args.index("--layer") + 1] = "9"
+    one_line_error(*cli(capsys, monkeypatch, *args), "between 0 and 3")
+
+
+def test_empty_and_short_corpus(capsys, monkeypatch, tiny_llama_dir, tmp_path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, err = cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, empty, tmp_path / "r"))
+    assert code == 2 and "Traceback" not in err and "empty" in err.lower()
+    short = tmp_path / "short.txt"
+    short.write_text("the code")
+    code, err = cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, short, tmp_path / "r2"))
+    assert code == 2 and "Traceback" not in err
+
+
+def test_incompatible_run_dir_is_refused_unless_forced(capsys, monkeypatch, run: Path, tiny_llama_dir, tiny_corpus):
+    args = harvest_args(tiny_llama_dir, tiny_corpus, run)
+    args[args.index("--layer") + 1] = "1"
+    one_line_error(*cli(capsys, monkeypatch, *args), "--force")
+    assert cli(capsys, monkeypatch, *args, "--force")[0] == 0
+    assert json.loads((run / "activations" / "manifest.json").read_text())["layer"] == 1
+
+
+def test_nan_activations_name_the_shard(capsys, monkeypatch, run: Path) -> None:
+    shard = run / "activations" / "shard-00001.safetensors"
+    data = load_file(str(shard))
+    data["acts"][3, 5] = float("nan")
+    save_file(data, str(shard))
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN), "shard-00001")
+
+
+def test_corrupt_and_mismatched_checkpoints(capsys, monkeypatch, run: Path) -> None:
+    assert cli(capsys, monkeypatch, "train", "--out", run, *TRAIN, "--epochs", "0.5")[0] == 0
+    state = run / "saes" / "relu-16" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN, "--epochs", "0.5"), "corrupt")
+    shutil.copy(run / "saes" / "relu-64" / "state.pt", state)
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN, "--epochs", "0.5"), "relu-16")
+    (run / "saes" / "relu-64" / "sae.safetensors").write_bytes(b"garbage")
+    one_line_error(*cli(capsys, monkeypatch, "evaluate", run, "--loss-sequences", "0"), "corrupt")
+
+
+def test_stage_order_errors(capsys, monkeypatch, tmp_path) -> None:
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", tmp_path / "nothing"), "harvest")
+    one_line_error(*cli(capsys, monkeypatch, "evaluate", tmp_path / "nothing"), "harvest")
+
+
+def test_console_script_prints_one_line_without_traceback(tmp_path) -> None:
+    exe = Path(sys.executable).with_name("monosemantic")
+    proc = subprocess.run([str(exe), "harvest", "--out", str(tmp_path / "r"), "--model", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    one_line_error(proc.returncode, proc.stderr, "does not exist")
