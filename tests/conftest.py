@@ -17,8 +17,43 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-WORDS = ("the a of and to in is was for on with as by at from it that this paris einstein code sql "
-         "select where buffer overflow shell python def return import class if else while").split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "it",
+    "that",
+    "this",
+    "paris",
+    "einstein",
+    "code",
+    "sql",
+    "select",
+    "where",
+    "buffer",
+    "overflow",
+    "shell",
+    "python",
+    "def",
+    "return",
+    "import",
+    "class",
+    "if",
+    "else",
+    "while",
+]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -34,11 +69,28 @@ def tiny_model(family: str) -> torch.nn.Module:
     if family == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=4, n_head=4))
     if family == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=v,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+            )
+        )
     if family == "bert":
-        return BertModel(BertConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                    num_attention_heads=4, max_position_embeddings=64))
+        return BertModel(
+            BertConfig(
+                vocab_size=v,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                max_position_embeddings=64,
+            )
+        )
     raise ValueError(family)
 
 

@@ -32,8 +32,26 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *ar
 
 
 def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["harvest", "--out", str(out), "--model", str(model), "--corpus", str(corpus), "--seq-len", "16",
-            "--tokens", "3000", "--eval-tokens", "600", "--shard-tokens", "600", "--layer", "2", *extra]
+    return [
+        "harvest",
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--seq-len",
+        "16",
+        "--tokens",
+        "3000",
+        "--eval-tokens",
+        "600",
+        "--shard-tokens",
+        "600",
+        "--layer",
+        "2",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -87,7 +105,10 @@ def test_harvest_resumes_after_interrupt(capsys, monkeypatch, tiny_llama_dir, ti
     b = json.loads((cut / "activations" / "manifest.json").read_text())
     assert a["shards"] == b["shards"]
     for s in a["shards"]:
-        sa, sb = load_file(str(full / "activations" / s["file"])), load_file(str(cut / "activations" / s["file"]))
+        sa, sb = (
+            load_file(str(full / "activations" / s["file"])),
+            load_file(str(cut / "activations" / s["file"])),
+        )
         assert torch.equal(sa["tokens"], sb["tokens"]) and torch.equal(sa["acts"], sb["acts"])
 
 
@@ -123,8 +144,10 @@ def one_line_error(code: int, err: str, pattern: str) -> None:
 
 
 def test_bad_model_and_layer(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
-    one_line_error(*cli(capsys, monkeypatch, *harvest_args(tmp_path / "missing", tiny_corpus, tmp_path / "r")),
-                   "does not exist")
+    one_line_error(
+        *cli(capsys, monkeypatch, *harvest_args(tmp_path / "missing", tiny_corpus, tmp_path / "r")),
+        "does not exist",
+    )
     args = harvest_args(tiny_llama_dir, tiny_corpus, tmp_path / "r2")
     args[args.index("--layer") + 1] = "9"
     one_line_error(*cli(capsys, monkeypatch, *args), "between 0 and 3")
@@ -141,7 +164,9 @@ def test_empty_and_short_corpus(capsys, monkeypatch, tiny_llama_dir, tmp_path) -
     assert code == 2 and "Traceback" not in err
 
 
-def test_incompatible_run_dir_is_refused_unless_forced(capsys, monkeypatch, run: Path, tiny_llama_dir, tiny_corpus):
+def test_incompatible_run_dir_is_refused_unless_forced(
+    capsys, monkeypatch, run: Path, tiny_llama_dir, tiny_corpus
+):
     args = harvest_args(tiny_llama_dir, tiny_corpus, run)
     args[args.index("--layer") + 1] = "1"
     one_line_error(*cli(capsys, monkeypatch, *args), "--force")
@@ -175,6 +200,10 @@ def test_stage_order_errors(capsys, monkeypatch, tmp_path) -> None:
 
 def test_console_script_prints_one_line_without_traceback(tmp_path) -> None:
     exe = Path(sys.executable).with_name("monosemantic")
-    proc = subprocess.run([str(exe), "harvest", "--out", str(tmp_path / "r"), "--model", str(tmp_path / "nope")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "harvest", "--out", str(tmp_path / "r"), "--model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     one_line_error(proc.returncode, proc.stderr, "does not exist")

@@ -20,8 +20,14 @@ from tests.conftest import save_tiny, tiny_model, tiny_tokenizer
 def _loaded(family: str) -> LoadedModel:
     model = tiny_model(family).eval()
     n = model.config.num_hidden_layers
-    return LoadedModel(model, tiny_tokenizer(), family, find_blocks(model, n), model.config.hidden_size,
-                       is_causal=family != "bert")
+    return LoadedModel(
+        model,
+        tiny_tokenizer(),
+        family,
+        find_blocks(model, n),
+        model.config.hidden_size,
+        is_causal=family != "bert",
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
@@ -80,7 +86,9 @@ def test_bad_model_and_layer(tmp_path: Path) -> None:
 def test_default_model_capture_matches_hidden_states() -> None:
     lm = load_model("default")
     assert (lm.n_layers, lm.d_model) == (30, 576)
-    ids = lm.tokenizer("Albert Einstein was born in Ulm; Paris is the capital of France.", return_tensors="pt").input_ids
+    ids = lm.tokenizer(
+        "Albert Einstein was born in Ulm; Paris is the capital of France.", return_tensors="pt"
+    ).input_ids
     expected = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[15]
     got = capture_residual(lm, 15, ids)
     torch.testing.assert_close(got, expected)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +31,9 @@ def planted(n_dirs: int = 64, d: int = 32, active: int = 3, seed: int = 0) -> tu
 
 def test_planted_dictionary_is_recovered(tmp_path: Path) -> None:
     dirs, batches_from = planted()
-    cfg = TrainConfig(sizes=[128], l1_coeff=0.3, lr=3e-3, batch_size=512, epochs=1.0, log_every=50,
-                      checkpoint_every=10_000)
+    cfg = TrainConfig(
+        sizes=[128], l1_coeff=0.3, lr=3e-3, batch_size=512, epochs=1.0, log_every=50, checkpoint_every=10_000
+    )
     train(cfg, batches_from, run_dir=tmp_path, d_model=32, n_train_tokens=512 * 1500, scale=1.0, meta={})
     sae, _ = load_dictionary(tmp_path / "saes" / "relu-128")
     dec = sae.W_dec / sae.W_dec.norm(dim=0, keepdim=True)
@@ -41,7 +43,9 @@ def test_planted_dictionary_is_recovered(tmp_path: Path) -> None:
 
 def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
     _, batches_from = planted(seed=3)
-    cfg = TrainConfig(sizes=[32, 64], batch_size=512, epochs=1.0, log_every=5, checkpoint_every=7, l1_coeff=0.3)
+    cfg = TrainConfig(
+        sizes=[32, 64], batch_size=512, epochs=1.0, log_every=5, checkpoint_every=7, l1_coeff=0.3
+    )
     steps = 30
     a, b = tmp_path / "a", tmp_path / "b"
     train(cfg, batches_from, run_dir=a, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
@@ -55,10 +59,8 @@ def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
                 raise Stop
             yield x
 
-    try:
+    with contextlib.suppress(Stop):
         train(cfg, interrupted, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
-    except Stop:
-        pass
     assert not (b / "saes" / "relu-32" / "sae.safetensors").exists()
     assert torch.load(b / "saes" / "relu-32" / "state.pt", weights_only=True)["step"] == 14
     train(cfg, batches_from, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})

@@ -1,9 +1,12 @@
 """Harvest residual-stream activations into a sharded store, and read them back in shuffled batches.
 
 Layout of ``run/activations/``: ``manifest.json`` and ``shard-NNNNN.safetensors`` files, each with
-``acts`` (N, d) in the store dtype and ``tokens`` (n_seq, seq_len) int32; ``acts`` holds positions
-1..seq_len-1 of each sequence in order (position 0, the attention sink with a ~150x norm, is left
-out). The manifest is rewritten after every shard, so a killed harvest resumes at the next shard.
+``acts`` (N, d) in the store dtype, ``tokens`` (n_seq, seq_len) int32 and ``keep`` (N,) uint8;
+``acts`` holds positions 1..seq_len-1 of each sequence in order (position 0, the attention sink with
+a ~150x norm, is left out). ``keep`` is 0 for the rare later positions that are sinks too (norm above
+``outlier_ratio`` x the shard median, e.g. runs of repeated whitespace tokens): a handful of those
+would otherwise dominate the variance that metrics measure. The manifest is rewritten after every
+shard, so a killed harvest resumes at the next shard.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def normalization_scale(acts: Tensor) -> float:
     return math.sqrt(acts.shape[-1]) / acts.float().norm(dim=-1).mean().item()
 
 
+def inlier_mask(acts: Tensor, ratio: float) -> Tensor:
+    """(..., d) -> (...) bool: True where the norm is at most ``ratio`` x the median norm."""
+    norms = acts.float().norm(dim=-1)
+    return norms <= ratio * norms.median()
+
+
 def _check_finite(acts: Tensor, where: str) -> None:
     if not torch.isfinite(acts).all():
         bad = (~torch.isfinite(acts)).any(dim=-1).sum().item()
@@ -56,8 +65,16 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
     manifest: dict[str, Any] = (
         read_json(store / MANIFEST)
         if (store / MANIFEST).is_file()
-        else {"format": 1, "model": cfg.model, "layer": layer, "d_model": lm.d_model, "seq_len": cfg.seq_len,
-              "store_dtype": cfg.store_dtype, "scale": None, "shards": []}
+        else {
+            "format": 1,
+            "model": cfg.model,
+            "layer": layer,
+            "d_model": lm.d_model,
+            "seq_len": cfg.seq_len,
+            "store_dtype": cfg.store_dtype,
+            "scale": None,
+            "shards": [],
+        }
     )
     per_seq = cfg.seq_len - 1
     seqs_per_shard = max(1, cfg.shard_tokens // per_seq)
@@ -68,21 +85,42 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
             want = math.ceil(budget / per_seq)
             if done >= want:
                 continue
-            seqs = take_sequences(load_texts(cfg.corpus), lm.tokenizer, cfg.seq_len, want - done,
-                                  split=split, eval_fraction=cfg.eval_fraction, skip=done)
+            seqs = take_sequences(
+                load_texts(cfg.corpus),
+                lm.tokenizer,
+                cfg.seq_len,
+                want - done,
+                split=split,
+                eval_fraction=cfg.eval_fraction,
+                skip=done,
+            )
             task = bar.add_task(f"harvest {split}", total=len(seqs) * per_seq, info="")
             for start in range(0, len(seqs), seqs_per_shard):
                 chunk = seqs[start : start + seqs_per_shard]
                 acts = _forward(lm, layer, chunk, cfg.batch_size, bar, task)
                 name = f"shard-{len(manifest['shards']):05d}.safetensors"
                 _check_finite(acts, f"shard {name} (model output)")
+                keep = inlier_mask(acts, cfg.outlier_ratio)
                 if manifest["scale"] is None:
-                    manifest["scale"] = normalization_scale(acts)
+                    manifest["scale"] = normalization_scale(acts[keep])
                 with atomic_path(store / name) as tmp:
-                    save_file({"acts": acts.to(getattr(torch, cfg.store_dtype)).contiguous(),
-                               "tokens": chunk.to(torch.int32).contiguous()}, str(tmp))
-                manifest["shards"].append({"file": name, "split": split, "n_seqs": len(chunk),
-                                           "n_tokens": acts.shape[0]})
+                    save_file(
+                        {
+                            "acts": acts.to(getattr(torch, cfg.store_dtype)).contiguous(),
+                            "tokens": chunk.to(torch.int32).contiguous(),
+                            "keep": keep.to(torch.uint8),
+                        },
+                        str(tmp),
+                    )
+                manifest["shards"].append(
+                    {
+                        "file": name,
+                        "split": split,
+                        "n_seqs": len(chunk),
+                        "n_tokens": acts.shape[0],
+                        "n_kept": int(keep.sum()),
+                    }
+                )
                 meter.add(acts.shape[0])
                 manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
                 manifest["harvest"] = {**meter.as_dict(), "config": asdict(cfg)}
@@ -107,7 +145,9 @@ class ActivationStore:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / "activations"
         if not (self.dir / MANIFEST).is_file():
-            raise UserError(f"{run_dir} has no activation store: run `monosemantic harvest --out {run_dir}` first")
+            raise UserError(
+                f"{run_dir} has no activation store: run `monosemantic harvest --out {run_dir}` first"
+            )
         self.manifest = read_json(self.dir / MANIFEST)
         if not self.shards("train"):
             raise UserError(f"{self.dir} holds no training shards: rerun `monosemantic harvest`")
@@ -123,37 +163,57 @@ class ActivationStore:
     def shards(self, split: str) -> list[dict[str, Any]]:
         return [s for s in self.manifest["shards"] if s["split"] == split]
 
-    def n_tokens(self, split: str) -> int:
-        return sum(s["n_tokens"] for s in self.shards(split))
+    @property
+    def outlier_ratio(self) -> float:
+        return float(self.manifest["harvest"]["config"]["outlier_ratio"])
 
-    def load(self, shard: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """(acts (N, d) float32, tokens (n_seq, seq_len) int64), checked for corruption and NaN."""
+    def n_tokens(self, split: str) -> int:
+        """Activations usable for training and metrics (outliers excluded)."""
+        return sum(s["n_kept"] for s in self.shards(split))
+
+    def load(self, shard: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """(acts (N, d) float32, tokens (n_seq, seq_len) int64, keep (N,) bool), checked for
+        corruption and NaN."""
         path = self.dir / shard["file"]
         try:
             data = load_file(str(path))
-            acts, tokens = data["acts"].float(), data["tokens"].long()
+            acts, tokens, keep = data["acts"].float(), data["tokens"].long(), data["keep"].bool()
         except (SafetensorError, FileNotFoundError, KeyError, OSError) as e:
-            raise UserError(f"{path} is missing or corrupt ({e}): delete it and its manifest entry, then rerun harvest") from e
+            raise UserError(
+                f"{path} is missing or corrupt ({e}): delete it and its manifest entry, then rerun harvest"
+            ) from e
         if acts.shape != (shard["n_tokens"], self.d_model):
-            raise UserError(f"{path} has shape {tuple(acts.shape)}, the manifest says {shard['n_tokens']}x{self.d_model}")
+            raise UserError(
+                f"{path} has shape {tuple(acts.shape)}, the manifest says {shard['n_tokens']}x{self.d_model}"
+            )
         _check_finite(acts, str(path))
-        return acts, tokens
+        return acts, tokens, keep
 
-    def iter_split(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+    def kept(self, shard: dict[str, Any]) -> Tensor:
+        """The shard's usable activations (n_kept, d), float32, unnormalised."""
+        acts, _, keep = self.load(shard)
+        return acts[keep]
+
+    def iter_split(self, split: str) -> Iterator[Tensor]:
+        """Usable activations of every shard of ``split``, shard by shard."""
         for shard in self.shards(split):
-            yield self.load(shard)
+            yield self.kept(shard)
 
-    def batches(self, batch_size: int, seed: int, buffer_shards: int, start_step: int = 0) -> Iterator[Tensor]:
+    def batches(
+        self, batch_size: int, seed: int, buffer_shards: int, start_step: int = 0
+    ) -> Iterator[Tensor]:
         """An endless stream of shuffled (batch_size, d) training batches, normalised by ``scale``.
 
         Epoch e visits the shards in a seeded random order, ``buffer_shards`` at a time, and
         shuffles the activations of each group. The order depends only on (seed, step), so a resumed
         run that starts at ``start_step`` sees exactly the batches an uninterrupted run would."""
         shards = self.shards("train")
-        sizes = [s["n_tokens"] for s in shards]
+        sizes = [s["n_kept"] for s in shards]
         if sum(sizes) < batch_size:
-            raise UserError(f"the store holds {sum(sizes)} training activations, fewer than one batch "
-                            f"of {batch_size}: harvest more (--tokens) or lower --batch-size")
+            raise UserError(
+                f"the store holds {sum(sizes)} training activations, fewer than one batch "
+                f"of {batch_size}: harvest more (--tokens) or lower --batch-size"
+            )
         step, epoch, loaded, buffer = 0, 0, None, torch.empty(0)
         while True:
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -165,7 +225,7 @@ class ActivationStore:
                 for b in range(n // batch_size):
                     if step >= start_step:
                         if loaded != group:
-                            buffer = torch.cat([self.load(shards[i])[0] for i in group]) * self.scale
+                            buffer = torch.cat([self.kept(shards[i]) for i in group]) * self.scale
                             loaded = group
                         yield buffer[perm[b * batch_size : (b + 1) * batch_size]]
                     step += 1

@@ -25,8 +25,12 @@ from monosemantic.config import (
 )
 from monosemantic.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Extract interpretable features from a transformer with sparse autoencoders.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Extract interpretable features from a transformer with sparse autoencoders.",
+)
 console = Console(stderr=True)
 
 
@@ -39,7 +43,9 @@ def _opt(cls: type, name: str, *flags: str) -> Any:
 
 OUT = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory")
 RUN = typer.Argument(..., help="run directory (as given to --out)")
-FORCE = typer.Option(False, "--force", help="discard this stage's earlier output if its configuration differs")
+FORCE = typer.Option(
+    False, "--force", help="discard this stage's earlier output if its configuration differs"
+)
 
 
 def _sizes(text: str) -> list[int]:
@@ -52,7 +58,9 @@ def _sizes(text: str) -> list[int]:
 def _setup_logging() -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -77,8 +85,11 @@ def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
     lm = _load_lm(cfg.model, cfg.device, cfg.dtype)
     manifest = harvest(cfg, out, lm)
     h = manifest["harvest"]
-    console.print(f"harvest: {manifest['n_tokens']:,} activations at layer {manifest['layer']} in {out / 'activations'}; "
-                  f"{h['tokens_per_s']:,.0f} tokens/s, peak RSS {h['peak_rss_mb']:,.0f} MiB")
+    console.print(
+        f"harvest: {manifest['n_tokens']:,} activations at layer {manifest['layer']} "
+        f"in {out / 'activations'}; "
+        f"{h['tokens_per_s']:,.0f} tokens/s, peak RSS {h['peak_rss_mb']:,.0f} MiB"
+    )
     for split in manifest.get("exhausted", []):
         console.print(f"[yellow]note: the corpus ran out of {split} text before the requested --tokens")
     return lm
@@ -97,10 +108,17 @@ def run_train(cfg: TrainConfig, out: Path, force: bool) -> list[Path]:
     record_stage(out, "train", cfg, force=force)
     device = resolve_device(cfg.device)
     meta = {k: store.manifest[k] for k in ("model", "layer", "seq_len")}
-    states = train(cfg, lambda step: store.batches(cfg.batch_size, cfg.seed, cfg.buffer_shards, step),
-                   run_dir=out, d_model=store.d_model, n_train_tokens=store.n_tokens("train"),
-                   scale=store.scale, meta=meta, device=device)
-    console.print(f"train: {len(states)} dictionaries in {out / 'saes'}")
+    states, meter = train(
+        cfg,
+        lambda step: store.batches(cfg.batch_size, cfg.seed, cfg.buffer_shards, step),
+        run_dir=out,
+        d_model=store.d_model,
+        n_train_tokens=store.n_tokens("train"),
+        scale=store.scale,
+        meta=meta,
+        device=device,
+    )
+    console.print(meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'})"))
     return dirs
 
 
@@ -112,12 +130,23 @@ def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None) -> dict[str, dict[s
     if not saes:
         raise UserError(f"{out} has no trained dictionaries: run `monosemantic train --out {out}` first")
     record_stage(out, "evaluate", cfg, force=True)
-    lm = lm if cfg.loss_sequences <= 0 or lm is not None else _load_lm(harvest_cfg.model, cfg.device, harvest_cfg.dtype)
+    lm = (
+        lm
+        if cfg.loss_sequences <= 0 or lm is not None
+        else _load_lm(harvest_cfg.model, cfg.device, harvest_cfg.dtype)
+    )
     from monosemantic.activations import ActivationStore
 
     layer = int(ActivationStore(out).manifest["layer"])
-    results = evaluate(out, cfg, device=resolve_device(cfg.device), lm=lm, layer=layer, sae_dirs=[p.parent for p in saes])
+    results = evaluate(
+        out, cfg, device=resolve_device(cfg.device), lm=lm, layer=layer, sae_dirs=[p.parent for p in saes]
+    )
     _summary(results)
+    m = next(iter(results.values()))["evaluate"]
+    console.print(
+        f"evaluate: {m['tokens_per_s']:,.0f} tokens/s (activations x dictionaries), "
+        f"{m['seconds']:.0f} s, peak RSS {m['peak_rss_mb']:,.0f} MiB"
+    )
     return results
 
 
@@ -127,9 +156,15 @@ def _summary(results: dict[str, dict[str, Any]]) -> None:
         table.add_column(col, justify="right")
     for name, m in sorted(results.items(), key=lambda kv: kv[1]["n_features"]):
         rec = m.get("loss_recovered")
-        table.add_row(name, f"{m['n_features']:,}", f"{m['l0']:.1f}", f"{m['variance_explained']:.3f}",
-                      f"{100 * m['dead_fraction']:.1f}", f"{100 * m['dense_fraction']:.1f}",
-                      "n/a" if rec is None else f"{rec:.3f}")
+        table.add_row(
+            name,
+            f"{m['n_features']:,}",
+            f"{m['l0']:.1f}",
+            f"{m['variance_explained']:.3f}",
+            f"{100 * m['dead_fraction']:.1f}",
+            f"{100 * m['dense_fraction']:.1f}",
+            "n/a" if rec is None else f"{rec:.3f}",
+        )
     Console().print(table)
 
 
@@ -158,14 +193,34 @@ def harvest_cmd(
     force: bool = FORCE,
 ) -> None:
     """Run the model over the corpus and store residual-stream activations at one layer."""
-    cfg = HarvestConfig(model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens,
-                        seq_len=seq_len, batch_size=batch_size, shard_tokens=shard_tokens, store_dtype=store_dtype, device=device, dtype=dtype)
+    cfg = HarvestConfig(
+        model=model,
+        layer=layer,
+        corpus=corpus,
+        n_tokens=tokens,
+        n_eval_tokens=eval_tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        shard_tokens=shard_tokens,
+        store_dtype=store_dtype,
+        device=device,
+        dtype=dtype,
+    )
     run_harvest(cfg, out, force)
 
 
-def _train_cfg(sizes: str, l1_coeff: float, lr: float, batch_size: int, epochs: float, seed: int, device: str) -> TrainConfig:
-    return TrainConfig(sizes=_sizes(sizes), l1_coeff=l1_coeff, lr=lr, batch_size=batch_size, epochs=epochs,
-                       seed=seed, device=device)
+def _train_cfg(
+    sizes: str, l1_coeff: float, lr: float, batch_size: int, epochs: float, seed: int, device: str
+) -> TrainConfig:
+    return TrainConfig(
+        sizes=_sizes(sizes),
+        l1_coeff=l1_coeff,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+    )
 
 
 SIZES = _opt(TrainConfig, "sizes", "--sizes")
@@ -177,16 +232,27 @@ SEED = _opt(TrainConfig, "seed", "--seed")
 
 
 @app.command("train")
-def train_cmd(out: Path = OUT, sizes: str = SIZES, l1_coeff: float = L1, lr: float = LR, batch_size: int = TRAIN_BATCH,
-              epochs: float = EPOCHS, seed: int = SEED, device: str = _opt(TrainConfig, "device", "--device"),
-              force: bool = FORCE) -> None:
+def train_cmd(
+    out: Path = OUT,
+    sizes: str = SIZES,
+    l1_coeff: float = L1,
+    lr: float = LR,
+    batch_size: int = TRAIN_BATCH,
+    epochs: float = EPOCHS,
+    seed: int = SEED,
+    device: str = _opt(TrainConfig, "device", "--device"),
+    force: bool = FORCE,
+) -> None:
     """Train dictionaries of several sizes on the stored activations (resumes after an interruption)."""
     run_train(_train_cfg(sizes, l1_coeff, lr, batch_size, epochs, seed, device), out, force)
 
 
 @app.command("evaluate")
-def evaluate_cmd(run: Path = RUN, loss_sequences: int = _opt(EvalConfig, "loss_sequences", "--loss-sequences"),
-                 device: str = _opt(EvalConfig, "device", "--device")) -> None:
+def evaluate_cmd(
+    run: Path = RUN,
+    loss_sequences: int = _opt(EvalConfig, "loss_sequences", "--loss-sequences"),
+    device: str = _opt(EvalConfig, "device", "--device"),
+) -> None:
     """Measure L0, variance explained, dead/dense features and spliced next-token loss."""
     run_evaluate(run, EvalConfig(loss_sequences=loss_sequences, device=device))
 
@@ -215,7 +281,9 @@ def demo_cmd(
 ) -> None:
     """Every stage on the embedded default: harvest, train three sizes, evaluate, report."""
     eval_tokens = max(2_000, min(default_of(HarvestConfig, "n_eval_tokens"), tokens // 10))
-    hcfg = HarvestConfig(model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device)
+    hcfg = HarvestConfig(
+        model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device
+    )
     lm = run_harvest(hcfg, out, force)
     run_train(_train_cfg(sizes, l1_coeff, lr, batch_size, epochs, seed, device), out, force)
     run_evaluate(out, EvalConfig(device=device), lm)
@@ -236,7 +304,9 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     if code == 130:
-        console.print("[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True)
+        console.print(
+            "[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True
+        )
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -26,8 +26,13 @@ class HarvestConfig:
     layer: int = _f(-1, "residual stream entering this block (hidden_states[L]); -1 = the middle layer")
     corpus: str = _f("default", "text: 'default' (embedded), a file, folder, glob, .jsonl, or hf:NAME")
     seq_len: int = _f(128, "tokens per packed sequence (position 0 is excluded from the store)")
-    n_tokens: int = _f(250_000, "training activations to harvest")
-    n_eval_tokens: int = _f(25_000, "held-out activations to harvest for evaluation")
+    n_tokens: int = _f(200_000, "training activations to harvest")
+    n_eval_tokens: int = _f(20_000, "held-out activations to harvest for evaluation")
+    outlier_ratio: float = _f(
+        10.0,
+        "mark activations with a norm above this multiple of the shard median as "
+        "outliers (attention sinks past position 0), left out of training and metrics",
+    )
     eval_fraction: float = _f(0.05, "fraction of corpus documents held out for evaluation (by hash)")
     batch_size: int = _f(16, "sequences per forward pass")
     shard_tokens: int = _f(32_768, "activations per shard file (the unit of resume)")
@@ -40,6 +45,8 @@ class HarvestConfig:
             raise UserError("--seq-len must be at least 2 (position 0 is excluded)")
         if self.n_tokens <= 0 or self.n_eval_tokens < 0:
             raise UserError("--tokens must be positive and --eval-tokens non-negative")
+        if self.outlier_ratio <= 1.0:
+            raise UserError("--outlier-ratio must be above 1")
         if not 0.0 < self.eval_fraction < 1.0:
             raise UserError("--eval-fraction must be between 0 and 1")
         if self.store_dtype not in ("float16", "bfloat16", "float32"):
@@ -50,10 +57,10 @@ class HarvestConfig:
 class TrainConfig:
     arch: str = _f("relu", "dictionary architecture: relu (Anthropic, April 2024)")
     sizes: list[int] = _f((512, 2048, 16384), "dictionary sizes trained together from one batch stream")
-    l1_coeff: float = _f(5.0, "lambda: weight of the decoder-norm-weighted L1 penalty")
-    lr: float = _f(1e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
-    batch_size: int = _f(1024, "activations per training step")
-    epochs: float = _f(4.0, "passes over the stored training activations")
+    l1_coeff: float = _f(1.0, "lambda: weight of the decoder-norm-weighted L1 penalty")
+    lr: float = _f(3e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
+    batch_size: int = _f(512, "activations per training step")
+    epochs: float = _f(1.0, "passes over the stored training activations")
     l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
     lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
     grad_clip: float = _f(1.0, "gradient clipping: max global norm")

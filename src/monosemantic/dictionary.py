@@ -25,8 +25,16 @@ def save_dictionary(sae: ReluSAE, out_dir: Path, cfg: dict[str, Any], scale: flo
     raw.fold_input_scale(scale)
     with atomic_path(out_dir / "sae.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in raw.state_dict().items()}, str(tmp))
-    write_json(out_dir / "cfg.json", {**cfg, "d_model": sae.d_model, "n_features": sae.n_features,
-                                      "input_scale": scale, "input_scale_folded": True})
+    write_json(
+        out_dir / "cfg.json",
+        {
+            **cfg,
+            "d_model": sae.d_model,
+            "n_features": sae.n_features,
+            "input_scale": scale,
+            "input_scale_folded": True,
+        },
+    )
 
 
 def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[ReluSAE, dict[str, Any]]:
@@ -44,5 +52,7 @@ def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[ReluSAE, dict[s
     except (SafetensorError, OSError) as e:
         raise UserError(f"{sae_dir}/sae.safetensors is corrupt ({e}): delete the folder and retrain") from e
     except RuntimeError as e:
-        raise UserError(f"{sae_dir}/sae.safetensors does not match its cfg.json: delete the folder and retrain") from e
+        raise UserError(
+            f"{sae_dir}/sae.safetensors does not match its cfg.json: delete the folder and retrain"
+        ) from e
     return sae.to(device).requires_grad_(False), cfg

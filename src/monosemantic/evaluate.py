@@ -6,13 +6,14 @@ Reconstruction metrics are computed on the normalised scale the dictionary was t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from monosemantic.activations import ActivationStore
+from monosemantic.activations import ActivationStore, inlier_mask
 from monosemantic.config import EvalConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.errors import UserError
@@ -22,24 +23,23 @@ from monosemantic.progress import Throughput, progress_bar
 from monosemantic.sae import ReluSAE
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens is "dense"
+DEAD_MIN_TOKENS = 1_000_000
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: ReluSAE, store: ActivationStore, batch_size: int, device: str) -> dict[str, Any]:
-    """L0, variance explained, MSE, dead/dense fractions and the log10 firing-density histogram
-    over every held-out activation. ``sae`` acts on raw activations (scale folded in)."""
+def reconstruction_metrics(
+    sae: ReluSAE, store: ActivationStore, batch_size: int, device: str
+) -> dict[str, Any]:
+    """L0, variance explained and MSE over every held-out activation. ``sae`` acts on raw
+    activations (scale folded in); errors are reported on the training scale."""
     n, sq_err, l0_sum = 0, 0.0, 0.0
-    fires = torch.zeros(sae.n_features, dtype=torch.long, device=device)
     s1 = torch.zeros(sae.d_model, dtype=torch.float64, device=device)
     s2 = torch.zeros((), dtype=torch.float64, device=device)
-    for acts, _ in store.iter_split("eval"):
+    for acts in store.iter_split("eval"):
         for i in range(0, len(acts), batch_size):
             x = acts[i : i + batch_size].to(device)
             out = sae(x)
-            active = out.feats > 0
-            fires += active.sum(0)
-            l0_sum += active.sum().item()
-            # Errors on the training scale: the raw error times the store's scale.
+            l0_sum += (out.feats > 0).sum().item()
             sq_err += ((out.recon - x) * store.scale).double().pow(2).sum().item()
             xs = (x * store.scale).double()
             s1 += xs.sum(0)
@@ -48,21 +48,60 @@ def reconstruction_metrics(sae: ReluSAE, store: ActivationStore, batch_size: int
     if n == 0:
         raise UserError("the store has no held-out activations: rerun harvest with --eval-tokens > 0")
     total_var = (s2 - s1.pow(2).sum() / n).item()  # Σ‖x − mean‖²
-    freq = fires.double().cpu() / n
-    alive = freq[freq > 0]
-    lo = min(-8.0, float(alive.log10().min())) if len(alive) else -8.0
-    counts, edges = torch.histogram(alive.log10(), bins=40, range=(lo, 0.0)) if len(alive) else (torch.zeros(40), torch.linspace(lo, 0, 41))
     return {
         "n_features": sae.n_features,
         "n_eval_tokens": n,
         "l0": l0_sum / n,
         "variance_explained": 1.0 - sq_err / total_var,
         "mse": sq_err / n,
-        "dead_fraction": (freq == 0).double().mean().item(),
-        "dense_fraction": (freq > DENSE_THRESHOLD).double().mean().item(),
-        "density_histogram": {"bin_edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()],
-                              "n_dead": int((freq == 0).sum())},
     }
+
+
+def density_tokens(store: ActivationStore) -> Iterator[Tensor]:
+    """Activations for firing statistics: the held-out split, then training shards, until
+    DEAD_MIN_TOKENS (DESIGN.md: dead = never fires on >= 1e6 tokens, or on the whole store)."""
+    seen = 0
+    for split in ("eval", "train"):
+        for acts in store.iter_split(split):
+            yield acts
+            seen += len(acts)
+            if seen >= DEAD_MIN_TOKENS:
+                return
+
+
+@torch.no_grad()
+def firing_density(
+    saes: dict[str, ReluSAE], chunks: Iterable[Tensor], batch_size: int, device: str, on_chunk: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Per dictionary: dead and dense fractions and the histogram of log10 firing frequency
+    (encoder only; each chunk of activations is read once for all dictionaries)."""
+    n = 0
+    fires = {k: torch.zeros(sae.n_features, dtype=torch.long, device=device) for k, sae in saes.items()}
+    for acts in chunks:
+        for i in range(0, len(acts), batch_size):
+            x = acts[i : i + batch_size].to(device)
+            for k, sae in saes.items():
+                fires[k] += (sae.encode(x)[1] > 0).sum(0)
+        n += len(acts)
+        if on_chunk is not None:
+            on_chunk(len(acts))
+    out = {}
+    for k, f in fires.items():
+        freq = f.double().cpu() / max(n, 1)
+        alive = freq[freq > 0]
+        lo = min(-8.0, float(alive.log10().min())) if len(alive) else -8.0
+        counts, edges = torch.histogram(alive.log10(), bins=40, range=(lo, 0.0))
+        out[k] = {
+            "n_density_tokens": n,
+            "dead_fraction": (freq == 0).double().mean().item(),
+            "dense_fraction": (freq > DENSE_THRESHOLD).double().mean().item(),
+            "density_histogram": {
+                "bin_edges": edges.tolist(),
+                "counts": [int(c) for c in counts.tolist()],
+                "n_dead": int((freq == 0).sum()),
+            },
+        }
+    return out
 
 
 def eval_sequences(store: ActivationStore, n: int) -> Tensor:
@@ -78,10 +117,17 @@ def eval_sequences(store: ActivationStore, n: int) -> Tensor:
 
 
 @torch.no_grad()
-def spliced_losses(lm: LoadedModel, layer: int, saes: dict[str, ReluSAE], seqs: Tensor,
-                   batch_size: int = 8) -> dict[str, dict[str, float]]:
+def spliced_losses(
+    lm: LoadedModel,
+    layer: int,
+    saes: dict[str, ReluSAE],
+    seqs: Tensor,
+    outlier_ratio: float,
+    batch_size: int = 8,
+) -> dict[str, dict[str, float]]:
     """Next-token loss with the residual entering block ``layer`` left alone (clean), zeroed
-    (zero-ablation) and replaced by each dictionary's reconstruction, at positions ≥ 1."""
+    (zero-ablation) and replaced by each dictionary's reconstruction, at positions ≥ 1 that are
+    not outliers (the positions the store trains on; the others keep their clean value)."""
 
     def run(edit: Any) -> float:
         losses = []
@@ -96,7 +142,9 @@ def spliced_losses(lm: LoadedModel, layer: int, saes: dict[str, ReluSAE], seqs: 
 
     def keep_first(fn: Any) -> Any:
         def edit(h: Tensor) -> Tensor:
-            return torch.cat([h[:, :1], fn(h[:, 1:].float()).to(h.dtype)], dim=1)
+            rest = h[:, 1:].float()
+            keep = inlier_mask(rest, outlier_ratio).unsqueeze(-1)
+            return torch.cat([h[:, :1], torch.where(keep, fn(rest), rest).to(h.dtype)], dim=1)
 
         return edit
 
@@ -105,28 +153,46 @@ def spliced_losses(lm: LoadedModel, layer: int, saes: dict[str, ReluSAE], seqs: 
     out = {}
     for name, sae in saes.items():
         spliced = run(keep_first(lambda h, sae=sae: sae(h).recon))
-        out[name] = {"loss_clean": clean, "loss_spliced": spliced, "loss_zero": zero,
-                     "loss_recovered": (zero - spliced) / (zero - clean)}
+        out[name] = {
+            "loss_clean": clean,
+            "loss_spliced": spliced,
+            "loss_zero": zero,
+            "loss_recovered": (zero - spliced) / (zero - clean),
+        }
     return out
 
 
-def evaluate(run_dir: Path, cfg: EvalConfig, *, device: str, lm: LoadedModel | None, layer: int,
-             sae_dirs: list[Path]) -> dict[str, dict[str, Any]]:
+def evaluate(
+    run_dir: Path, cfg: EvalConfig, *, device: str, lm: LoadedModel | None, layer: int, sae_dirs: list[Path]
+) -> dict[str, dict[str, Any]]:
     """Write ``metrics.json`` beside each dictionary in ``sae_dirs``; return them by name."""
     store = ActivationStore(run_dir)
     saes = {d.name: load_dictionary(d, device)[0] for d in sae_dirs}
     results: dict[str, dict[str, Any]] = {}
     meter = Throughput()
+    n_density = min(store.n_tokens("eval") + store.n_tokens("train"), DEAD_MIN_TOKENS)
     with progress_bar() as bar:
-        task = bar.add_task("evaluate", total=len(saes) * store.n_tokens("eval"), info="")
+        task = bar.add_task("reconstruction", total=len(saes) * store.n_tokens("eval"), info="")
         for name, sae in saes.items():
             results[name] = reconstruction_metrics(sae, store, cfg.batch_size, device)
             bar.update(task, advance=results[name]["n_eval_tokens"], info=name)
             meter.add(results[name]["n_eval_tokens"])
+        task = bar.add_task("feature density", total=n_density, info="")
+        density = firing_density(
+            saes,
+            density_tokens(store),
+            cfg.batch_size,
+            device,
+            on_chunk=lambda k: bar.update(task, advance=k),
+        )
+        for name in saes:
+            results[name].update(density[name])
+            meter.add(density[name]["n_density_tokens"])
     if lm is not None and lm.is_causal and cfg.loss_sequences > 0:
         seqs = eval_sequences(store, cfg.loss_sequences)
-        for name, losses in spliced_losses(lm, layer, saes, seqs).items():
+        for name, losses in spliced_losses(lm, layer, saes, seqs, store.outlier_ratio).items():
             results[name].update(losses, n_loss_sequences=len(seqs))
     for d in sae_dirs:
-        write_json(d / "metrics.json", {**results[d.name], "evaluate": meter.as_dict()})
+        results[d.name]["evaluate"] = meter.as_dict()
+        write_json(d / "metrics.json", results[d.name])
     return results

@@ -31,7 +31,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {path}: free some space and rerun (the run resumes)") from e
+            raise UserError(
+                f"disk full while writing {path}: free some space and rerun (the run resumes)"
+            ) from e
         raise
     finally:
         if os.path.exists(tmp):
@@ -62,7 +64,7 @@ def append_jsonl(path: str | Path, obj: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not Path(path).exists():
         return rows
     for line in Path(path).read_text().splitlines():

@@ -71,7 +71,11 @@ class Throughput:
         return self.count / max(self.seconds, 1e-9)
 
     def as_dict(self) -> dict[str, float]:
-        return {"tokens_per_s": round(self.rate, 1), "seconds": round(self.seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        return {
+            "tokens_per_s": round(self.rate, 1),
+            "seconds": round(self.seconds, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
 
     def summary(self, stage: str) -> str:
         return (

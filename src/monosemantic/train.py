@@ -58,8 +58,13 @@ class SizeState:
     since_fired: Tensor | None = None  # (n,) tokens since each feature last fired
 
     def checkpoint(self, cfg: dict[str, Any]) -> None:
-        state = {"step": self.step, "sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
-                 "since_fired": self.since_fired, "cfg": cfg}
+        state = {
+            "step": self.step,
+            "sae": self.sae.state_dict(),
+            "opt": self.opt.state_dict(),
+            "since_fired": self.since_fired,
+            "cfg": cfg,
+        }
         with atomic_path(self.out_dir / "state.pt") as tmp:
             torch.save(state, tmp)
 
@@ -70,14 +75,20 @@ class SizeState:
         try:
             state = torch.load(path, map_location=self.sae.W_dec.device, weights_only=True)
         except Exception as e:  # torch raises several types for a truncated or foreign file
-            raise UserError(f"checkpoint {path} is corrupt ({type(e).__name__}): delete it to restart this size") from e
+            raise UserError(
+                f"checkpoint {path} is corrupt ({type(e).__name__}): delete it to restart this size"
+            ) from e
         if state.get("cfg") != cfg:
-            raise UserError(f"checkpoint {path} was written with another configuration: delete it, or rerun with --force")
+            raise UserError(
+                f"checkpoint {path} was written with another configuration: delete it, or rerun with --force"
+            )
         try:
             self.sae.load_state_dict(state["sae"])
             self.opt.load_state_dict(state["opt"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"checkpoint {path} does not match a {self.sae.n_features}-feature dictionary: delete it") from e
+            raise UserError(
+                f"checkpoint {path} does not match a {self.sae.n_features}-feature dictionary: delete it"
+            ) from e
         self.step, self.since_fired = int(state["step"]), state["since_fired"]
 
 
@@ -115,9 +126,16 @@ def train_step(st: SizeState, x: Tensor, cfg: TrainConfig, total: int) -> dict[s
         assert st.since_fired is not None
         st.since_fired += x.shape[0]
         st.since_fired[fired.any(0)] = 0
-        stats = {"loss": lo.loss.item(), "mse": lo.mse.item(), "l1": lo.sparsity.item(),
-                 "l0": fired.sum(-1).float().mean().item(), "variance_explained": variance_explained(x, out.recon),
-                 "lr": lr, "l1_coeff": l1, "dead_fraction": (st.since_fired >= DEAD_WINDOW_TOKENS).float().mean().item()}
+        stats = {
+            "loss": lo.loss.item(),
+            "mse": lo.mse.item(),
+            "l1": lo.sparsity.item(),
+            "l0": fired.sum(-1).float().mean().item(),
+            "variance_explained": variance_explained(x, out.recon),
+            "lr": lr,
+            "l1_coeff": l1,
+            "dead_fraction": (st.since_fired >= DEAD_WINDOW_TOKENS).float().mean().item(),
+        }
     st.step += 1
     if not math.isfinite(stats["loss"]):
         raise UserError(f"training diverged (loss {stats['loss']}) at step {st.step}: lower --lr")
@@ -131,13 +149,28 @@ def make_states(cfg: TrainConfig, d_model: int, run_dir: Path, device: str) -> l
         sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
         sae.to(device)
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-        states.append(SizeState(sae, opt, run_dir / "saes" / sae_name(cfg.arch, n),
-                                since_fired=torch.zeros(n, dtype=torch.long, device=device)))
+        states.append(
+            SizeState(
+                sae,
+                opt,
+                run_dir / "saes" / sae_name(cfg.arch, n),
+                since_fired=torch.zeros(n, dtype=torch.long, device=device),
+            )
+        )
     return states
 
 
-def train(cfg: TrainConfig, batches_from: Callable[[int], Iterator[Tensor]], *, run_dir: Path, d_model: int,
-          n_train_tokens: int, scale: float, meta: dict[str, Any], device: str = "cpu") -> list[SizeState]:
+def train(
+    cfg: TrainConfig,
+    batches_from: Callable[[int], Iterator[Tensor]],
+    *,
+    run_dir: Path,
+    d_model: int,
+    n_train_tokens: int,
+    scale: float,
+    meta: dict[str, Any],
+    device: str = "cpu",
+) -> tuple[list[SizeState], Throughput]:
     """Train every size in ``cfg.sizes`` to ``epochs · n_train_tokens / batch_size`` steps.
 
     ``batches_from(step)`` yields the (B, d) batches from ``step`` on (the same batches whether or
@@ -154,8 +187,12 @@ def train(cfg: TrainConfig, batches_from: Callable[[int], Iterator[Tensor]], *, 
     meter = Throughput()
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
     with progress_bar("tok") as bar, deferred_interrupt() as interrupted:
-        task = bar.add_task("train " + "/".join(map(str, cfg.sizes)), total=total * cfg.batch_size,
-                            completed=step * cfg.batch_size, info="")
+        task = bar.add_task(
+            "train " + "/".join(map(str, cfg.sizes)),
+            total=total * cfg.batch_size,
+            completed=step * cfg.batch_size,
+            info="",
+        )
         while step < total and not interrupted:
             x = next(batches).to(device, non_blocking=True)
             for st in states:
@@ -163,13 +200,22 @@ def train(cfg: TrainConfig, batches_from: Callable[[int], Iterator[Tensor]], *, 
                     continue  # this size is ahead of the slowest one after a resume
                 stats = train_step(st, x, cfg, total)
                 if st.step % cfg.log_every == 0 or st.step == total:
-                    append_jsonl(st.out_dir / "log.jsonl", {"step": st.step, "tokens": st.step * cfg.batch_size,
-                                                            **stats, "tokens_per_s": round(meter.rate, 1)})
+                    append_jsonl(
+                        st.out_dir / "log.jsonl",
+                        {
+                            "step": st.step,
+                            "tokens": st.step * cfg.batch_size,
+                            **stats,
+                            "tokens_per_s": round(meter.rate, 1),
+                        },
+                    )
                 if st.step % cfg.checkpoint_every == 0 or st.step == total:
                     st.checkpoint(ckpt_cfg)
             step += 1
             meter.add(x.shape[0])
-            bar.update(task, advance=x.shape[0], info=f"L0 {stats['l0']:.0f} VE {stats['variance_explained']:.2f}")
+            bar.update(
+                task, advance=x.shape[0], info=f"L0 {stats['l0']:.0f} VE {stats['variance_explained']:.2f}"
+            )
         if interrupted:
             for st in states:
                 st.checkpoint(ckpt_cfg)
@@ -177,9 +223,13 @@ def train(cfg: TrainConfig, batches_from: Callable[[int], Iterator[Tensor]], *, 
     for st in states:
         if meter.count or not (st.out_dir / "sae.safetensors").is_file():
             flops = 12 * d_model * st.sae.n_features  # forward 4dn + backward 8dn per token
-            save_dictionary(st.sae, st.out_dir, {**meta, **ckpt_cfg, "train_flops_per_token": flops,
-                                                 "train": meter.as_dict()}, scale)
-    return states
+            save_dictionary(
+                st.sae,
+                st.out_dir,
+                {**meta, **ckpt_cfg, "train_flops_per_token": flops, "train": meter.as_dict()},
+                scale,
+            )
+    return states, meter
 
 
 def _truncate_log(path: Path, step: int) -> None:

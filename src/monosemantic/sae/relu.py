@@ -78,7 +78,9 @@ class ReluSAE(nn.Module):
         self.b_dec.div_(scale)
 
 
-def relu_sae_loss(x: Tensor, out: ForwardOutput, decoder_norms: Tensor, l1_coeff: float | Tensor) -> LossOutput:
+def relu_sae_loss(
+    x: Tensor, out: ForwardOutput, decoder_norms: Tensor, l1_coeff: float | Tensor
+) -> LossOutput:
     """Anthropic's loss for a batch x (B, d): ‖x − x̂‖² + λ Σ_i f_i ‖W_dec[:, i]‖₂, batch-averaged."""
     mse = (out.recon - x).pow(2).sum(dim=-1).mean()
     sparsity = (out.feats * decoder_norms).sum(dim=-1).mean()
