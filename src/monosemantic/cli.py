@@ -64,6 +64,7 @@ def _setup_logging() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # offline retries are not news
     transformers.utils.logging.disable_progress_bar()  # our own status line covers model loading
 
 

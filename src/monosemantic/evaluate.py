@@ -6,6 +6,7 @@ Reconstruction metrics are computed on the normalised scale the dictionary was t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def firing_density(
     for k, f in fires.items():
         freq = f.double().cpu() / max(n, 1)
         alive = freq[freq > 0]
-        lo = min(-8.0, float(alive.log10().min())) if len(alive) else -8.0
+        lo = float(math.floor(math.log10(1 / max(n, 1))))  # the rarest frequency n tokens can show
         counts, edges = torch.histogram(alive.log10(), bins=40, range=(lo, 0.0))
         out[k] = {
             "n_density_tokens": n,
