@@ -207,3 +207,26 @@ def test_console_script_prints_one_line_without_traceback(tmp_path) -> None:
         timeout=120,
     )
     one_line_error(proc.returncode, proc.stderr, "does not exist")
+
+
+def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
+    out = tmp_path / "demo"
+    code, err = cli(
+        capsys,
+        monkeypatch,
+        "demo",
+        "--out",
+        out,
+        "--model",
+        tiny_llama_dir,
+        "--corpus",
+        tiny_corpus,
+        "--tokens",
+        "4000",
+        *TRAIN,
+    )
+    assert code == 0, err
+    for n in (16, 64):
+        assert (out / "saes" / f"relu-{n}" / "metrics.json").is_file()
+    assert (out / "report" / "index.html").is_file()
+    assert "report" in err and "index.html" in err
