@@ -223,7 +223,10 @@ def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus,
         tiny_corpus,
         "--tokens",
         "4000",
-        *TRAIN,
+        "--sizes",
+        "16,64",
+        "--epochs",
+        "2",
     )
     assert code == 0, err
     for n in (16, 64):

@@ -16,7 +16,6 @@ from transformers import PreTrainedTokenizerFast
 from monosemantic import corpus
 from monosemantic.corpus import (
     DEFAULT_CORPUS,
-    count_sequences,
     is_heldout,
     iter_sequences,
     load_texts,
@@ -134,7 +133,7 @@ def test_take_sequences_resumes_where_it_stopped() -> None:
     whole = take_sequences(docs, tok, 8, 10, split="all")
     assert whole.dtype == torch.long and whole.shape == (10, 8)
     assert torch.equal(take_sequences(docs, tok, 8, 4, split="all", skip=6), whole[6:])
-    n = count_sequences(docs, tok, 8, split="all")
+    n = sum(1 for _ in iter_sequences(docs, tok, 8, split="all"))
     assert n == (200 * 6 - 1) // 8
     assert take_sequences(docs, tok, 8, 1000, split="all").shape == (n, 8)
     assert take_sequences(docs, tok, 8, 5, split="all", skip=n).shape == (0, 8)

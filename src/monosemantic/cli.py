@@ -177,13 +177,25 @@ def run_report(out: Path) -> Path:
     return path
 
 
+MODEL = _opt(HarvestConfig, "model", "--model")
+LAYER = _opt(HarvestConfig, "layer", "--layer")
+CORPUS = _opt(HarvestConfig, "corpus", "--corpus")
+TOKENS = _opt(HarvestConfig, "n_tokens", "--tokens")
+SIZES = _opt(TrainConfig, "sizes", "--sizes")
+L1 = _opt(TrainConfig, "l1_coeff", "--l1-coeff")
+LR = _opt(TrainConfig, "lr", "--lr")
+TRAIN_BATCH = _opt(TrainConfig, "batch_size", "--train-batch-size")
+EPOCHS = _opt(TrainConfig, "epochs", "--epochs")
+SEED = _opt(TrainConfig, "seed", "--seed")
+
+
 @app.command("harvest")
 def harvest_cmd(
     out: Path = OUT,
-    model: str = _opt(HarvestConfig, "model", "--model"),
-    layer: int = _opt(HarvestConfig, "layer", "--layer"),
-    corpus: str = _opt(HarvestConfig, "corpus", "--corpus"),
-    tokens: int = _opt(HarvestConfig, "n_tokens", "--tokens"),
+    model: str = MODEL,
+    layer: int = LAYER,
+    corpus: str = CORPUS,
+    tokens: int = TOKENS,
     eval_tokens: int = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens"),
     seq_len: int = _opt(HarvestConfig, "seq_len", "--seq-len"),
     batch_size: int = _opt(HarvestConfig, "batch_size", "--batch-size"),
@@ -210,28 +222,6 @@ def harvest_cmd(
     run_harvest(cfg, out, force)
 
 
-def _train_cfg(
-    sizes: str, l1_coeff: float, lr: float, batch_size: int, epochs: float, seed: int, device: str
-) -> TrainConfig:
-    return TrainConfig(
-        sizes=_sizes(sizes),
-        l1_coeff=l1_coeff,
-        lr=lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-    )
-
-
-SIZES = _opt(TrainConfig, "sizes", "--sizes")
-L1 = _opt(TrainConfig, "l1_coeff", "--l1-coeff")
-LR = _opt(TrainConfig, "lr", "--lr")
-TRAIN_BATCH = _opt(TrainConfig, "batch_size", "--train-batch-size")
-EPOCHS = _opt(TrainConfig, "epochs", "--epochs")
-SEED = _opt(TrainConfig, "seed", "--seed")
-
-
 @app.command("train")
 def train_cmd(
     out: Path = OUT,
@@ -245,7 +235,16 @@ def train_cmd(
     force: bool = FORCE,
 ) -> None:
     """Train dictionaries of several sizes on the stored activations (resumes after an interruption)."""
-    run_train(_train_cfg(sizes, l1_coeff, lr, batch_size, epochs, seed, device), out, force)
+    cfg = TrainConfig(
+        sizes=_sizes(sizes),
+        l1_coeff=l1_coeff,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+    )
+    run_train(cfg, out, force)
 
 
 @app.command("evaluate")
@@ -267,26 +266,25 @@ def report_cmd(run: Path = RUN) -> None:
 @app.command("demo")
 def demo_cmd(
     out: Path = OUT,
-    tokens: int = _opt(HarvestConfig, "n_tokens", "--tokens"),
-    model: str = _opt(HarvestConfig, "model", "--model"),
-    layer: int = _opt(HarvestConfig, "layer", "--layer"),
-    corpus: str = _opt(HarvestConfig, "corpus", "--corpus"),
+    tokens: int = TOKENS,
+    model: str = MODEL,
+    layer: int = LAYER,
+    corpus: str = CORPUS,
     sizes: str = SIZES,
-    l1_coeff: float = L1,
-    lr: float = LR,
-    batch_size: int = TRAIN_BATCH,
     epochs: float = EPOCHS,
-    seed: int = SEED,
+    l1_coeff: float = L1,
     device: str = _opt(HarvestConfig, "device", "--device"),
     force: bool = FORCE,
 ) -> None:
-    """Every stage on the embedded default: harvest, train three sizes, evaluate, report."""
+    """Every stage on the embedded default: harvest, train three sizes, evaluate, report.
+    (`harvest` and `train` take more settings.)"""
     eval_tokens = max(2_000, min(default_of(HarvestConfig, "n_eval_tokens"), tokens // 10))
     hcfg = HarvestConfig(
         model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device
     )
     lm = run_harvest(hcfg, out, force)
-    run_train(_train_cfg(sizes, l1_coeff, lr, batch_size, epochs, seed, device), out, force)
+    tcfg = TrainConfig(sizes=_sizes(sizes), epochs=epochs, l1_coeff=l1_coeff, device=device)
+    run_train(tcfg, out, force)
     run_evaluate(out, EvalConfig(device=device), lm)
     run_report(out)
 

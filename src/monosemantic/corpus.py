@@ -145,18 +145,6 @@ def take_sequences(
     return torch.tensor(rows, dtype=torch.long)
 
 
-def count_sequences(
-    texts: Iterable[str],
-    tokenizer: PreTrainedTokenizerBase,
-    seq_len: int,
-    *,
-    split: str = "train",
-    eval_fraction: float = 0.05,
-) -> int:
-    """How many sequences ``iter_sequences`` yields (tokenizes the whole split)."""
-    return sum(1 for _ in iter_sequences(texts, tokenizer, seq_len, split=split, eval_fraction=eval_fraction))
-
-
 def _nonempty(texts: Iterator[str]) -> Iterator[str]:
     return (t for t in texts if t and not t.isspace())
 
