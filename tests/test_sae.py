@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monosemantic.sae import ReluSAE, relu_sae_loss
 from monosemantic.train import l1_at, lr_at
@@ -64,3 +66,15 @@ def test_schedules() -> None:
     assert lr_at(0, total, 1e-3, 0.2) == 1e-3 and lr_at(799, total, 1e-3, 0.2) == 1e-3
     assert lr_at(900, total, 1e-3, 0.2) == pytest.approx(0.5e-3)
     assert lr_at(1000, total, 1e-3, 0.2) == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+def test_folding_holds_for_any_scale(scale: float, seed: int) -> None:
+    sae = _sae(seed=seed)
+    raw = torch.randn(6, 8, generator=torch.Generator().manual_seed(seed)) / scale
+    before = sae(raw * scale)
+    sae.fold_input_scale(scale)
+    after = sae(raw)
+    torch.testing.assert_close(after.feats, before.feats, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after.recon * scale, before.recon, rtol=1e-4, atol=1e-5)

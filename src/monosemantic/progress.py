@@ -56,6 +56,7 @@ class Throughput:
     """Counts items over wall time; ``summary`` is the one-line report a stage ends with."""
 
     unit: str = "tokens"
+    flops_per_item: float = 0.0  # estimated FLOPs per item, for a FLOP/s figure; 0 = not reported
     count: int = 0
     start: float = field(default_factory=time.perf_counter)
 
@@ -71,14 +72,14 @@ class Throughput:
         return self.count / max(self.seconds, 1e-9)
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "tokens_per_s": round(self.rate, 1),
-            "seconds": round(self.seconds, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }
+        out = {"tokens_per_s": round(self.rate, 1), "seconds": round(self.seconds, 2)}
+        if self.flops_per_item:
+            out["gflop_per_s"] = round(self.rate * self.flops_per_item / 1e9, 2)
+        return {**out, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
     def summary(self, stage: str) -> str:
+        flops = f"~{self.rate * self.flops_per_item / 1e9:,.1f} GFLOP/s, " if self.flops_per_item else ""
         return (
             f"{stage}: {self.count:,} {self.unit} in {self.seconds:.1f} s, "
-            f"{self.rate:,.0f} {self.unit}/s, peak RSS {peak_rss_mb():,.0f} MiB"
+            f"{self.rate:,.0f} {self.unit}/s, {flops}peak RSS {peak_rss_mb():,.0f} MiB"
         )

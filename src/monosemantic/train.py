@@ -42,6 +42,11 @@ def l1_at(step: int, total: int, base: float, warmup: float) -> float:
     return base if step >= n else base * step / n
 
 
+def train_flops_per_token(d_model: int, n_features: int) -> int:
+    """Dense SAE training cost: encoder and decoder matmuls of 2dn each forward, twice that backward."""
+    return 12 * d_model * n_features
+
+
 def variance_explained(x: Tensor, recon: Tensor) -> float:
     """1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over a batch (B, d)."""
     return 1.0 - ((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
@@ -184,7 +189,7 @@ def train(
         _truncate_log(st.out_dir / "log.jsonl", st.step)
     step = min(st.step for st in states)
     batches = batches_from(step)
-    meter = Throughput()
+    meter = Throughput(flops_per_item=sum(train_flops_per_token(d_model, n) for n in cfg.sizes))
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
     with progress_bar("tok") as bar, deferred_interrupt() as interrupted:
         task = bar.add_task(
@@ -222,7 +227,7 @@ def train(
             raise KeyboardInterrupt
     for st in states:
         if meter.count or not (st.out_dir / "sae.safetensors").is_file():
-            flops = 12 * d_model * st.sae.n_features  # forward 4dn + backward 8dn per token
+            flops = train_flops_per_token(d_model, st.sae.n_features)
             save_dictionary(
                 st.sae,
                 st.out_dir,
