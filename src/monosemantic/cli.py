@@ -31,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Extract interpretable features from a transformer with sparse autoencoders.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line per message, also in logs
 
 
 def _opt(cls: type, name: str, *flags: str) -> Any:
@@ -48,11 +48,17 @@ FORCE = typer.Option(
 )
 
 
-def _sizes(text: str) -> list[int]:
+def _sizes(text: str, d_model: int) -> list[int]:
+    """'512,2048,16384' or multiples of d_model: '4x,16x,64x'."""
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        return [
+            int(s[:-1]) * d_model if s.endswith("x") else int(s) for s in map(str.strip, text.split(",")) if s
+        ]
     except ValueError as e:
-        raise UserError(f"--sizes {text!r} must be comma-separated integers, e.g. 512,2048,16384") from e
+        raise UserError(
+            f"--sizes {text!r} must be comma-separated integers or multiples of d_model, "
+            "e.g. 512,2048,16384 or 4x,16x,64x"
+        ) from e
 
 
 def _setup_logging() -> None:
@@ -99,15 +105,20 @@ def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
 def run_train(cfg: TrainConfig, out: Path, force: bool) -> list[Path]:
     from monosemantic.activations import ActivationStore
     from monosemantic.dictionary import sae_name
+    from monosemantic.distributed import init_from_env, local_device
     from monosemantic.train import train
 
     store = ActivationStore(out)
+    device = local_device(resolve_device(cfg.device))
+    dist = init_from_env(device)
     dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
-    if force:
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
-    record_stage(out, "train", cfg, force=force)
-    device = resolve_device(cfg.device)
+    if dist is None or dist.is_main:
+        if force:
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
+        record_stage(out, f"train.{cfg.arch}", cfg, force=force)
+    if dist is not None:
+        dist.barrier()  # the other ranks restore checkpoints only after rank 0 has cleared them
     meta = {k: store.manifest[k] for k in ("model", "layer", "seq_len")}
     states, meter = train(
         cfg,
@@ -118,8 +129,13 @@ def run_train(cfg: TrainConfig, out: Path, force: bool) -> list[Path]:
         scale=store.scale,
         meta=meta,
         device=device,
+        dist=dist,
     )
-    console.print(meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'})"))
+    if dist is not None:
+        dist.close()
+    if dist is None or dist.is_main:
+        world = f" on {dist.world} ranks" if dist else ""
+        console.print(meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'}{world})"))
     return dirs
 
 
@@ -225,8 +241,14 @@ def harvest_cmd(
 @app.command("train")
 def train_cmd(
     out: Path = OUT,
+    arch: str = _opt(TrainConfig, "arch", "--arch"),
     sizes: str = SIZES,
     l1_coeff: float = L1,
+    k: int = _opt(TrainConfig, "k", "--k"),
+    k_aux: int = _opt(TrainConfig, "k_aux", "--k-aux"),
+    aux_coeff: float = _opt(TrainConfig, "aux_coeff", "--aux-coeff"),
+    bandwidth: float = _opt(TrainConfig, "bandwidth", "--bandwidth"),
+    init_threshold: float = _opt(TrainConfig, "init_threshold", "--init-threshold"),
     lr: float = LR,
     batch_size: int = TRAIN_BATCH,
     epochs: float = EPOCHS,
@@ -234,10 +256,19 @@ def train_cmd(
     device: str = _opt(TrainConfig, "device", "--device"),
     force: bool = FORCE,
 ) -> None:
-    """Train dictionaries of several sizes on the stored activations (resumes after an interruption)."""
+    """Train dictionaries of several sizes on the stored activations (resumes after an interruption).
+    Under `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel."""
+    from monosemantic.activations import ActivationStore
+
     cfg = TrainConfig(
-        sizes=_sizes(sizes),
+        arch=arch,
+        sizes=_sizes(sizes, ActivationStore(out).d_model),
         l1_coeff=l1_coeff,
+        k=k,
+        k_aux=k_aux,
+        aux_coeff=aux_coeff,
+        bandwidth=bandwidth,
+        init_threshold=init_threshold,
         lr=lr,
         batch_size=batch_size,
         epochs=epochs,
@@ -283,7 +314,7 @@ def demo_cmd(
         model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device
     )
     lm = run_harvest(hcfg, out, force)
-    tcfg = TrainConfig(sizes=_sizes(sizes), epochs=epochs, l1_coeff=l1_coeff, device=device)
+    tcfg = TrainConfig(sizes=_sizes(sizes, lm.d_model), epochs=epochs, l1_coeff=l1_coeff, device=device)
     run_train(tcfg, out, force)
     run_evaluate(out, EvalConfig(device=device), lm)
     run_report(out)

@@ -55,9 +55,16 @@ class HarvestConfig:
 
 @dataclass
 class TrainConfig:
-    arch: str = _f("relu", "dictionary architecture: relu (Anthropic, April 2024)")
+    arch: str = _f("relu", "dictionary architecture: relu (Anthropic, April 2024), topk, batchtopk, jumprelu")
     sizes: list[int] = _f((512, 2048, 16384), "dictionary sizes trained together from one batch stream")
-    l1_coeff: float = _f(1.0, "lambda: weight of the decoder-norm-weighted L1 penalty")
+    l1_coeff: float = _f(
+        1.0, "lambda: weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0)"
+    )
+    k: int = _f(32, "topk/batchtopk: active features per token")
+    k_aux: int = _f(0, "topk/batchtopk: dead latents the AuxK loss reconstructs with (0 = d_model / 2)")
+    aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the AuxK loss")
+    bandwidth: float = _f(0.001, "jumprelu: width of the straight-through estimator's kernel")
+    init_threshold: float = _f(0.001, "jumprelu: initial per-feature threshold")
     lr: float = _f(3e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
     batch_size: int = _f(512, "activations per training step")
     epochs: float = _f(1.0, "passes over the stored training activations")
@@ -73,8 +80,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.sizes = [int(s) for s in self.sizes]
-        if self.arch != "relu":
-            raise UserError(f"unknown --arch {self.arch!r}: choose relu")
+        from monosemantic.sae import ARCHITECTURES
+
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         if not self.sizes or min(self.sizes) <= 0:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr <= 0 or self.l1_coeff < 0 or self.batch_size <= 0 or self.epochs <= 0:
@@ -131,10 +140,14 @@ _RESUMABLE = {"device", "checkpoint_every", "log_every", "n_tokens", "n_eval_tok
 
 def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) -> None:
     """Write ``cfg`` into run.toml, refusing when an earlier run of the stage used another setting
-    that changes what is on disk (unless ``force``)."""
+    that changes what is on disk (unless ``force``). A dotted ``stage`` ("train.topk") nests."""
     data = read_run_config(run_dir)
     new = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-    old = data.get(stage)
+    *parents, leaf = stage.split(".")
+    table = data
+    for key in parents:
+        table = table.setdefault(key, {})
+    old = table.get(leaf)
     if old is not None and not force:
         diff = [k for k in new if k not in _RESUMABLE and old.get(k) != new[k]]
         if diff:
@@ -143,5 +156,5 @@ def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) ->
                 f"{run_dir} holds a {stage} run with {k}={old.get(k)!r}, not {new[k]!r}: "
                 f"use another --out, or --force to discard it and start the {stage} stage over"
             )
-    data[stage] = new
+    table[leaf] = new
     write_text(run_dir / "run.toml", tomli_w.dumps(data))

@@ -12,14 +12,14 @@ from safetensors.torch import load_file, save_file
 
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path, read_json, write_json
-from monosemantic.sae import ARCHITECTURES, ReluSAE
+from monosemantic.sae import ARCHITECTURES, SparseAutoencoder
 
 
 def sae_name(arch: str, n_features: int) -> str:
     return f"{arch}-{n_features}"
 
 
-def save_dictionary(sae: ReluSAE, out_dir: Path, cfg: dict[str, Any], scale: float) -> None:
+def save_dictionary(sae: SparseAutoencoder, out_dir: Path, cfg: dict[str, Any], scale: float) -> None:
     """Write the dictionary trained on ``scale·x`` so that it acts on raw ``x``."""
     raw = copy.deepcopy(sae).cpu()
     raw.fold_input_scale(scale)
@@ -29,6 +29,8 @@ def save_dictionary(sae: ReluSAE, out_dir: Path, cfg: dict[str, Any], scale: flo
         out_dir / "cfg.json",
         {
             **cfg,
+            "arch": sae.arch,
+            "hyperparameters": sae.hyperparameters(),
             "d_model": sae.d_model,
             "n_features": sae.n_features,
             "input_scale": scale,
@@ -37,7 +39,7 @@ def save_dictionary(sae: ReluSAE, out_dir: Path, cfg: dict[str, Any], scale: flo
     )
 
 
-def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[ReluSAE, dict[str, Any]]:
+def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
     """Load a saved dictionary (acting on raw activations) and its cfg.json."""
     if not (sae_dir / "cfg.json").is_file() or not (sae_dir / "sae.safetensors").is_file():
         raise UserError(f"{sae_dir} holds no finished dictionary: run `monosemantic train` (it resumes)")
@@ -45,7 +47,7 @@ def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[ReluSAE, dict[s
     arch = ARCHITECTURES.get(cfg.get("arch", ""))
     if arch is None:
         raise UserError(f"{sae_dir}/cfg.json names an unknown architecture {cfg.get('arch')!r}")
-    sae = arch(int(cfg["d_model"]), int(cfg["n_features"]))
+    sae = arch(int(cfg["d_model"]), int(cfg["n_features"]), **cfg.get("hyperparameters", {}))
     try:
         state = load_file(str(sae_dir / "sae.safetensors"))
         sae.load_state_dict(state)
@@ -55,4 +57,4 @@ def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[ReluSAE, dict[s
         raise UserError(
             f"{sae_dir}/sae.safetensors does not match its cfg.json: delete the folder and retrain"
         ) from e
-    return sae.to(device).requires_grad_(False), cfg
+    return sae.to(device).eval().requires_grad_(False), cfg

@@ -21,7 +21,7 @@ from monosemantic.errors import UserError
 from monosemantic.fsio import write_json
 from monosemantic.models import LoadedModel, edit_residual, next_token_loss
 from monosemantic.progress import Throughput, progress_bar
-from monosemantic.sae import ReluSAE
+from monosemantic.sae import SparseAutoencoder
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens is "dense"
 DEAD_MIN_TOKENS = 1_000_000
@@ -29,7 +29,7 @@ DEAD_MIN_TOKENS = 1_000_000
 
 @torch.no_grad()
 def reconstruction_metrics(
-    sae: ReluSAE, store: ActivationStore, batch_size: int, device: str
+    sae: SparseAutoencoder, store: ActivationStore, batch_size: int, device: str
 ) -> dict[str, Any]:
     """L0, variance explained and MSE over every held-out activation. ``sae`` acts on raw
     activations (scale folded in); errors are reported on the training scale."""
@@ -72,7 +72,11 @@ def density_tokens(store: ActivationStore) -> Iterator[Tensor]:
 
 @torch.no_grad()
 def firing_density(
-    saes: dict[str, ReluSAE], chunks: Iterable[Tensor], batch_size: int, device: str, on_chunk: Any = None
+    saes: dict[str, SparseAutoencoder],
+    chunks: Iterable[Tensor],
+    batch_size: int,
+    device: str,
+    on_chunk: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Per dictionary: dead and dense fractions and the histogram of log10 firing frequency
     (encoder only; each chunk of activations is read once for all dictionaries)."""
@@ -121,7 +125,7 @@ def eval_sequences(store: ActivationStore, n: int) -> Tensor:
 def spliced_losses(
     lm: LoadedModel,
     layer: int,
-    saes: dict[str, ReluSAE],
+    saes: dict[str, SparseAutoencoder],
     seqs: Tensor,
     outlier_ratio: float,
     batch_size: int = 8,

@@ -36,7 +36,7 @@ class _Rate(ProgressColumn):
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="cyan")
 
 
-def progress_bar(unit: str = "tok") -> Progress:
+def progress_bar(unit: str = "tok", disable: bool = False) -> Progress:
     """A rich progress bar showing done/total, rate in ``unit``/s, elapsed time and ETA."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -48,6 +48,7 @@ def progress_bar(unit: str = "tok") -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         transient=False,
+        disable=disable,
     )
 
 

@@ -8,6 +8,7 @@ its own ``state.pt``; a rerun resumes each size from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import signal
@@ -21,10 +22,11 @@ from torch import Tensor
 
 from monosemantic.config import TrainConfig
 from monosemantic.dictionary import sae_name, save_dictionary
+from monosemantic.distributed import DistContext
 from monosemantic.errors import UserError
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
 from monosemantic.progress import Throughput, progress_bar
-from monosemantic.sae import ReluSAE, relu_sae_loss
+from monosemantic.sae import ARCHITECTURES, LossContext, SparseAutoencoder
 
 # A feature is logged as dead during training once it has not fired for this many tokens.
 DEAD_WINDOW_TOKENS = 100_000
@@ -56,7 +58,7 @@ def variance_explained(x: Tensor, recon: Tensor) -> float:
 class SizeState:
     """One dictionary being trained: its module, optimizer, progress and folder."""
 
-    sae: ReluSAE
+    sae: SparseAutoencoder
     opt: torch.optim.Adam
     out_dir: Path
     step: int = 0
@@ -115,28 +117,50 @@ def deferred_interrupt() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
-def train_step(st: SizeState, x: Tensor, cfg: TrainConfig, total: int) -> dict[str, float]:
-    """One Adam step of Anthropic's loss on batch x (B, d); returns the batch's statistics."""
+def train_step(
+    st: SizeState, x: Tensor, cfg: TrainConfig, total: int, dist: DistContext | None = None
+) -> dict[str, float]:
+    """One Adam step on this rank's batch x (B, d); returns the batch's statistics (averaged over
+    ranks). Under data parallelism the gradients, buffers and firing records are synchronised."""
     lr, l1 = lr_at(st.step, total, cfg.lr, cfg.lr_decay), l1_at(st.step, total, cfg.l1_coeff, cfg.l1_warmup)
+    assert st.since_fired is not None
     out = st.sae(x)
-    lo = relu_sae_loss(x, out, st.sae.decoder_norms(), l1)
+    lo = st.sae.loss(x, out, LossContext(l1, dead=st.since_fired >= DEAD_WINDOW_TOKENS))
     st.opt.zero_grad(set_to_none=True)
     lo.loss.backward()
+    if dist is not None:
+        dist.average_gradients(st.sae)
+    st.sae.before_optimizer_step()
     torch.nn.utils.clip_grad_norm_(st.sae.parameters(), cfg.grad_clip)
     for group in st.opt.param_groups:
         group["lr"] = lr
     st.opt.step()
     with torch.no_grad():
-        fired = out.feats > 0
-        assert st.since_fired is not None
-        st.since_fired += x.shape[0]
-        st.since_fired[fired.any(0)] = 0
+        st.sae.after_optimizer_step(out)
+        fired = (out.feats > 0).any(0)
+        values = torch.stack(
+            [
+                lo.loss,
+                lo.mse,
+                lo.sparsity,
+                lo.aux,
+                (out.feats > 0).sum(-1).float().mean(),
+                torch.tensor(variance_explained(x, out.recon), device=x.device),
+            ]
+        ).detach()
+        if dist is not None:
+            dist.average_buffers(st.sae)
+            fired, values = dist.any(fired), dist.mean(values)
+        st.since_fired += x.shape[0] * (dist.world if dist else 1)
+        st.since_fired[fired] = 0
+        loss, mse, sparsity, aux, l0, ve = values.tolist()
         stats = {
-            "loss": lo.loss.item(),
-            "mse": lo.mse.item(),
-            "l1": lo.sparsity.item(),
-            "l0": fired.sum(-1).float().mean().item(),
-            "variance_explained": variance_explained(x, out.recon),
+            "loss": loss,
+            "mse": mse,
+            "sparsity": sparsity,
+            "aux": aux,
+            "l0": l0,
+            "variance_explained": ve,
             "lr": lr,
             "l1_coeff": l1,
             "dead_fraction": (st.since_fired >= DEAD_WINDOW_TOKENS).float().mean().item(),
@@ -147,10 +171,17 @@ def train_step(st: SizeState, x: Tensor, cfg: TrainConfig, total: int) -> dict[s
     return stats
 
 
+def build_sae(cfg: TrainConfig, d_model: int, n_features: int) -> SparseAutoencoder:
+    """An untrained dictionary of ``cfg.arch``, given the config fields its constructor takes."""
+    cls = ARCHITECTURES[cfg.arch]
+    wanted = inspect.signature(cls.__init__).parameters
+    return cls(d_model, n_features, **{k: v for k, v in asdict(cfg).items() if k in wanted and k != "self"})
+
+
 def make_states(cfg: TrainConfig, d_model: int, run_dir: Path, device: str) -> list[SizeState]:
     states = []
     for n in cfg.sizes:
-        sae = ReluSAE(d_model, n)
+        sae = build_sae(cfg, d_model, n)
         sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
         sae.to(device)
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -175,35 +206,42 @@ def train(
     scale: float,
     meta: dict[str, Any],
     device: str = "cpu",
+    dist: DistContext | None = None,
 ) -> tuple[list[SizeState], Throughput]:
     """Train every size in ``cfg.sizes`` to ``epochs · n_train_tokens / batch_size`` steps.
 
-    ``batches_from(step)`` yields the (B, d) batches from ``step`` on (the same batches whether or
-    not the run was interrupted); ``meta`` (model, layer, ...) goes into each cfg.json."""
+    ``batches_from(step)`` yields the global (B, d) batches from ``step`` on (the same batches
+    whether or not the run was interrupted); under ``dist`` each rank trains on its slice of each
+    and only rank 0 writes. ``meta`` (model, layer, ...) goes into each cfg.json."""
+    main = dist is None or dist.is_main
     total = max(1, int(cfg.epochs * n_train_tokens) // cfg.batch_size)
     ckpt_cfg = {**asdict(cfg), "sizes": list(cfg.sizes), "device": None, "n_steps": total}
     states = make_states(cfg, d_model, run_dir, device)
     for st in states:
-        st.out_dir.mkdir(parents=True, exist_ok=True)
         st.restore(ckpt_cfg)
-        _truncate_log(st.out_dir / "log.jsonl", st.step)
+        if main:
+            st.out_dir.mkdir(parents=True, exist_ok=True)
+            _truncate_log(st.out_dir / "log.jsonl", st.step)
     step = min(st.step for st in states)
     batches = batches_from(step)
     meter = Throughput(flops_per_item=sum(train_flops_per_token(d_model, n) for n in cfg.sizes))
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
-    with progress_bar("tok") as bar, deferred_interrupt() as interrupted:
+    with progress_bar("tok", disable=not main) as bar, deferred_interrupt() as interrupted:
         task = bar.add_task(
             "train " + "/".join(map(str, cfg.sizes)),
             total=total * cfg.batch_size,
             completed=step * cfg.batch_size,
             info="",
         )
-        while step < total and not interrupted:
-            x = next(batches).to(device, non_blocking=True)
+        while step < total and not _stop(interrupted, dist):
+            x = next(batches)
+            x = (dist.shard(x) if dist else x).to(device, non_blocking=True)
             for st in states:
                 if st.step != step:
                     continue  # this size is ahead of the slowest one after a resume
-                stats = train_step(st, x, cfg, total)
+                stats = train_step(st, x, cfg, total, dist)
+                if not main:
+                    continue
                 if st.step % cfg.log_every == 0 or st.step == total:
                     append_jsonl(
                         st.out_dir / "log.jsonl",
@@ -217,16 +255,19 @@ def train(
                 if st.step % cfg.checkpoint_every == 0 or st.step == total:
                     st.checkpoint(ckpt_cfg)
             step += 1
-            meter.add(x.shape[0])
+            meter.add(cfg.batch_size)
             bar.update(
-                task, advance=x.shape[0], info=f"L0 {stats['l0']:.0f} VE {stats['variance_explained']:.2f}"
+                task,
+                advance=cfg.batch_size,
+                info=f"L0 {stats['l0']:.0f} VE {stats['variance_explained']:.2f}",
             )
-        if interrupted:
+        if step < total:  # interrupted
             for st in states:
-                st.checkpoint(ckpt_cfg)
+                if main:
+                    st.checkpoint(ckpt_cfg)
             raise KeyboardInterrupt
     for st in states:
-        if meter.count or not (st.out_dir / "sae.safetensors").is_file():
+        if main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
             flops = train_flops_per_token(d_model, st.sae.n_features)
             save_dictionary(
                 st.sae,
@@ -235,6 +276,13 @@ def train(
                 scale,
             )
     return states, meter
+
+
+def _stop(interrupted: list[int], dist: DistContext | None) -> bool:
+    """Whether any rank was interrupted: all ranks must leave the loop at the same step."""
+    if dist is None:
+        return bool(interrupted)
+    return bool(dist.any(torch.tensor([bool(interrupted)])).item())
 
 
 def _truncate_log(path: Path, step: int) -> None:

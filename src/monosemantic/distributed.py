@@ -1,0 +1,89 @@
+"""Data-parallel training on torch.distributed: started by torchrun, gloo on CPU, NCCL on GPU.
+
+Every rank holds a full copy of each dictionary and takes its own disjoint slice of every global
+batch; gradients are averaged before the optimizer step, so N ranks with a global batch B follow
+the same trajectory as one process with batch B. Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from monosemantic.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: Tensor) -> Tensor:
+        """This rank's rows of a global batch (B, d) -> (B / world, d)."""
+        if len(batch) % self.world:
+            raise UserError(f"--train-batch-size {len(batch)} must be divisible by the {self.world} ranks")
+        per = len(batch) // self.world
+        return batch[self.rank * per : (self.rank + 1) * per]
+
+    def average_gradients(self, module: nn.Module) -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one collective instead of one per tensor
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def average_buffers(self, module: nn.Module) -> None:
+        """Keep state that a step updates from local statistics (e.g. thresholds) identical."""
+        for b in module.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world
+
+    def any(self, mask: Tensor) -> Tensor:
+        """Element-wise OR of a bool tensor across ranks."""
+        m = mask.to(torch.int32)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+        return m.bool()
+
+    def mean(self, values: Tensor) -> Tensor:
+        v = values.clone()
+        dist.all_reduce(v)
+        return v / self.world
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group together (a rank leaving early aborts its peers' gloo threads)."""
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def init_from_env(device: str) -> DistContext | None:
+    """Join the process group torchrun describes in the environment; None when not under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return DistContext(dist.get_rank(), dist.get_world_size())
+
+
+def local_device(device: str) -> str:
+    """Under torchrun on GPUs, each rank uses the GPU of its LOCAL_RANK."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device

@@ -1,0 +1,113 @@
+"""What every dictionary architecture shares: parameters, encode/decode, scale folding, and the
+hooks the trainer calls. Subclasses define the activation function and the loss; all pure math.
+
+    pre = W_enc x + b_enc         (..., n)
+    f   = activation(pre)         (..., n), f ≥ 0 and sparse
+    x̂   = W_dec f + b_dec         (..., d)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class ForwardOutput(NamedTuple):
+    pre_acts: Tensor
+    """(..., n) encoder pre-activations W_enc x + b_enc."""
+    feats: Tensor
+    """(..., n) feature activations f(x) ≥ 0."""
+    recon: Tensor
+    """(..., d) reconstruction x̂."""
+
+
+class LossContext(NamedTuple):
+    """What the trainer knows and a loss may use, beside the batch."""
+
+    sparsity_coeff: float
+    """Current weight of the sparsity penalty (λ after its warm-up); unused by TopK variants."""
+    dead: Tensor | None = None
+    """(n,) bool: features that have not fired for the trainer's dead window (AuxK uses them)."""
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor
+    """() what the optimizer minimises."""
+    mse: Tensor
+    """() squared error summed over d, averaged over the batch."""
+    sparsity: Tensor
+    """() the architecture's sparsity term before its coefficient (0 where sparsity is structural)."""
+    aux: Tensor
+    """() auxiliary loss (AuxK for TopK variants; 0 otherwise)."""
+
+
+def mse_loss(x: Tensor, recon: Tensor) -> Tensor:
+    """‖x − x̂‖² summed over d, averaged over the batch: x, recon (B, d) -> ()."""
+    return (recon - x).pow(2).sum(dim=-1).mean()
+
+
+class SparseAutoencoder(nn.Module):
+    arch: ClassVar[str] = ""
+
+    def __init__(self, d_model: int, n_features: int) -> None:
+        super().__init__()
+        self.d_model, self.n_features = d_model, n_features
+        self.W_enc = nn.Parameter(torch.empty(n_features, d_model))
+        self.b_enc = nn.Parameter(torch.zeros(n_features))
+        self.W_dec = nn.Parameter(torch.empty(d_model, n_features))
+        self.b_dec = nn.Parameter(torch.zeros(d_model))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Constructor keywords beyond (d_model, n_features), saved in cfg.json to rebuild it."""
+        return {}
+
+    @torch.no_grad()
+    def initialize(self, generator: torch.Generator, dec_norm: float = 0.1) -> None:
+        """Random decoder directions of norm ``dec_norm``, W_enc = W_decᵀ, zero biases."""
+        w = torch.randn(self.d_model, self.n_features, generator=generator)
+        self.W_dec.copy_(w / w.norm(dim=0, keepdim=True) * dec_norm)
+        self.W_enc.copy_(self.W_dec.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """pre (..., n) -> feats (..., n)."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
+        """The training loss for a batch x (B, d) and its forward output."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (..., d) -> (pre_acts, feats), each (..., n)."""
+        pre = x @ self.W_enc.T + self.b_enc
+        return pre, self.activation(pre)
+
+    def decode(self, feats: Tensor) -> Tensor:
+        """feats (..., n) -> x̂ (..., d)."""
+        return feats @ self.W_dec.T + self.b_dec
+
+    def forward(self, x: Tensor) -> ForwardOutput:
+        pre, feats = self.encode(x)
+        return ForwardOutput(pre, feats, self.decode(feats))
+
+    def decoder_norms(self) -> Tensor:
+        """(n,) ‖W_dec[:, i]‖₂."""
+        return self.W_dec.norm(dim=0)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make a dictionary trained on ``scale·x`` act on raw ``x`` with identical features:
+        pre-activations are unchanged (W_enc·s) and x̂ = (W_dec f + b_dec) / s."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward, before the optimizer step (e.g. to project gradients)."""
+
+    def after_optimizer_step(self, out: ForwardOutput) -> None:
+        """Called after the optimizer step with the batch's forward output (e.g. to renormalise
+        the decoder or update an inference threshold)."""

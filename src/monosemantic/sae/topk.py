@@ -1,0 +1,136 @@
+"""The TopK sparse autoencoder of Gao et al., *Scaling and evaluating sparse autoencoders* (OpenAI,
+2024), with its AuxK loss.
+
+    f(x) = ReLU(TopK_k(W_enc x + b_enc))               (n,), at most k nonzero
+    x̂    = b_dec + W_dec f                             (d,)
+    L    = ‖x − x̂‖² + α · AuxK
+
+Sparsity is structural (exactly k candidates per token), so there is no penalty. Decoder columns
+are kept at unit norm: the gradient component along each column is removed before the optimizer
+step and the columns are renormalised after it. AuxK revives dead latents by asking the k_aux
+largest dead pre-activations to reconstruct what the live ones missed.
+
+The decoder runs sparse (``F.embedding_bag`` over the k active columns per token); ``decode`` is
+the dense reference it is tested against. Forward + backward of the decoder at B=512, d=576, k=32
+on a 2-core CPU: 12 ms sparse vs 27 ms dense at n=2048, 90 ms vs 216 ms at n=16384 (the whole
+dictionary: 24 vs 38 ms, 260 vs 372 ms), and a tie at toy sizes, so ``forward`` always runs sparse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
+
+
+class Active(NamedTuple):
+    """The nonzero entries of a (B, n) activation matrix in row-major order (M entries)."""
+
+    rows: Tensor
+    """(M,) long, non-decreasing: the batch row of each entry."""
+    cols: Tensor
+    """(M,) long: the feature of each entry."""
+    values: Tensor
+    """(M,) the activation of each entry (≥ 0)."""
+
+    def dense(self, batch: int, n_features: int) -> Tensor:
+        """The (B, n) activation matrix, zero outside the entries."""
+        zeros = self.values.new_zeros(batch, n_features)
+        return zeros.index_put((self.rows, self.cols), self.values)
+
+
+def sparse_decode(W_dec: Tensor, active: Active, batch: int) -> Tensor:
+    """W_dec f without the bias, reading only the active columns: W_dec (d, n) -> (B, d).
+    Equals ``active.dense(B, n) @ W_dec.T`` at a cost of M·d instead of B·n·d."""
+    offsets = torch.searchsorted(active.rows, torch.arange(batch, device=active.rows.device))
+    # embedding_bag gathers rows of its table; rows of the strided view W_dec.T are scattered over
+    # memory, which made it 2-5x slower than copying the table to a contiguous block first.
+    table = W_dec.T.contiguous()
+    return F.embedding_bag(active.cols, table, offsets, per_sample_weights=active.values, mode="sum")
+
+
+def topk_per_row(pre: Tensor, k: int) -> Active:
+    """ReLU of the k largest entries of each row of pre (B, n)."""
+    batch, n = pre.shape
+    values, cols = pre.topk(min(k, n), dim=-1, sorted=False)
+    rows = torch.arange(batch, device=pre.device).repeat_interleave(values.shape[1])
+    return Active(rows, cols.reshape(-1), torch.relu(values).reshape(-1))
+
+
+def auxk_loss(
+    x: Tensor, recon: Tensor, pre: Tensor, W_dec: Tensor, dead: Tensor | None, k_aux: int
+) -> Tensor:
+    """AuxK (Gao et al. 2024, §A.2): reconstruct the residual e = x − x̂, held constant, from the
+    ReLU of the top-k_aux pre-activations among the dead latents, through the decoder alone.
+
+    Normalised as in OpenAI's reference code: Σ‖ê − e‖² / Σ‖e − ē‖² over the batch (ē the batch
+    mean of e), so 1 means the dead latents explain nothing. 0 when no latent is dead.
+    x, recon (B, d); pre (B, n); W_dec (d, n); dead (n,) bool -> ()."""
+    zero = x.new_zeros(())
+    n_dead = 0 if dead is None else int(dead.sum())
+    if dead is None or n_dead == 0:
+        return zero
+    masked = pre.masked_fill(~dead, float("-inf"))
+    active = topk_per_row(masked, min(k_aux, n_dead))
+    residual = (x - recon).detach()
+    spread = (residual - residual.mean(0)).pow(2).sum()
+    if spread <= 0:  # a single token, or a perfect reconstruction: nothing to learn
+        return zero
+    return (sparse_decode(W_dec, active, x.shape[0]) - residual).pow(2).sum() / spread
+
+
+class TopKSAE(SparseAutoencoder):
+    arch = "topk"
+
+    def __init__(
+        self, d_model: int, n_features: int, k: int = 32, k_aux: int = 0, aux_coeff: float = 1 / 32
+    ) -> None:
+        super().__init__(d_model, n_features)
+        self.k = k
+        self.k_aux = k_aux or d_model // 2
+        self.aux_coeff = aux_coeff
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"k": self.k, "k_aux": self.k_aux, "aux_coeff": self.aux_coeff}
+
+    @torch.no_grad()
+    def initialize(self, generator: torch.Generator, dec_norm: float = 1.0) -> None:
+        """As the base class, but with unit-norm decoder columns: ``dec_norm`` is ignored."""
+        super().initialize(generator, dec_norm=1.0)
+
+    def select(self, pre: Tensor) -> Active:
+        """The active features of pre (B, n)."""
+        return topk_per_row(pre, self.k)
+
+    def activation(self, pre: Tensor) -> Tensor:
+        flat = pre.reshape(-1, self.n_features)
+        return self.select(flat).dense(*flat.shape).view_as(pre)
+
+    def forward(self, x: Tensor) -> ForwardOutput:
+        pre = x @ self.W_enc.T + self.b_enc
+        flat = pre.reshape(-1, self.n_features)
+        active = self.select(flat)
+        recon = sparse_decode(self.W_dec, active, flat.shape[0]) + self.b_dec
+        return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x))
+
+    def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
+        mse = mse_loss(x, out.recon)
+        aux = auxk_loss(x, out.recon, out.pre_acts, self.W_dec, ctx.dead, self.k_aux)
+        return LossOutput(mse + self.aux_coeff * aux, mse, x.new_zeros(()), aux)
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Remove from W_dec.grad its component along each decoder column, so that the step moves
+        the columns (to first order) along the unit sphere."""
+        grad, w = self.W_dec.grad, self.W_dec
+        if grad is not None:
+            grad.sub_(w * ((grad * w).sum(0) / w.pow(2).sum(0)))
+
+    @torch.no_grad()
+    def after_optimizer_step(self, out: ForwardOutput) -> None:
+        """Put the decoder columns back on the unit sphere."""
+        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True))
