@@ -80,7 +80,7 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
     seqs_per_shard = max(1, cfg.shard_tokens // per_seq)
     meter = Throughput()
     with progress_bar() as bar:
-        for split, budget in (("train", cfg.n_tokens), ("eval", cfg.n_eval_tokens)):
+        for split, budget in (("train", 0 if cfg.on_the_fly else cfg.n_tokens), ("eval", cfg.n_eval_tokens)):
             done = sum(s["n_seqs"] for s in manifest["shards"] if s["split"] == split)
             want = math.ceil(budget / per_seq)
             if done >= want:
@@ -149,8 +149,6 @@ class ActivationStore:
                 f"{run_dir} has no activation store: run `monosemantic harvest --out {run_dir}` first"
             )
         self.manifest = read_json(self.dir / MANIFEST)
-        if not self.shards("train"):
-            raise UserError(f"{self.dir} holds no training shards: rerun `monosemantic harvest`")
 
     @property
     def d_model(self) -> int:

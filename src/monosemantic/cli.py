@@ -75,19 +75,24 @@ def _setup_logging() -> None:
 
 
 def _load_lm(model: str, device: str, dtype: str = "float32") -> Any:
+    from monosemantic.distributed import local_device
     from monosemantic.models import load_model
 
     with console.status(f"loading model {model} ..."):
-        return load_model(model, device=resolve_device(device), dtype=dtype)
+        return load_model(model, device=local_device(resolve_device(device)), dtype=dtype)
+
+
+def _clear_for_force(out: Path, force: bool) -> None:
+    if force:  # new activations invalidate everything trained on the old ones
+        for stale in ("activations", "saes", "report"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        (out / "run.toml").unlink(missing_ok=True)
 
 
 def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
     from monosemantic.activations import harvest
 
-    if force:  # new activations invalidate everything trained on the old ones
-        for stale in ("activations", "saes", "report"):
-            shutil.rmtree(out / stale, ignore_errors=True)
-        (out / "run.toml").unlink(missing_ok=True)
+    _clear_for_force(out, force)
     record_stage(out, "harvest", cfg, force=force)
     lm = _load_lm(cfg.model, cfg.device, cfg.dtype)
     manifest = harvest(cfg, out, lm)
@@ -102,30 +107,63 @@ def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
     return lm
 
 
-def run_train(cfg: TrainConfig, out: Path, force: bool) -> list[Path]:
-    from monosemantic.activations import ActivationStore
+def run_train(
+    cfg: TrainConfig, out: Path, force: bool, stream: HarvestConfig | None = None, lm: Any = None
+) -> list[Path]:
+    """Train from the run's activation store, or on the fly from the model when ``stream`` is given
+    (under torchrun, data-parallel either way)."""
+    from monosemantic.activations import ActivationStore, harvest
     from monosemantic.dictionary import sae_name
     from monosemantic.distributed import init_from_env, local_device
     from monosemantic.train import train
 
-    store = ActivationStore(out)
     device = local_device(resolve_device(cfg.device))
     dist = init_from_env(device)
+    main = dist is None or dist.is_main
     dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
-    if dist is None or dist.is_main:
+    if stream is not None and lm is None:
+        lm = _load_lm(stream.model, device, stream.dtype)
+    if main:
+        if stream is not None:  # the held-out store: evaluation data and the normalisation scale
+            _clear_for_force(out, force)
+            record_stage(out, "harvest", stream, force=force)
+            harvest(stream, out, lm)
         if force:
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
         record_stage(out, f"train.{cfg.arch}", cfg, force=force)
     if dist is not None:
-        dist.barrier()  # the other ranks restore checkpoints only after rank 0 has cleared them
+        dist.barrier()  # the other ranks read the store and checkpoints only once rank 0 has set them up
+    store = ActivationStore(out)
+    if stream is None:
+        n_train = store.n_tokens("train")
+        batches_from = lambda step: store.batches(cfg.batch_size, cfg.seed, cfg.buffer_shards, step)  # noqa: E731
+    else:
+        from monosemantic.stream import ActivationStream
+
+        assert lm is not None
+        source = ActivationStream(
+            lm,
+            int(store.manifest["layer"]),
+            stream.corpus,
+            seq_len=stream.seq_len,
+            window_seqs=stream.window_seqs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            outlier_ratio=stream.outlier_ratio,
+            eval_fraction=stream.eval_fraction,
+            harvest_batch_size=stream.batch_size,
+            dist=dist,
+        )
+        n_train = stream.n_tokens
+        batches_from = lambda step: source.batches(store.scale, step)  # noqa: E731
     meta = {k: store.manifest[k] for k in ("model", "layer", "seq_len")}
     states, meter = train(
         cfg,
-        lambda step: store.batches(cfg.batch_size, cfg.seed, cfg.buffer_shards, step),
+        batches_from,
         run_dir=out,
         d_model=store.d_model,
-        n_train_tokens=store.n_tokens("train"),
+        n_train_tokens=n_train,
         scale=store.scale,
         meta=meta,
         device=device,
@@ -133,7 +171,7 @@ def run_train(cfg: TrainConfig, out: Path, force: bool) -> list[Path]:
     )
     if dist is not None:
         dist.close()
-    if dist is None or dist.is_main:
+    if main:
         world = f" on {dist.world} ranks" if dist else ""
         console.print(meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'}{world})"))
     return dirs
@@ -249,33 +287,66 @@ def train_cmd(
     aux_coeff: float = _opt(TrainConfig, "aux_coeff", "--aux-coeff"),
     bandwidth: float = _opt(TrainConfig, "bandwidth", "--bandwidth"),
     init_threshold: float = _opt(TrainConfig, "init_threshold", "--init-threshold"),
+    resample_dead: bool = _opt(TrainConfig, "resample_dead", "--resample-dead"),
     lr: float = LR,
     batch_size: int = TRAIN_BATCH,
     epochs: float = EPOCHS,
     seed: int = SEED,
     device: str = _opt(TrainConfig, "device", "--device"),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="train on the fly from this model (no activation "
+        "store; see `harvest --model`); leave out to train on the run's store",
+    ),
+    layer: int = LAYER,
+    corpus: str = CORPUS,
+    tokens: int = _opt(HarvestConfig, "n_tokens", "--tokens"),
+    eval_tokens: int = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens"),
+    seq_len: int = _opt(HarvestConfig, "seq_len", "--seq-len"),
+    window_seqs: int = _opt(HarvestConfig, "window_seqs", "--window-seqs"),
     force: bool = FORCE,
 ) -> None:
     """Train dictionaries of several sizes on the stored activations (resumes after an interruption).
-    Under `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel."""
-    from monosemantic.activations import ActivationStore
+    With --model, train on the fly straight from the model. Under
+    `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel."""
+    stream, lm = None, None
+    if model is None:
+        from monosemantic.activations import ActivationStore
 
+        d_model = ActivationStore(out).d_model
+    else:
+        stream = HarvestConfig(
+            model=model,
+            layer=layer,
+            corpus=corpus,
+            n_tokens=tokens,
+            n_eval_tokens=eval_tokens,
+            seq_len=seq_len,
+            window_seqs=window_seqs,
+            on_the_fly=True,
+            device=device,
+        )
+        lm = _load_lm(model, device)
+        d_model = lm.d_model
+        epochs = 1.0  # the stream never repeats a window; --tokens sets the budget
     cfg = TrainConfig(
         arch=arch,
-        sizes=_sizes(sizes, ActivationStore(out).d_model),
+        sizes=_sizes(sizes, d_model),
         l1_coeff=l1_coeff,
         k=k,
         k_aux=k_aux,
         aux_coeff=aux_coeff,
         bandwidth=bandwidth,
         init_threshold=init_threshold,
+        resample_dead=resample_dead,
         lr=lr,
         batch_size=batch_size,
         epochs=epochs,
         seed=seed,
         device=device,
     )
-    run_train(cfg, out, force)
+    run_train(cfg, out, force, stream, lm)
 
 
 @app.command("evaluate")

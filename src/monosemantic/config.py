@@ -36,6 +36,12 @@ class HarvestConfig:
     eval_fraction: float = _f(0.05, "fraction of corpus documents held out for evaluation (by hash)")
     batch_size: int = _f(16, "sequences per forward pass")
     shard_tokens: int = _f(32_768, "activations per shard file (the unit of resume)")
+    on_the_fly: bool = _f(
+        False,
+        "train straight from the model (no training shards); the store keeps only "
+        "held-out activations for evaluation",
+    )
+    window_seqs: int = _f(256, "on the fly: sequences harvested and shuffled together")
     store_dtype: str = _f("float16", "dtype of stored activations: float16, bfloat16 or float32")
     device: str = _f("auto", "cpu, cuda, cuda:1 ...; auto picks cuda when available")
     dtype: str = _f("float32", "model dtype (bf16 matmuls are ~400x slower on CPUs: keep float32 there)")
@@ -45,6 +51,8 @@ class HarvestConfig:
             raise UserError("--seq-len must be at least 2 (position 0 is excluded)")
         if self.n_tokens <= 0 or self.n_eval_tokens < 0:
             raise UserError("--tokens must be positive and --eval-tokens non-negative")
+        if self.on_the_fly and self.n_eval_tokens <= 0:
+            raise UserError("on-the-fly training needs --eval-tokens > 0 (they also set the normalisation)")
         if self.outlier_ratio <= 1.0:
             raise UserError("--outlier-ratio must be above 1")
         if not 0.0 < self.eval_fraction < 1.0:
@@ -65,6 +73,9 @@ class TrainConfig:
     aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the AuxK loss")
     bandwidth: float = _f(0.001, "jumprelu: width of the straight-through estimator's kernel")
     init_threshold: float = _f(0.001, "jumprelu: initial per-feature threshold")
+    resample_dead: bool = _f(
+        False, "relu: resample dead features at 10/20/30/40% of training (Anthropic 2023)"
+    )
     lr: float = _f(3e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
     batch_size: int = _f(512, "activations per training step")
     epochs: float = _f(1.0, "passes over the stored training activations")
@@ -84,6 +95,10 @@ class TrainConfig:
 
         if self.arch not in ARCHITECTURES:
             raise UserError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.resample_dead and self.arch != "relu":
+            raise UserError(
+                "--resample-dead applies to --arch relu (TopK variants revive features with AuxK)"
+            )
         if not self.sizes or min(self.sizes) <= 0:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr <= 0 or self.l1_coeff < 0 or self.batch_size <= 0 or self.epochs <= 0:

@@ -62,6 +62,16 @@ class DistContext:
         dist.all_reduce(v)
         return v / self.world
 
+    def gather_rows(self, mine: Tensor, n_total: int) -> Tensor:
+        """Undo a round-robin split: rank r holds items r, r+world, ... of ``n_total`` (dim 0);
+        every rank gets all of them back in the original order."""
+        per = -(-n_total // self.world)
+        padded = torch.zeros(per, *mine.shape[1:], dtype=mine.dtype, device=mine.device)
+        padded[: len(mine)] = mine
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.stack(parts, dim=1).reshape(per * self.world, *mine.shape[1:])[:n_total]
+
     def barrier(self) -> None:
         dist.barrier()
 

@@ -26,6 +26,7 @@ from monosemantic.distributed import DistContext
 from monosemantic.errors import UserError
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
 from monosemantic.progress import Throughput, progress_bar
+from monosemantic.resample import resample_dead, resample_steps
 from monosemantic.sae import ARCHITECTURES, LossContext, SparseAutoencoder
 
 # A feature is logged as dead during training once it has not fired for this many tokens.
@@ -224,6 +225,7 @@ def train(
             _truncate_log(st.out_dir / "log.jsonl", st.step)
     step = min(st.step for st in states)
     batches = batches_from(step)
+    resample_at = resample_steps(total)
     meter = Throughput(flops_per_item=sum(train_flops_per_token(d_model, n) for n in cfg.sizes))
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
     with progress_bar("tok", disable=not main) as bar, deferred_interrupt() as interrupted:
@@ -234,11 +236,21 @@ def train(
             info="",
         )
         while step < total and not _stop(interrupted, dist):
-            x = next(batches)
-            x = (dist.shard(x) if dist else x).to(device, non_blocking=True)
+            batch = next(batches)
+            x = (dist.shard(batch) if dist else batch).to(device, non_blocking=True)
             for st in states:
                 if st.step != step:
                     continue  # this size is ahead of the slowest one after a resume
+                if cfg.resample_dead and step in resample_at:
+                    # Every rank resamples identically: the global batch and a (seed, step) generator.
+                    assert st.since_fired is not None
+                    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                    dead = st.since_fired >= DEAD_WINDOW_TOKENS
+                    stats_resampled = resample_dead(st.sae, st.opt, dead, batch.to(device), g)
+                    if main and stats_resampled:
+                        append_jsonl(
+                            st.out_dir / "log.jsonl", {"step": st.step, "resampled": stats_resampled}
+                        )
                 stats = train_step(st, x, cfg, total, dist)
                 if not main:
                     continue

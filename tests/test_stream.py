@@ -1,0 +1,133 @@
+"""On-the-fly training: batches straight from the model, resumable, evaluable, data-parallel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import monosemantic.stream as stream_mod
+from monosemantic.models import load_model
+from monosemantic.stream import ActivationStream
+from tests.test_cli import cli
+
+
+def otf_args(model: Path, corpus: Path, out: Path) -> list[str]:
+    return [
+        "train",
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--layer",
+        "2",
+        "--seq-len",
+        "16",
+        "--tokens",
+        "3000",
+        "--eval-tokens",
+        "600",
+        "--window-seqs",
+        "40",
+        "--sizes",
+        "16,64",
+        "--train-batch-size",
+        "256",
+        "--l1-coeff",
+        "1",
+    ]
+
+
+def weights(run: Path, n: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "saes" / f"relu-{n}" / "sae.safetensors"))
+
+
+def test_stream_batches_depend_only_on_the_step(tiny_llama_dir: Path, tiny_corpus: Path) -> None:
+    lm = load_model(str(tiny_llama_dir))
+    src = ActivationStream(
+        lm,
+        2,
+        str(tiny_corpus),
+        seq_len=16,
+        window_seqs=40,
+        batch_size=100,
+        seed=3,
+        outlier_ratio=10.0,
+        eval_fraction=0.05,
+    )
+    assert src.batches_per_window == 5
+    it = src.batches(2.0)
+    first = [next(it) for _ in range(12)]
+    assert all(b.shape == (100, 32) for b in first)
+    it7 = src.batches(2.0, start_step=7)
+    for b in first[7:]:
+        assert torch.equal(next(it7), b)
+    assert not torch.equal(first[0], first[5])  # a new window after 5 batches
+
+
+def test_on_the_fly_train_evaluate_and_resume(
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path
+) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    code, err = cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, full))
+    assert code == 0, err
+    assert not any(
+        s["split"] == "train"
+        for s in __import__("json").loads((full / "activations" / "manifest.json").read_text())["shards"]
+    )
+    code, err = cli(capsys, monkeypatch, "evaluate", full, "--loss-sequences", "4")
+    assert code == 0, err
+
+    real = stream_mod.ActivationStream.batches
+
+    def sigint_at_5(self, *a, **k):
+        for i, x in enumerate(real(self, *a, **k)):
+            if i == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield x
+
+    monkeypatch.setattr(stream_mod.ActivationStream, "batches", sigint_at_5)
+    code, err = cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, cut))
+    assert code == 130, err
+    assert torch.load(cut / "saes" / "relu-16" / "state.pt", weights_only=True)["step"] == 6
+    monkeypatch.setattr(stream_mod.ActivationStream, "batches", real)
+    assert cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, cut))[0] == 0
+    for n in (16, 64):
+        a, b = weights(full, n), weights(cut, n)
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("world", [2])
+def test_on_the_fly_under_torchrun(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path, world) -> None:
+    one, many = tmp_path / "one", tmp_path / "many"
+    assert cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, one))[0] == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            str(world),
+            "-m",
+            "monosemantic",
+            *otf_args(tiny_llama_dir, tiny_corpus, many),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for n in (16, 64):
+        a, b = weights(one, n), weights(many, n)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
