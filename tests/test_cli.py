@@ -31,9 +31,9 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *ar
     return code, capsys.readouterr().err
 
 
-def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+def tiny_io(model: Path, corpus: Path, out: Path) -> list[str]:
+    """Options every command on the tiny model shares: run dir, model, corpus, sequence length, layer."""
     return [
-        "harvest",
         "--out",
         str(out),
         "--model",
@@ -42,16 +42,14 @@ def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]
         str(corpus),
         "--seq-len",
         "16",
-        "--tokens",
-        "3000",
-        "--eval-tokens",
-        "600",
-        "--shard-tokens",
-        "600",
         "--layer",
         "2",
-        *extra,
     ]
+
+
+def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+    sizes = ["--tokens", "3000", "--eval-tokens", "600", "--shard-tokens", "600"]
+    return ["harvest", *tiny_io(model, corpus, out), *sizes, *extra]
 
 
 @pytest.fixture

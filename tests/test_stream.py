@@ -15,35 +15,14 @@ from safetensors.torch import load_file
 import monosemantic.stream as stream_mod
 from monosemantic.models import load_model
 from monosemantic.stream import ActivationStream
-from tests.test_cli import cli
+from tests.test_cli import cli, tiny_io
 
 
 def otf_args(model: Path, corpus: Path, out: Path) -> list[str]:
-    return [
-        "train",
-        "--out",
-        str(out),
-        "--model",
-        str(model),
-        "--corpus",
-        str(corpus),
-        "--layer",
-        "2",
-        "--seq-len",
-        "16",
-        "--tokens",
-        "3000",
-        "--eval-tokens",
-        "600",
-        "--window-seqs",
-        "40",
-        "--sizes",
-        "16,64",
-        "--train-batch-size",
-        "256",
-        "--l1-coeff",
-        "1",
-    ]
+    rest = (
+        "--tokens 3000 --eval-tokens 600 --window-seqs 40 --sizes 16,64 --train-batch-size 256 --l1-coeff 1"
+    )
+    return ["train", *tiny_io(model, corpus, out), *rest.split()]
 
 
 def weights(run: Path, n: int) -> dict[str, torch.Tensor]:

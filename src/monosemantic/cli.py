@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -92,6 +93,11 @@ def _clear_for_force(out: Path, force: bool) -> None:
 def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
     from monosemantic.activations import harvest
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "harvest runs in one process (ranks would write the same shards): run it without "
+            "torchrun, or train on the fly under torchrun with `train --model ...`"
+        )
     _clear_for_force(out, force)
     record_stage(out, "harvest", cfg, force=force)
     lm = _load_lm(cfg.model, cfg.device, cfg.dtype)
@@ -111,7 +117,7 @@ def run_train(
     cfg: TrainConfig, out: Path, force: bool, stream: HarvestConfig | None = None, lm: Any = None
 ) -> list[Path]:
     """Train from the run's activation store, or on the fly from the model when ``stream`` is given
-    (under torchrun, data-parallel either way)."""
+    (under torchrun, data- or feature-parallel either way)."""
     from monosemantic.activations import ActivationStore, harvest
     from monosemantic.dictionary import sae_name
     from monosemantic.distributed import init_from_env, local_device
@@ -173,6 +179,7 @@ def run_train(
         dist.close()
     if main:
         world = f" on {dist.world} ranks" if dist else ""
+        world += ", features sharded" if dist and cfg.feature_parallel else ""
         console.print(meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'}{world})"))
     return dirs
 
@@ -288,6 +295,7 @@ def train_cmd(
     bandwidth: float = _opt(TrainConfig, "bandwidth", "--bandwidth"),
     init_threshold: float = _opt(TrainConfig, "init_threshold", "--init-threshold"),
     resample_dead: bool = _opt(TrainConfig, "resample_dead", "--resample-dead"),
+    feature_parallel: bool = _opt(TrainConfig, "feature_parallel", "--feature-parallel"),
     lr: float = LR,
     batch_size: int = TRAIN_BATCH,
     epochs: float = EPOCHS,
@@ -309,7 +317,8 @@ def train_cmd(
 ) -> None:
     """Train dictionaries of several sizes on the stored activations (resumes after an interruption).
     With --model, train on the fly straight from the model. Under
-    `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel."""
+    `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel, or with
+    --feature-parallel each rank holds a slice of every dictionary's features."""
     stream, lm = None, None
     if model is None:
         from monosemantic.activations import ActivationStore
@@ -340,6 +349,7 @@ def train_cmd(
         bandwidth=bandwidth,
         init_threshold=init_threshold,
         resample_dead=resample_dead,
+        feature_parallel=feature_parallel,
         lr=lr,
         batch_size=batch_size,
         epochs=epochs,

@@ -76,6 +76,11 @@ class TrainConfig:
     resample_dead: bool = _f(
         False, "relu: resample dead features at 10/20/30/40% of training (Anthropic 2023)"
     )
+    feature_parallel: bool = _f(
+        False,
+        "under torchrun: shard each dictionary's features over the ranks (for dictionaries too big "
+        "for one device); every rank reads the whole batch, so this replaces data parallelism",
+    )
     lr: float = _f(3e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
     batch_size: int = _f(512, "activations per training step")
     epochs: float = _f(1.0, "passes over the stored training activations")
@@ -99,6 +104,8 @@ class TrainConfig:
             raise UserError(
                 "--resample-dead applies to --arch relu (TopK variants revive features with AuxK)"
             )
+        if self.resample_dead and self.feature_parallel:
+            raise UserError("--resample-dead does not support --feature-parallel yet: drop one of them")
         if not self.sizes or min(self.sizes) <= 0:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr <= 0 or self.l1_coeff < 0 or self.batch_size <= 0 or self.epochs <= 0:
@@ -150,7 +157,15 @@ def load_stage(run_dir: Path, stage: str) -> Any:
 
 
 # Fields that may change between a run and its resumption without invalidating what was written.
-_RESUMABLE = {"device", "checkpoint_every", "log_every", "n_tokens", "n_eval_tokens", "loss_sequences"}
+_RESUMABLE = {
+    "device",
+    "checkpoint_every",
+    "log_every",
+    "n_tokens",
+    "n_eval_tokens",
+    "loss_sequences",
+    "feature_parallel",  # checkpoints hold the whole dictionary either way
+}
 
 
 def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) -> None:

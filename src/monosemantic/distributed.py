@@ -2,7 +2,9 @@
 
 Every rank holds a full copy of each dictionary and takes its own disjoint slice of every global
 batch; gradients are averaged before the optimizer step, so N ranks with a global batch B follow
-the same trajectory as one process with batch B. Rank 0 alone writes files.
+the same trajectory as one process with batch B. Rank 0 alone writes files. (Feature-parallel
+training, which shards the dictionary instead of the batch, builds on these collectives: see
+``feature_parallel.py``.)
 """
 
 from __future__ import annotations
@@ -58,9 +60,33 @@ class DistContext:
         return m.bool()
 
     def mean(self, values: Tensor) -> Tensor:
-        v = values.clone()
+        return self.sum(values) / self.world
+
+    def sum(self, values: Tensor) -> Tensor:
+        """Element-wise sum across ranks (a new tensor; no gradient)."""
+        v = values.detach().clone()
         dist.all_reduce(v)
-        return v / self.world
+        return v
+
+    def min(self, values: Tensor) -> Tensor:
+        """Element-wise minimum across ranks (a new tensor; no gradient)."""
+        v = values.detach().clone()
+        dist.all_reduce(v, op=dist.ReduceOp.MIN)
+        return v
+
+    def all_gather(self, mine: Tensor) -> Tensor:
+        """Every rank's tensor of one shape, stacked in rank order: (...) -> (world, ...)."""
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine.contiguous())
+        return torch.stack(parts)
+
+    def gather_to_main(self, mine: Tensor, dim: int) -> Tensor | None:
+        """Rank 0 gets every rank's tensor (of one shape) concatenated along ``dim`` in rank order;
+        the other ranks get None."""
+        mine = mine.detach().contiguous()
+        parts = [torch.empty_like(mine) for _ in range(self.world)] if self.is_main else None
+        dist.gather(mine, parts, dst=0)
+        return torch.cat(parts, dim) if parts is not None else None
 
     def gather_rows(self, mine: Tensor, n_total: int) -> Tensor:
         """Undo a round-robin split: rank r holds items r, r+world, ... of ``n_total`` (dim 0);

@@ -2,7 +2,9 @@
 
 The trainer knows nothing about the language model: it takes an iterator of (B, d) batches. Every
 size sees every batch (each batch is read once for all sizes), has its own Adam, and checkpoints to
-its own ``state.pt``; a rerun resumes each size from its last checkpoint.
+its own ``state.pt``; a rerun resumes each size from its last checkpoint. Under torchrun the ranks
+split each batch (data parallel, ``distributed.py``) or, with ``feature_parallel``, each dictionary's
+features (``feature_parallel.py``); checkpoints hold the whole dictionary either way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from monosemantic.config import TrainConfig
 from monosemantic.dictionary import sae_name, save_dictionary
 from monosemantic.distributed import DistContext
 from monosemantic.errors import UserError
+from monosemantic.feature_parallel import FeatureShard
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.resample import resample_dead, resample_steps
@@ -31,6 +34,9 @@ from monosemantic.sae import ARCHITECTURES, LossContext, SparseAutoencoder
 
 # A feature is logged as dead during training once it has not fired for this many tokens.
 DEAD_WINDOW_TOKENS = 100_000
+
+# Settings that do not change what a checkpoint holds (the whole dictionary either way).
+_NOT_CHECKPOINTED = ("feature_parallel",)
 
 
 def lr_at(step: int, total: int, base: float, decay: float) -> float:
@@ -57,31 +63,40 @@ def variance_explained(x: Tensor, recon: Tensor) -> float:
 
 @dataclass
 class SizeState:
-    """One dictionary being trained: its module, optimizer, progress and folder."""
+    """One dictionary being trained: its module (or this rank's shard of it), optimizer, progress
+    and folder."""
 
-    sae: SparseAutoencoder
+    sae: SparseAutoencoder | FeatureShard
     opt: torch.optim.Adam
     out_dir: Path
     step: int = 0
-    since_fired: Tensor | None = None  # (n,) tokens since each feature last fired
+    since_fired: Tensor | None = None  # (n,) tokens since each feature (of this shard) last fired
 
-    def checkpoint(self, cfg: dict[str, Any]) -> None:
-        state = {
-            "step": self.step,
-            "sae": self.sae.state_dict(),
-            "opt": self.opt.state_dict(),
-            "since_fired": self.since_fired,
-            "cfg": cfg,
-        }
+    def checkpoint(self, cfg: dict[str, Any], write: bool = True) -> None:
+        """Write state.pt, holding the whole dictionary. A feature shard gathers it first: every
+        rank calls this, and only the one with ``write`` (rank 0) writes."""
+        if isinstance(self.sae, FeatureShard):
+            assert self.since_fired is not None
+            sae, opt = self.sae.gather_state(), self.sae.gather_optimizer_state(self.opt)
+            since_fired = self.sae.gather_features(self.since_fired)
+        else:
+            sae, opt, since_fired = self.sae.state_dict(), self.opt.state_dict(), self.since_fired
+        if not write:
+            return
+        state = {"step": self.step, "sae": sae, "opt": opt, "since_fired": since_fired, "cfg": cfg}
         with atomic_path(self.out_dir / "state.pt") as tmp:
             torch.save(state, tmp)
 
     def restore(self, cfg: dict[str, Any]) -> None:
+        """Resume from state.pt if there is one; a feature shard takes its slice of it."""
         path = self.out_dir / "state.pt"
         if not path.is_file():
             return
+        shard = self.sae if isinstance(self.sae, FeatureShard) else None
+        device = self.sae.local.W_dec.device if isinstance(self.sae, FeatureShard) else self.sae.W_dec.device
         try:
-            state = torch.load(path, map_location=self.sae.W_dec.device, weights_only=True)
+            # a shard slices on the CPU rather than holding the whole dictionary on its device
+            state = torch.load(path, map_location="cpu" if shard else device, weights_only=True)
         except Exception as e:  # torch raises several types for a truncated or foreign file
             raise UserError(
                 f"checkpoint {path} is corrupt ({type(e).__name__}): delete it to restart this size"
@@ -91,13 +106,19 @@ class SizeState:
                 f"checkpoint {path} was written with another configuration: delete it, or rerun with --force"
             )
         try:
-            self.sae.load_state_dict(state["sae"])
-            self.opt.load_state_dict(state["opt"])
-        except (RuntimeError, ValueError, KeyError) as e:
+            if shard is None:
+                self.sae.load_state_dict(state["sae"])
+                self.opt.load_state_dict(state["opt"])
+                since_fired = state["since_fired"]
+            else:
+                shard.local.load_state_dict(shard.slice_state(state["sae"]))
+                self.opt.load_state_dict(shard.slice_optimizer_state(state["opt"]))
+                since_fired = shard.feature_slice(state["since_fired"]).to(device)
+        except (RuntimeError, ValueError, KeyError, IndexError) as e:
             raise UserError(
                 f"checkpoint {path} does not match a {self.sae.n_features}-feature dictionary: delete it"
             ) from e
-        self.step, self.since_fired = int(state["step"]), state["since_fired"]
+        self.step, self.since_fired = int(state["step"]), since_fired
 
 
 @contextlib.contextmanager
@@ -121,18 +142,27 @@ def deferred_interrupt() -> Iterator[list[int]]:
 def train_step(
     st: SizeState, x: Tensor, cfg: TrainConfig, total: int, dist: DistContext | None = None
 ) -> dict[str, float]:
-    """One Adam step on this rank's batch x (B, d); returns the batch's statistics (averaged over
-    ranks). Under data parallelism the gradients, buffers and firing records are synchronised."""
+    """One Adam step on this rank's batch x (B, d); returns the batch's statistics (over all ranks).
+
+    Data parallel (``dist`` with a whole dictionary): the gradients, buffers and firing records are
+    synchronised. Feature parallel (a ``FeatureShard``): every rank has the whole batch, and the
+    shard's loss is already global; the gradient norm and the statistics are reduced over ranks,
+    while the firing records stay per shard."""
     lr, l1 = lr_at(st.step, total, cfg.lr, cfg.lr_decay), l1_at(st.step, total, cfg.l1_coeff, cfg.l1_warmup)
     assert st.since_fired is not None
+    shard = st.sae if isinstance(st.sae, FeatureShard) else None
+    data_parallel = dist if shard is None else None
     out = st.sae(x)
     lo = st.sae.loss(x, out, LossContext(l1, dead=st.since_fired >= DEAD_WINDOW_TOKENS))
     st.opt.zero_grad(set_to_none=True)
     lo.loss.backward()
-    if dist is not None:
-        dist.average_gradients(st.sae)
+    if data_parallel is not None:
+        data_parallel.average_gradients(st.sae)
     st.sae.before_optimizer_step()
-    torch.nn.utils.clip_grad_norm_(st.sae.parameters(), cfg.grad_clip)
+    if shard is None:
+        torch.nn.utils.clip_grad_norm_(st.sae.parameters(), cfg.grad_clip)
+    else:
+        shard.clip_grad_norm_(cfg.grad_clip)
     for group in st.opt.param_groups:
         group["lr"] = lr
     st.opt.step()
@@ -149,12 +179,16 @@ def train_step(
                 torch.tensor(variance_explained(x, out.recon), device=x.device),
             ]
         ).detach()
-        if dist is not None:
-            dist.average_buffers(st.sae)
-            fired, values = dist.any(fired), dist.mean(values)
-        st.since_fired += x.shape[0] * (dist.world if dist else 1)
+        if data_parallel is not None:
+            data_parallel.average_buffers(st.sae)
+            fired, values = data_parallel.any(fired), data_parallel.mean(values)
+        st.since_fired += x.shape[0] * (data_parallel.world if data_parallel else 1)
         st.since_fired[fired] = 0
-        loss, mse, sparsity, aux, l0, ve = values.tolist()
+        counts = torch.stack([values[4], (st.since_fired >= DEAD_WINDOW_TOKENS).sum().float()])
+        if shard is not None:  # the loss terms are global already; counts over features are not
+            counts = shard.sum_over_features(counts)
+        loss, mse, sparsity, aux, _, ve = values.tolist()
+        l0, n_dead = counts.tolist()
         stats = {
             "loss": loss,
             "mse": mse,
@@ -164,7 +198,7 @@ def train_step(
             "variance_explained": ve,
             "lr": lr,
             "l1_coeff": l1,
-            "dead_fraction": (st.since_fired >= DEAD_WINDOW_TOKENS).float().mean().item(),
+            "dead_fraction": n_dead / st.sae.n_features,
         }
     st.step += 1
     if not math.isfinite(stats["loss"]):
@@ -179,22 +213,41 @@ def build_sae(cfg: TrainConfig, d_model: int, n_features: int) -> SparseAutoenco
     return cls(d_model, n_features, **{k: v for k, v in asdict(cfg).items() if k in wanted and k != "self"})
 
 
-def make_states(cfg: TrainConfig, d_model: int, run_dir: Path, device: str) -> list[SizeState]:
+def make_states(
+    cfg: TrainConfig, d_model: int, run_dir: Path, device: str, dist: DistContext | None = None
+) -> list[SizeState]:
+    """A fresh state per size; with ``cfg.feature_parallel`` under ``dist``, this rank's shards
+    (initialised whole on the CPU, identically on every rank, then sliced)."""
     states = []
     for n in cfg.sizes:
         sae = build_sae(cfg, d_model, n)
         sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
-        sae.to(device)
-        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        module = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else sae
+        module.to(device)
+        n_mine = module.n_local if isinstance(module, FeatureShard) else n
+        opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
         states.append(
             SizeState(
-                sae,
+                module,
                 opt,
                 run_dir / "saes" / sae_name(cfg.arch, n),
-                since_fired=torch.zeros(n, dtype=torch.long, device=device),
+                since_fired=torch.zeros(n_mine, dtype=torch.long, device=device),
             )
         )
     return states
+
+
+def whole_dictionary(st: SizeState, cfg: TrainConfig) -> SparseAutoencoder | None:
+    """The dictionary being trained, whole: a feature shard gathers it onto rank 0 (every rank must
+    call this; the others get None)."""
+    if not isinstance(st.sae, FeatureShard):
+        return st.sae
+    state = st.sae.gather_state()
+    if state is None:
+        return None
+    sae = build_sae(cfg, st.sae.d_model, st.sae.n_features)
+    sae.load_state_dict(state)
+    return sae
 
 
 def train(
@@ -212,12 +265,15 @@ def train(
     """Train every size in ``cfg.sizes`` to ``epochs · n_train_tokens / batch_size`` steps.
 
     ``batches_from(step)`` yields the global (B, d) batches from ``step`` on (the same batches
-    whether or not the run was interrupted); under ``dist`` each rank trains on its slice of each
-    and only rank 0 writes. ``meta`` (model, layer, ...) goes into each cfg.json."""
+    whether or not the run was interrupted); under ``dist`` each rank trains on its slice of each,
+    or with ``cfg.feature_parallel`` on the whole batch with its slice of the features, and only
+    rank 0 writes. ``meta`` (model, layer, ...) goes into each cfg.json."""
     main = dist is None or dist.is_main
+    feature_parallel = cfg.feature_parallel and dist is not None
     total = max(1, int(cfg.epochs * n_train_tokens) // cfg.batch_size)
-    ckpt_cfg = {**asdict(cfg), "sizes": list(cfg.sizes), "device": None, "n_steps": total}
-    states = make_states(cfg, d_model, run_dir, device)
+    ckpt_cfg = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKPOINTED}
+    ckpt_cfg |= {"sizes": list(cfg.sizes), "device": None, "n_steps": total}
+    states = make_states(cfg, d_model, run_dir, device, dist)
     for st in states:
         st.restore(ckpt_cfg)
         if main:
@@ -237,13 +293,14 @@ def train(
         )
         while step < total and not _stop(interrupted, dist):
             batch = next(batches)
-            x = (dist.shard(batch) if dist else batch).to(device, non_blocking=True)
+            x = (dist.shard(batch) if dist and not feature_parallel else batch).to(device, non_blocking=True)
             for st in states:
                 if st.step != step:
                     continue  # this size is ahead of the slowest one after a resume
                 if cfg.resample_dead and step in resample_at:
                     # Every rank resamples identically: the global batch and a (seed, step) generator.
                     assert st.since_fired is not None
+                    assert not isinstance(st.sae, FeatureShard)  # TrainConfig refuses the pair
                     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
                     dead = st.since_fired >= DEAD_WINDOW_TOKENS
                     stats_resampled = resample_dead(st.sae, st.opt, dead, batch.to(device), g)
@@ -252,9 +309,7 @@ def train(
                             st.out_dir / "log.jsonl", {"step": st.step, "resampled": stats_resampled}
                         )
                 stats = train_step(st, x, cfg, total, dist)
-                if not main:
-                    continue
-                if st.step % cfg.log_every == 0 or st.step == total:
+                if main and (st.step % cfg.log_every == 0 or st.step == total):
                     append_jsonl(
                         st.out_dir / "log.jsonl",
                         {
@@ -265,7 +320,7 @@ def train(
                         },
                     )
                 if st.step % cfg.checkpoint_every == 0 or st.step == total:
-                    st.checkpoint(ckpt_cfg)
+                    st.checkpoint(ckpt_cfg, write=main)
             step += 1
             meter.add(cfg.batch_size)
             bar.update(
@@ -275,14 +330,14 @@ def train(
             )
         if step < total:  # interrupted
             for st in states:
-                if main:
-                    st.checkpoint(ckpt_cfg)
+                st.checkpoint(ckpt_cfg, write=main)
             raise KeyboardInterrupt
     for st in states:
-        if main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
+        whole = whole_dictionary(st, cfg)
+        if whole is not None and main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
             flops = train_flops_per_token(d_model, st.sae.n_features)
             save_dictionary(
-                st.sae,
+                whole,
                 st.out_dir,
                 {**meta, **ckpt_cfg, "train_flops_per_token": flops, "train": meter.as_dict()},
                 scale,

@@ -1,0 +1,192 @@
+"""Feature-parallel training with real processes (2 gloo ranks): it must follow unsharded training,
+and its checkpoints must resume unsharded and the reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import monosemantic.train as train_module
+from monosemantic.config import TrainConfig
+from monosemantic.distributed import DistContext, init_from_env
+from monosemantic.errors import UserError
+from monosemantic.feature_parallel import FeatureShard, global_topk_mask
+from monosemantic.fsio import read_jsonl
+from monosemantic.sae import ReluSAE
+from monosemantic.train import train
+from tests.test_cli import cli, harvest_args
+from tests.test_distributed import Stop, batches
+
+STEPS = 16
+# grad_clip below the gradient norms seen here, so that the global norm decides every step
+BASE = dict(
+    sizes=[32, 64], batch_size=256, epochs=1.0, log_every=5, checkpoint_every=5, l1_coeff=0.3, grad_clip=0.4
+)
+ARCHS: dict[str, dict[str, Any]] = {
+    "relu": {},
+    # many features, few active: some die within the run, so that AuxK takes part
+    "topk": dict(k=2, k_aux=8, sizes=[32, 256]),
+    "batchtopk": dict(k=2, k_aux=8, sizes=[32, 256]),
+    "jumprelu": dict(l1_coeff=0.01, init_threshold=0.05, bandwidth=0.05),
+}
+# A feature counts as dead after a batch in which it did not fire (not after 100k tokens).
+DEAD_WINDOW = 256
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def config(arch: str, feature_parallel: bool) -> TrainConfig:
+    return TrainConfig(**{**BASE, "arch": arch, **ARCHS[arch], "feature_parallel": feature_parallel})
+
+
+def _train(run_dir: Path, arch: str, feature_parallel: bool, stop_at: int | None) -> None:
+    d = init_from_env("cpu")
+    window, train_module.DEAD_WINDOW_TOKENS = train_module.DEAD_WINDOW_TOKENS, DEAD_WINDOW
+    try:
+        with contextlib.suppress(Stop):
+            train(
+                config(arch, feature_parallel),
+                batches(stop_at),
+                run_dir=run_dir,
+                d_model=32,
+                n_train_tokens=256 * STEPS,
+                scale=1.0,
+                meta={},
+                dist=d,
+            )
+    finally:
+        train_module.DEAD_WINDOW_TOKENS = window
+
+
+def _spawned(rank: int, world: int, init_file: str, fn: Any, *args: Any) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    fn(*args)
+    dist.barrier()  # tear down together: a rank leaving early aborts its peer's gloo threads
+    dist.destroy_process_group()
+
+
+def on_two_ranks(tmp_path: Path, fn: Any, *args: Any) -> None:
+    init = tmp_path / f"init-{len(list(tmp_path.glob('init-*')))}"
+    mp.spawn(_spawned, args=(2, str(init), fn, *args), nprocs=2, join=True)
+
+
+def train_as(
+    sharded: bool, run_dir: Path, tmp_path: Path, arch: str = "relu", stop_at: int | None = None
+) -> None:
+    if sharded:
+        on_two_ranks(tmp_path, _train, run_dir, arch, True, stop_at)
+    else:
+        _train(run_dir, arch, False, stop_at)
+
+
+def assert_same_weights(a: Path, b: Path, arch: str) -> None:
+    for n in config(arch, False).sizes:
+        wa = load_file(str(a / "saes" / f"{arch}-{n}" / "sae.safetensors"))
+        wb = load_file(str(b / "saes" / f"{arch}-{n}" / "sae.safetensors"))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], msg=f"{arch}-{n} {k}", **TOL)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_feature_parallel_equals_unsharded(tmp_path: Path, arch: str) -> None:
+    train_as(False, tmp_path / "single", tmp_path, arch)
+    train_as(True, tmp_path / "sharded", tmp_path, arch)
+    assert_same_weights(tmp_path / "single", tmp_path / "sharded", arch)
+    n = max(config(arch, False).sizes)
+    single, sharded = (
+        read_jsonl(tmp_path / run / "saes" / f"{arch}-{n}" / "log.jsonl") for run in ("single", "sharded")
+    )
+    assert len(sharded) == len(single) == 4  # rank 0 alone writes
+    for a, b in zip(single, sharded, strict=True):  # the logged statistics are global
+        for key in ("loss", "mse", "sparsity", "aux", "l0", "variance_explained", "dead_fraction"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    if arch in ("topk", "batchtopk"):  # AuxK took part, over the dead latents of both ranks
+        assert any(row["aux"] > 0 and row["dead_fraction"] > 0 for row in single)
+
+
+@pytest.mark.parametrize("first_sharded", [True, False])
+def test_checkpoint_resumes_in_the_other_mode(tmp_path: Path, first_sharded: bool) -> None:
+    arch = "topk"  # Adam moments, dead-feature counters and AuxK all carry over
+    train_as(False, tmp_path / "reference", tmp_path, arch)
+    run = tmp_path / "run"
+    train_as(first_sharded, run, tmp_path, arch, stop_at=8)  # stops after the step-5 checkpoint
+    state = torch.load(run / "saes" / f"{arch}-32" / "state.pt", weights_only=True)
+    assert state["step"] == 5 and state["since_fired"].shape == (32,)
+    assert state["sae"]["W_dec"].shape == (32, 32) and state["opt"]["state"][0]["exp_avg"].shape == (32, 32)
+    assert not (run / "saes" / f"{arch}-32" / "sae.safetensors").exists()
+    train_as(not first_sharded, run, tmp_path, arch)
+    assert_same_weights(tmp_path / "reference", run, arch)
+
+
+def _check_topk_ties() -> None:
+    d = init_from_env("cpu")
+    assert d is not None
+    # Every score tied: the lowest global columns win (rank 0's first, then rank 1's).
+    mask = global_topk_mask(torch.zeros(2, 4), 6, d)
+    assert mask.sum(1).tolist() == ([4, 4] if d.rank == 0 else [2, 2])
+    assert mask[:, :2].all() if d.rank == 1 else mask.all()
+    # Random integer scores, many ties: the union over ranks equals a stable top-k of the whole.
+    g = torch.Generator().manual_seed(0)
+    whole = torch.randint(0, 5, (64, 12), generator=g).float()
+    mine = whole[:, d.rank * 6 : (d.rank + 1) * 6]
+    for k in (1, 3, 7, 12, 20):
+        order = whole.argsort(dim=1, descending=True, stable=True)[:, : min(k, 12)]
+        expected = torch.zeros_like(whole, dtype=torch.bool).scatter_(1, order, True)
+        got = global_topk_mask(mine, k, d)
+        assert torch.equal(got, expected[:, d.rank * 6 : (d.rank + 1) * 6]), k
+
+
+def test_global_topk_breaks_ties_by_lowest_feature(tmp_path: Path) -> None:
+    on_two_ranks(tmp_path, _check_topk_ties)
+
+
+def test_sizes_must_divide_among_ranks() -> None:
+    sae = ReluSAE(8, 32)
+    with pytest.raises(UserError, match="divisible by 3"):
+        FeatureShard.from_full(sae, DistContext(rank=0, world=3))
+
+
+def test_resample_dead_is_refused() -> None:
+    with pytest.raises(UserError, match="--feature-parallel"):
+        TrainConfig(resample_dead=True, feature_parallel=True)
+
+
+def test_torchrun_cli_feature_parallel_matches_single_process(
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, one))[0] == 0
+    shutil.copytree(one, two)
+    args = ["--arch", "topk", "--k", "4", "--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2"]
+    assert cli(capsys, monkeypatch, "train", "--out", str(one), *args)[0] == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "monosemantic"]
+        + ["train", "--feature-parallel", "--out", str(two), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 ranks, features sharded" in proc.stderr
+    for n in (16, 64):
+        a = load_file(str(one / "saes" / f"topk-{n}" / "sae.safetensors"))
+        b = load_file(str(two / "saes" / f"topk-{n}" / "sae.safetensors"))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], msg=f"topk-{n} {k}", **TOL)
+    code, _ = cli(capsys, monkeypatch, "evaluate", str(two), "--loss-sequences", "2")
+    assert code == 0
