@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
@@ -118,3 +122,26 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
             words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)]
             f.write(json.dumps({"text": " ".join(words)}) + "\n")
     return path
+
+
+def run_torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node N -m monosemantic ARGS`, one thread per rank; must succeed."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", str(nproc), "-m", "monosemantic", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_same_saes(a: Path, b: Path, names: list[str], rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """The saved dictionaries ``names`` of runs a and b hold the same weights (within tolerance)."""
+    for name in names:
+        wa = load_file(str(a / "saes" / name / "sae.safetensors"))
+        wb = load_file(str(b / "saes" / name / "sae.safetensors"))
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=atol, msg=f"{name} {k}")

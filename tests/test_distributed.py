@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +12,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
 from torch import Tensor
 
 from monosemantic.config import TrainConfig
 from monosemantic.distributed import init_from_env
 from monosemantic.train import train
+from tests.conftest import assert_same_saes, run_torchrun
 from tests.test_cli import cli, harvest_args
 from tests.test_train import planted
 
@@ -43,19 +41,24 @@ def batches(stop_at: int | None) -> object:
     return gen
 
 
-def _train(run_dir: Path, stop_at: int | None) -> None:
-    d = init_from_env("cpu")
+def train_until(cfg: TrainConfig, run_dir: Path, stop_at: int | None) -> None:
+    """Train on the planted stream (as one of the ranks torch.distributed describes, if any),
+    stopping with an exception when the stream reaches ``stop_at``."""
     with contextlib.suppress(Stop):
         train(
-            TrainConfig(**CFG),
+            cfg,
             batches(stop_at),
             run_dir=run_dir,
             d_model=32,
             n_train_tokens=256 * STEPS,
             scale=1.0,
             meta={},
-            dist=d,
+            dist=init_from_env("cpu"),
         )
+
+
+def _train(run_dir: Path, stop_at: int | None) -> None:
+    train_until(TrainConfig(**CFG), run_dir, stop_at)
 
 
 def _worker(rank: int, world: int, init_file: str, run_dir: str, stop_at: int | None) -> None:
@@ -76,11 +79,7 @@ def train_on(world: int, run_dir: Path, tmp_path: Path, stop_at: int | None = No
 
 
 def assert_same_weights(a: Path, b: Path, **tol: float) -> None:
-    for n in CFG["sizes"]:
-        wa = load_file(str(a / "saes" / f"relu-{n}" / "sae.safetensors"))
-        wb = load_file(str(b / "saes" / f"relu-{n}" / "sae.safetensors"))
-        for k in wa:
-            torch.testing.assert_close(wa[k], wb[k], msg=f"relu-{n} {k}", **tol)
+    assert_same_saes(a, b, [f"relu-{n}" for n in CFG["sizes"]], **tol)
 
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -113,29 +112,6 @@ def test_torchrun_cli_matches_single_process(
     shutil.copytree(one, two)
     args = ["train", "--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2", "--l1-coeff", "1"]
     assert cli(capsys, monkeypatch, *args[:1], "--out", str(one), *args[1:])[0] == 0
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "monosemantic",
-            args[0],
-            "--out",
-            str(two),
-            *args[1:],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_torchrun(args[0], "--out", str(two), *args[1:])
     assert "on 2 ranks" in proc.stderr
-    for n in (16, 64):
-        a = load_file(str(one / "saes" / f"relu-{n}" / "sae.safetensors"))
-        b = load_file(str(two / "saes" / f"relu-{n}" / "sae.safetensors"))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], msg=f"relu-{n} {k}", **TOL)
+    assert_same_saes(one, two, ["relu-16", "relu-64"], **TOL)

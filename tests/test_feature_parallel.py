@@ -3,11 +3,8 @@ and its checkpoints must resume unsharded and the reverse."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
 
 import monosemantic.train as train_module
 from monosemantic.config import TrainConfig
@@ -24,11 +20,10 @@ from monosemantic.errors import UserError
 from monosemantic.feature_parallel import FeatureShard, global_topk_mask
 from monosemantic.fsio import read_jsonl
 from monosemantic.sae import ReluSAE
-from monosemantic.train import train
+from tests.conftest import assert_same_saes, run_torchrun
 from tests.test_cli import cli, harvest_args
-from tests.test_distributed import Stop, batches
+from tests.test_distributed import train_until
 
-STEPS = 16
 # grad_clip below the gradient norms seen here, so that the global norm decides every step
 BASE = dict(
     sizes=[32, 64], batch_size=256, epochs=1.0, log_every=5, checkpoint_every=5, l1_coeff=0.3, grad_clip=0.4
@@ -50,20 +45,9 @@ def config(arch: str, feature_parallel: bool) -> TrainConfig:
 
 
 def _train(run_dir: Path, arch: str, feature_parallel: bool, stop_at: int | None) -> None:
-    d = init_from_env("cpu")
     window, train_module.DEAD_WINDOW_TOKENS = train_module.DEAD_WINDOW_TOKENS, DEAD_WINDOW
     try:
-        with contextlib.suppress(Stop):
-            train(
-                config(arch, feature_parallel),
-                batches(stop_at),
-                run_dir=run_dir,
-                d_model=32,
-                n_train_tokens=256 * STEPS,
-                scale=1.0,
-                meta={},
-                dist=d,
-            )
+        train_until(config(arch, feature_parallel), run_dir, stop_at)
     finally:
         train_module.DEAD_WINDOW_TOKENS = window
 
@@ -92,12 +76,7 @@ def train_as(
 
 
 def assert_same_weights(a: Path, b: Path, arch: str) -> None:
-    for n in config(arch, False).sizes:
-        wa = load_file(str(a / "saes" / f"{arch}-{n}" / "sae.safetensors"))
-        wb = load_file(str(b / "saes" / f"{arch}-{n}" / "sae.safetensors"))
-        assert wa.keys() == wb.keys()
-        for k in wa:
-            torch.testing.assert_close(wa[k], wb[k], msg=f"{arch}-{n} {k}", **TOL)
+    assert_same_saes(a, b, [f"{arch}-{n}" for n in config(arch, False).sizes], **TOL)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -172,21 +151,8 @@ def test_torchrun_cli_feature_parallel_matches_single_process(
     shutil.copytree(one, two)
     args = ["--arch", "topk", "--k", "4", "--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2"]
     assert cli(capsys, monkeypatch, "train", "--out", str(one), *args)[0] == 0
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "monosemantic"]
-        + ["train", "--feature-parallel", "--out", str(two), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_torchrun("train", "--feature-parallel", "--out", str(two), *args)
     assert "on 2 ranks, features sharded" in proc.stderr
-    for n in (16, 64):
-        a = load_file(str(one / "saes" / f"topk-{n}" / "sae.safetensors"))
-        b = load_file(str(two / "saes" / f"topk-{n}" / "sae.safetensors"))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], msg=f"topk-{n} {k}", **TOL)
+    assert_same_saes(one, two, ["topk-16", "topk-64"], **TOL)
     code, _ = cli(capsys, monkeypatch, "evaluate", str(two), "--loss-sequences", "2")
     assert code == 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from safetensors.torch import load_file
 import monosemantic.stream as stream_mod
 from monosemantic.models import load_model
 from monosemantic.stream import ActivationStream
+from tests.conftest import assert_same_saes, run_torchrun
 from tests.test_cli import cli, tiny_io
 
 
@@ -89,24 +88,5 @@ def test_on_the_fly_train_evaluate_and_resume(
 def test_on_the_fly_under_torchrun(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path, world) -> None:
     one, many = tmp_path / "one", tmp_path / "many"
     assert cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, one))[0] == 0
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc-per-node",
-            str(world),
-            "-m",
-            "monosemantic",
-            *otf_args(tiny_llama_dir, tiny_corpus, many),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for n in (16, 64):
-        a, b = weights(one, n), weights(many, n)
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    run_torchrun(*otf_args(tiny_llama_dir, tiny_corpus, many), nproc=world)
+    assert_same_saes(one, many, ["relu-16", "relu-64"])

@@ -242,6 +242,8 @@ MODEL = _opt(HarvestConfig, "model", "--model")
 LAYER = _opt(HarvestConfig, "layer", "--layer")
 CORPUS = _opt(HarvestConfig, "corpus", "--corpus")
 TOKENS = _opt(HarvestConfig, "n_tokens", "--tokens")
+EVAL_TOKENS = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens")
+SEQ_LEN = _opt(HarvestConfig, "seq_len", "--seq-len")
 SIZES = _opt(TrainConfig, "sizes", "--sizes")
 L1 = _opt(TrainConfig, "l1_coeff", "--l1-coeff")
 LR = _opt(TrainConfig, "lr", "--lr")
@@ -257,8 +259,8 @@ def harvest_cmd(
     layer: int = LAYER,
     corpus: str = CORPUS,
     tokens: int = TOKENS,
-    eval_tokens: int = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens"),
-    seq_len: int = _opt(HarvestConfig, "seq_len", "--seq-len"),
+    eval_tokens: int = EVAL_TOKENS,
+    seq_len: int = SEQ_LEN,
     batch_size: int = _opt(HarvestConfig, "batch_size", "--batch-size"),
     shard_tokens: int = _opt(HarvestConfig, "shard_tokens", "--shard-tokens"),
     store_dtype: str = _opt(HarvestConfig, "store_dtype", "--store-dtype"),
@@ -309,9 +311,9 @@ def train_cmd(
     ),
     layer: int = LAYER,
     corpus: str = CORPUS,
-    tokens: int = _opt(HarvestConfig, "n_tokens", "--tokens"),
-    eval_tokens: int = _opt(HarvestConfig, "n_eval_tokens", "--eval-tokens"),
-    seq_len: int = _opt(HarvestConfig, "seq_len", "--seq-len"),
+    tokens: int = TOKENS,
+    eval_tokens: int = EVAL_TOKENS,
+    seq_len: int = SEQ_LEN,
     window_seqs: int = _opt(HarvestConfig, "window_seqs", "--window-seqs"),
     force: bool = FORCE,
 ) -> None:
