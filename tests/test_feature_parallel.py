@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import monosemantic.train as train_module
 from monosemantic.config import TrainConfig
 from monosemantic.distributed import DistContext, init_from_env
 from monosemantic.errors import UserError
@@ -41,15 +40,19 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 
 
 def config(arch: str, feature_parallel: bool) -> TrainConfig:
-    return TrainConfig(**{**BASE, "arch": arch, **ARCHS[arch], "feature_parallel": feature_parallel})
+    return TrainConfig(
+        **{
+            **BASE,
+            "arch": arch,
+            **ARCHS[arch],
+            "feature_parallel": feature_parallel,
+            "dead_window": DEAD_WINDOW,
+        }
+    )
 
 
 def _train(run_dir: Path, arch: str, feature_parallel: bool, stop_at: int | None) -> None:
-    window, train_module.DEAD_WINDOW_TOKENS = train_module.DEAD_WINDOW_TOKENS, DEAD_WINDOW
-    try:
-        train_until(config(arch, feature_parallel), run_dir, stop_at)
-    finally:
-        train_module.DEAD_WINDOW_TOKENS = window
+    train_until(config(arch, feature_parallel), run_dir, stop_at)
 
 
 def _spawned(rank: int, world: int, init_file: str, fn: Any, *args: Any) -> None:

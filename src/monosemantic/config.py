@@ -73,6 +73,11 @@ class TrainConfig:
     aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the AuxK loss")
     bandwidth: float = _f(0.001, "jumprelu: width of the straight-through estimator's kernel")
     init_threshold: float = _f(0.001, "jumprelu: initial per-feature threshold")
+    dead_window: int = _f(
+        0,
+        "tokens without firing after which a feature counts as dead while training "
+        "(AuxK, resampling, logs); 0 = 5% of the run, at most 10M",
+    )
     resample_dead: bool = _f(
         False, "relu: resample dead features at 10/20/30/40% of training (Anthropic 2023)"
     )

@@ -32,8 +32,15 @@ from monosemantic.progress import Throughput, progress_bar
 from monosemantic.resample import resample_dead, resample_steps
 from monosemantic.sae import ARCHITECTURES, LossContext, SparseAutoencoder
 
-# A feature is logged as dead during training once it has not fired for this many tokens.
-DEAD_WINDOW_TOKENS = 100_000
+
+def dead_window(cfg: TrainConfig, total_steps: int) -> int:
+    """Tokens without firing after which a feature counts as dead while training (AuxK, resampling,
+    the logged dead fraction): ``cfg.dead_window``, or 5% of the run capped at 10M tokens (Gao et
+    al.'s window), so that short runs can revive features too."""
+    if cfg.dead_window > 0:
+        return cfg.dead_window
+    return max(cfg.batch_size, min(10_000_000, total_steps * cfg.batch_size // 20))
+
 
 # Settings that do not change what a checkpoint holds (the whole dictionary either way).
 _NOT_CHECKPOINTED = ("feature_parallel",)
@@ -153,7 +160,8 @@ def train_step(
     shard = st.sae if isinstance(st.sae, FeatureShard) else None
     data_parallel = dist if shard is None else None
     out = st.sae(x)
-    lo = st.sae.loss(x, out, LossContext(l1, dead=st.since_fired >= DEAD_WINDOW_TOKENS))
+    window = dead_window(cfg, total)
+    lo = st.sae.loss(x, out, LossContext(l1, dead=st.since_fired >= window))
     st.opt.zero_grad(set_to_none=True)
     lo.loss.backward()
     if data_parallel is not None:
@@ -184,7 +192,7 @@ def train_step(
             fired, values = data_parallel.any(fired), data_parallel.mean(values)
         st.since_fired += x.shape[0] * (data_parallel.world if data_parallel else 1)
         st.since_fired[fired] = 0
-        counts = torch.stack([values[4], (st.since_fired >= DEAD_WINDOW_TOKENS).sum().float()])
+        counts = torch.stack([values[4], (st.since_fired >= window).sum().float()])
         if shard is not None:  # the loss terms are global already; counts over features are not
             counts = shard.sum_over_features(counts)
         loss, mse, sparsity, aux, _, ve = values.tolist()
@@ -302,7 +310,7 @@ def train(
                     assert st.since_fired is not None
                     assert not isinstance(st.sae, FeatureShard)  # TrainConfig refuses the pair
                     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                    dead = st.since_fired >= DEAD_WINDOW_TOKENS
+                    dead = st.since_fired >= dead_window(cfg, total)
                     stats_resampled = resample_dead(st.sae, st.opt, dead, batch.to(device), g)
                     if main and stats_resampled:
                         append_jsonl(
