@@ -24,8 +24,8 @@ demo: $(STAMP)
 	$(BIN)/monosemantic demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src
