@@ -78,3 +78,12 @@ def test_folding_holds_for_any_scale(scale: float, seed: int) -> None:
     after = sae(raw)
     torch.testing.assert_close(after.feats, before.feats, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(after.recon * scale, before.recon, rtol=1e-4, atol=1e-5)
+
+
+def test_center_on_starts_pre_activations_at_the_data_mean() -> None:
+    sae = _sae()
+    mean, x = torch.randn(8), torch.randn(5, 8)
+    sae.center_on(mean)
+    pre, _ = sae.encode(x)
+    torch.testing.assert_close(pre, (x - mean) @ sae.W_enc.T)
+    torch.testing.assert_close(sae.decode(torch.zeros(16)), mean)

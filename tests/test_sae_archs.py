@@ -24,7 +24,7 @@ from monosemantic.sae import (
     TopKSAE,
 )
 from monosemantic.sae.jumprelu import jumprelu, step
-from monosemantic.sae.topk import auxk_loss
+from monosemantic.sae.topk import auxk_loss, sparse_decode, topk_per_row
 from monosemantic.train import build_sae, train
 from tests.test_train import planted
 
@@ -152,6 +152,13 @@ def test_jumprelu_loss_is_mse_plus_lambda_l0() -> None:
 # --- AuxK --------------------------------------------------------------------------------------
 
 
+def _auxk(x: Tensor, recon: Tensor, pre: Tensor, W: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    batch = x.shape[0]
+    return auxk_loss(
+        x, recon, pre, dead, int(dead.sum()), k_aux, topk_per_row, lambda a: sparse_decode(W, a, batch)
+    )
+
+
 def test_auxk_matches_a_hand_computation() -> None:
     d, n, batch, k_aux = 3, 6, 4, 2
     x, recon, pre, W = (
@@ -169,13 +176,13 @@ def test_auxk_matches_a_hand_computation() -> None:
         e_hat = [sum(max(float(pre[b, i]), 0.0) * float(W[j, i]) for i in cand) for j in range(d)]
         num += sum((e_hat[j] - e[b][j]) ** 2 for j in range(d))
         den += sum((e[b][j] - mean[j]) ** 2 for j in range(d))
-    assert auxk_loss(x, recon, pre, W, dead, k_aux).item() == pytest.approx(num / den, rel=1e-5)
+    assert _auxk(x, recon, pre, W, dead, k_aux).item() == pytest.approx(num / den, rel=1e-5)
     # fewer dead latents than k_aux: only the dead ones take part
     one = torch.tensor([False, False, False, True, False, False])
     want = sum(
         ((max(float(pre[b, 3]), 0.0) * W[:, 3] - (x - recon)[b]) ** 2).sum().item() for b in range(batch)
     )
-    assert auxk_loss(x, recon, pre, W, one, k_aux).item() == pytest.approx(want / den, rel=1e-5)
+    assert _auxk(x, recon, pre, W, one, k_aux).item() == pytest.approx(want / den, rel=1e-5)
 
 
 def test_auxk_is_zero_without_dead_latents_and_trains_only_dead_ones() -> None:
@@ -187,7 +194,9 @@ def test_auxk_is_zero_without_dead_latents_and_trains_only_dead_ones() -> None:
     dead = torch.tensor([True, True, False, False, True, False, False, False])
     lo = sae.loss(x, out, LossContext(0.0, dead=dead))
     assert lo.aux.item() > 0 and lo.sparsity.item() == 0.0
-    assert lo.loss.item() == pytest.approx(lo.mse.item() + sae.aux_coeff * lo.aux.item())
+    # AuxK weighs as in Gao et al.'s normalised objective: scaled by the batch's total variance
+    variance = sum(float(((x[b] - x.mean(0)) ** 2).sum()) for b in range(6)) / 6
+    assert lo.loss.item() == pytest.approx(lo.mse.item() + sae.aux_coeff * variance * lo.aux.item())
     lo.aux.backward()
     assert sae.W_dec.grad is not None and sae.W_enc.grad is not None and sae.b_dec.grad is None
     assert sae.W_dec.grad[:, ~dead].abs().sum() == 0 and sae.W_dec.grad[:, dead].abs().sum() > 0

@@ -149,6 +149,7 @@ class ActivationStore:
                 f"{run_dir} has no activation store: run `monosemantic harvest --out {run_dir}` first"
             )
         self.manifest = read_json(self.dir / MANIFEST)
+        self._cached: tuple[tuple[int, ...], Tensor] | None = None  # see _group
 
     @property
     def d_model(self) -> int:
@@ -197,6 +198,14 @@ class ActivationStore:
         for shard in self.shards(split):
             yield self.kept(shard)
 
+    def _group(self, group: tuple[int, ...], shards: list[dict[str, Any]]) -> Tensor:
+        """The normalised activations of a group of training shards. The last group stays cached on
+        the store, so that runs which read a small store again and again (a scaling sweep, every
+        epoch of a store that fits one group) load it once."""
+        if self._cached is None or self._cached[0] != group:
+            self._cached = (group, torch.cat([self.kept(shards[i]) for i in group]) * self.scale)
+        return self._cached[1]
+
     def batches(
         self, batch_size: int, seed: int, buffer_shards: int, start_step: int = 0
     ) -> Iterator[Tensor]:
@@ -223,8 +232,7 @@ class ActivationStore:
                 for b in range(n // batch_size):
                     if step >= start_step:
                         if loaded != group:
-                            buffer = torch.cat([self.kept(shards[i]) for i in group]) * self.scale
-                            loaded = group
+                            buffer, loaded = self._group(group, shards), group
                         yield buffer[perm[b * batch_size : (b + 1) * batch_size]]
                     step += 1
             epoch += 1

@@ -17,6 +17,7 @@ from rich.table import Table
 from monosemantic.config import (
     EvalConfig,
     HarvestConfig,
+    ScalingConfig,
     TrainConfig,
     default_of,
     help_of,
@@ -300,8 +301,10 @@ def train_cmd(
     aux_coeff: float = _opt(TrainConfig, "aux_coeff", "--aux-coeff"),
     bandwidth: float = _opt(TrainConfig, "bandwidth", "--bandwidth"),
     init_threshold: float = _opt(TrainConfig, "init_threshold", "--init-threshold"),
+    threshold_lr_scale: float = _opt(TrainConfig, "threshold_lr_scale", "--threshold-lr-scale"),
     dead_window: int = _opt(TrainConfig, "dead_window", "--dead-window"),
     resample_dead: bool = _opt(TrainConfig, "resample_dead", "--resample-dead"),
+    b_dec_init: str = _opt(TrainConfig, "b_dec_init", "--b-dec-init"),
     feature_parallel: bool = _opt(TrainConfig, "feature_parallel", "--feature-parallel"),
     lr: float = LR,
     batch_size: int = TRAIN_BATCH,
@@ -355,8 +358,10 @@ def train_cmd(
         aux_coeff=aux_coeff,
         bandwidth=bandwidth,
         init_threshold=init_threshold,
+        threshold_lr_scale=threshold_lr_scale,
         dead_window=dead_window,
         resample_dead=resample_dead,
+        b_dec_init=b_dec_init,
         feature_parallel=feature_parallel,
         lr=lr,
         batch_size=batch_size,
@@ -381,6 +386,153 @@ def evaluate_cmd(
 def report_cmd(run: Path = RUN) -> None:
     """Write the run's HTML report with plots (run/report/index.html)."""
     run_report(run)
+
+
+def run_scaling(out: Path, cfg: ScalingConfig, force: bool) -> dict[str, Any]:
+    """Run (or resume) the sweep, fit the laws into scaling/fits.json, print them."""
+    from monosemantic.activations import ActivationStore
+    from monosemantic.distributed import init_from_env, local_device
+    from monosemantic.fsio import write_json
+    from monosemantic.scaling import Sweep, fit_sweep, load_results
+
+    device = local_device(resolve_device(cfg.device))
+    dist = init_from_env(device)
+    main = dist is None or dist.is_main
+    store = ActivationStore(out)
+    if main:
+        if force:
+            shutil.rmtree(out / "scaling", ignore_errors=True)
+        record_stage(out, "scaling", cfg, force=force)
+    if dist is not None:
+        dist.barrier()
+
+    def on_point(row: dict[str, Any], trained: bool) -> None:
+        if main:
+            how = f"{row['seconds']:.0f} s" if trained else "done earlier"
+            console.print(
+                f"level {row['level']}: C {row['flops']:.2g} FLOPs  n {row['n_features']:>6,}  "
+                f"lr {row['lr']:.2g}  {row['steps']:>5} steps  loss {row['loss']:.4g}  ({how})",
+                highlight=False,
+            )
+
+    Sweep(cfg, out, store, device, dist, on_point).run()
+    if dist is not None:
+        dist.close()
+    fits = fit_sweep(load_results(out), seed=cfg.seed)
+    if main:
+        write_json(out / "scaling" / "fits.json", fits)
+        _print_fits(fits)
+    return fits
+
+
+def _print_fits(fits: dict[str, Any]) -> None:
+    table = Table(title="loss-optimal settings per compute level")
+    for col in ("compute (FLOPs)", "N_opt", "steps", "LR_opt", "loss"):
+        table.add_column(col, justify="right")
+    for o in fits["levels"]:
+        edge = "" if o["n_fitted"] else " (edge)"
+        table.add_row(
+            f"{o['flops']:.3g}",
+            f"{o['n_opt']:,.0f}{edge}",
+            f"{o['steps_opt']:,.0f}",
+            f"{o['lr_opt']:.2g}",
+            f"{o['loss_opt']:.4g}",
+        )
+    console.print(table)
+    laws = Table(title="power laws y = A · C^a")
+    for col in ("quantity", "a", "95% CI", "R²"):
+        laws.add_column(col, justify="right")
+    for name, law in fits["laws"].items():
+        lo, hi = law["ci"]
+        laws.add_row(name, f"{law['exponent']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{law['r2']:.3f}")
+    console.print(laws)
+
+
+@app.command("scaling")
+def scaling_cmd(
+    run: Path = RUN,
+    recommend: bool = typer.Option(
+        False, "--recommend", help="print the settings the fits predict for --flops"
+    ),
+    flops: float = typer.Option(0.0, "--flops", help="compute budget in training FLOPs, for --recommend"),
+    arch: str = _opt(ScalingConfig, "arch", "--arch"),
+    l1_coeff: float = _opt(ScalingConfig, "l1_coeff", "--l1-coeff"),
+    k: int = _opt(ScalingConfig, "k", "--k"),
+    levels: int = _opt(ScalingConfig, "levels", "--levels"),
+    decades: float = _opt(ScalingConfig, "decades", "--decades"),
+    min_flops: float = _opt(ScalingConfig, "min_flops", "--min-flops"),
+    budget: float = _opt(ScalingConfig, "budget", "--budget"),
+    sizes_per_level: int = _opt(ScalingConfig, "sizes_per_level", "--sizes-per-level"),
+    lr: float = _opt(ScalingConfig, "lr", "--lr"),
+    lr_factor: float = _opt(ScalingConfig, "lr_factor", "--lr-factor"),
+    max_extend: int = _opt(ScalingConfig, "max_extend", "--max-extend"),
+    batch_size: int = _opt(ScalingConfig, "batch_size", "--batch-size"),
+    eval_tokens: int = _opt(ScalingConfig, "eval_tokens", "--eval-tokens"),
+    seed: int = SEED,
+    device: str = _opt(ScalingConfig, "device", "--device"),
+    force: bool = FORCE,
+) -> None:
+    """Sweep dictionary size x steps x learning rate over compute (IsoFLOP profiles) on the run's
+    store, fit power laws for the optimal size, steps and learning rate, and plot them (resumes a
+    killed sweep; under torchrun the points are shared among the ranks). With --recommend --flops F,
+    print what the fits predict for a budget of F FLOPs."""
+    if recommend:
+        _recommend(run, flops)
+        return
+    cfg = ScalingConfig(
+        arch=arch,
+        l1_coeff=l1_coeff,
+        k=k,
+        levels=levels,
+        decades=decades,
+        min_flops=min_flops,
+        budget=budget,
+        sizes_per_level=sizes_per_level,
+        lr=lr,
+        lr_factor=lr_factor,
+        max_extend=max_extend,
+        batch_size=batch_size,
+        eval_tokens=eval_tokens,
+        seed=seed,
+        device=device,
+    )
+    run_scaling(run, cfg, force)
+    if os.environ.get("RANK", "0") == "0":
+        run_report(run)
+
+
+def _recommend(run: Path, flops: float) -> None:
+    from monosemantic.fsio import read_json
+    from monosemantic.scaling import recommend
+
+    path = run / "scaling" / "fits.json"
+    if not path.is_file():
+        raise UserError(f"{run} has no fitted scaling laws: run `monosemantic scaling {run}` first")
+    if flops <= 0:
+        raise UserError("--recommend needs a positive compute budget: --flops 1e15")
+    fits = read_json(path)
+    rec = recommend(fits, flops)
+    table = Table(title=f"recommended for C = {flops:.3g} training FLOPs")
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    table.add_row("dictionary size", f"{rec['n_features']:,.0f} features")
+    table.add_row("training steps", f"{rec['steps']:,.0f} (batch {fits['batch_size']})")
+    table.add_row("training tokens", f"{rec['steps'] * fits['batch_size']:,.0f}")
+    table.add_row("learning rate", f"{rec['lr']:.3g}")
+    table.add_row("expected loss", f"{rec['loss']:.4g}")
+    console.print(table)
+    lo, hi = fits["flops_range"]
+    if rec["extrapolation"] > 10:
+        console.print(
+            f"[yellow]warning:[/] {flops:.3g} FLOPs is {rec['extrapolation']:,.0f}x outside the measured "
+            f"range {lo:.3g}–{hi:.3g}: the prediction is an extrapolation; rerun the sweep with --budget "
+            "to measure closer",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"extrapolation factor {rec['extrapolation']:.2g}x (measured range {lo:.3g}–{hi:.3g} FLOPs)"
+        )
 
 
 @app.command("demo")

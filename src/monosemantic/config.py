@@ -73,6 +73,11 @@ class TrainConfig:
     aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the AuxK loss")
     bandwidth: float = _f(0.001, "jumprelu: width of the straight-through estimator's kernel")
     init_threshold: float = _f(0.001, "jumprelu: initial per-feature threshold")
+    threshold_lr_scale: float = _f(
+        1.0,
+        "jumprelu: learning-rate multiplier for the (log) thresholds; Adam moves log θ by about "
+        "lr per step, so short runs need a larger one to let θ travel",
+    )
     dead_window: int = _f(
         0,
         "tokens without firing after which a feature counts as dead while training "
@@ -93,6 +98,11 @@ class TrainConfig:
     lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
     grad_clip: float = _f(1.0, "gradient clipping: max global norm")
     dec_init_norm: float = _f(0.1, "initial norm of each decoder column")
+    b_dec_init: str = _f(
+        "mean",
+        "decoder bias at init: 'mean' of the first batch (pre-activations start centred, as Gao et "
+        "al. do with the geometric median) or 'zero'",
+    )
     seed: int = _f(0, "seed for initialisation and batch order")
     checkpoint_every: int = _f(200, "steps between checkpoints (and one at the end)")
     log_every: int = _f(20, "steps between log.jsonl lines")
@@ -103,6 +113,8 @@ class TrainConfig:
         self.sizes = [int(s) for s in self.sizes]
         from monosemantic.sae import ARCHITECTURES
 
+        if self.b_dec_init not in ("mean", "zero"):
+            raise UserError(f"--b-dec-init must be 'mean' or 'zero', not {self.b_dec_init!r}")
         if self.arch not in ARCHITECTURES:
             raise UserError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         if self.resample_dead and self.arch != "relu":
@@ -113,8 +125,11 @@ class TrainConfig:
             raise UserError("--resample-dead does not support --feature-parallel yet: drop one of them")
         if not self.sizes or min(self.sizes) <= 0:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
-        if self.lr <= 0 or self.l1_coeff < 0 or self.batch_size <= 0 or self.epochs <= 0:
-            raise UserError("--lr, --batch-size and --epochs must be positive and --l1-coeff non-negative")
+        if min(self.lr, self.batch_size, self.epochs, self.threshold_lr_scale) <= 0 or self.l1_coeff < 0:
+            raise UserError(
+                "--lr, --batch-size, --epochs and --threshold-lr-scale must be positive and --l1-coeff "
+                "non-negative"
+            )
 
 
 @dataclass
@@ -124,7 +139,41 @@ class EvalConfig:
     device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
 
 
-STAGES: dict[str, type] = {"harvest": HarvestConfig, "train": TrainConfig, "evaluate": EvalConfig}
+@dataclass
+class ScalingConfig:
+    arch: str = _f("relu", "dictionary architecture swept (λ and k stay fixed)")
+    l1_coeff: float = _f(1.0, "lambda, fixed across the sweep")
+    k: int = _f(32, "topk/batchtopk: k, fixed across the sweep")
+    levels: int = _f(4, "compute levels (IsoFLOP profiles)")
+    decades: float = _f(1.5, "decades of compute between the smallest and largest level")
+    min_flops: float = _f(0.0, "compute of the smallest level in FLOPs; 0 = 250 tokens per feature at n = d")
+    budget: float = _f(1.0, "multiplies every level's compute (raise it on a GPU)")
+    sizes_per_level: int = _f(4, "dictionary sizes per profile, a factor 2 apart")
+    lr: float = _f(3e-3, "base learning rate of the first level")
+    lr_factor: float = _f(3.0, "ratio between neighbouring learning rates of the LR scan")
+    max_extend: int = _f(2, "times a profile may grow outwards while its optimum is on the edge")
+    batch_size: int = _f(128, "activations per step (small, so that small budgets still take many steps)")
+    eval_tokens: int = _f(8192, "held-out activations the loss is measured on")
+    seed: int = _f(0, "seed of every training")
+    device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
+
+    def __post_init__(self) -> None:
+        if self.levels < 2 or self.decades <= 0:
+            raise UserError("--levels must be at least 2 and --decades positive: a law needs a span")
+        if self.sizes_per_level < 3:
+            raise UserError("--sizes-per-level must be at least 3 to locate a minimum")
+        if min(self.budget, self.lr, self.batch_size, self.eval_tokens) <= 0 or self.lr_factor <= 1:
+            raise UserError(
+                "--budget, --lr, --batch-size, --eval-tokens must be positive, --lr-factor above 1"
+            )
+
+
+STAGES: dict[str, type] = {
+    "harvest": HarvestConfig,
+    "train": TrainConfig,
+    "evaluate": EvalConfig,
+    "scaling": ScalingConfig,
+}
 
 
 def help_of(cls: type, name: str) -> str:

@@ -48,7 +48,7 @@ from monosemantic.sae import (
     TopKSAE,
 )
 from monosemantic.sae.base import mse_loss
-from monosemantic.sae.topk import Active, sparse_decode
+from monosemantic.sae.topk import Active, auxk_loss, sparse_decode
 
 # The dimension along which each per-feature tensor is split; the others are replicated.
 FEATURE_DIM = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "log_threshold": 0}
@@ -198,6 +198,10 @@ class FeatureShard(nn.Module):
 
     # -- training ---------------------------------------------------------------------------------
 
+    def center_on(self, mean: Tensor) -> None:
+        """As ``SparseAutoencoder.center_on``: W_enc and b_enc are this rank's rows, b_dec is shared."""
+        self.local.center_on(mean)
+
     def forward(self, x: Tensor) -> ForwardOutput:
         """x (B, d) -> local pre_acts and feats (B, n/N), the global reconstruction (B, d)."""
         local = self.local
@@ -227,9 +231,7 @@ class FeatureShard(nn.Module):
         term summed over ranks (relu, jumprelu) or AuxK over the dead latents of all ranks."""
         local = self.local
         if isinstance(local, TopKSAE):
-            mse = mse_loss(x, out.recon)
-            aux = self._auxk(x, out, ctx.dead)
-            return LossOutput(mse + local.aux_coeff * aux, mse, x.new_zeros(()), aux)
+            return local.combine(x, mse_loss(x, out.recon), self._auxk(x, out, ctx.dead))
         # mse of the global reconstruction; the sparsity of this rank's features, additive over them
         lo = local.loss(x, out, ctx)
         sparsity = sum_over_ranks(lo.sparsity)
@@ -240,18 +242,18 @@ class FeatureShard(nn.Module):
         their decoded sum reduced over ranks."""
         local = self.local
         assert isinstance(local, TopKSAE)
-        zero = x.new_zeros(())
         n_dead = 0 if dead is None else int(self.dist.sum(dead.sum()))
-        if dead is None or n_dead == 0:
-            return zero
-        residual = (x - out.recon).detach()
-        spread = (residual - residual.mean(0)).pow(2).sum()
-        if spread <= 0:  # identical on every rank, so all of them return here together
-            return zero
-        masked = out.pre_acts.masked_fill(~dead, float("-inf"))
-        active = _active(global_topk_mask(masked, min(local.k_aux, n_dead), self.dist), masked)
-        estimate = sum_over_ranks(sparse_decode(local.W_dec, active, x.shape[0]))
-        return (estimate - residual).pow(2).sum() / spread
+        batch = x.shape[0]
+        return auxk_loss(
+            x,
+            out.recon,
+            out.pre_acts,
+            dead,
+            n_dead,
+            local.k_aux,
+            lambda pre, k: _active(global_topk_mask(pre, k, self.dist), pre),
+            lambda active: sum_over_ranks(sparse_decode(local.W_dec, active, batch)),
+        )
 
     def before_optimizer_step(self) -> None:
         self.local.before_optimizer_step()  # TopK's projection acts column by column: local

@@ -277,6 +277,36 @@ def _header(name: str, manifest: dict[str, Any] | None) -> str:
     return title + f'<p class="meta">{items}</p>'
 
 
+def _scaling_section(run_dir: Path, out_dir: Path) -> list[str]:
+    """The scaling sweep's figures and fitted laws, when ``monosemantic scaling`` has run."""
+    fits_path = run_dir / "scaling" / "fits.json"
+    if not fits_path.is_file():
+        return []
+    from monosemantic.scaling import load_results
+    from monosemantic.scaling_plots import scaling_figures
+
+    fits = read_json(fits_path)
+    rows = [
+        f"<tr><td>{html.escape(k)}</td><td>{v['exponent']:.3f}</td><td>[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+        f"</td><td>{v['r2']:.3f}</td></tr>"
+        for k, v in fits["laws"].items()
+    ]
+    lo, hi = fits["flops_range"]
+    parts = [
+        "<h2>Scaling laws</h2>",
+        f'<p class="note">{fits["n_points"]} trainings over {lo:.2g}–{hi:.2g} FLOPs; y ∝ C^a fitted in '
+        "log-log space, 95% bootstrap interval over sweep points.</p>",
+        "<table><tr><th>law</th><th>exponent a</th><th>95% CI</th><th>R²</th></tr>"
+        + "".join(rows)
+        + "</table>",
+    ]
+    for title, png in scaling_figures(load_results(run_dir), fits, out_dir):
+        parts.append(
+            f'<h3>{html.escape(title)}</h3><img src="{html.escape(png)}" alt="{html.escape(title)}">'
+        )
+    return parts
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/index.html`` and its PNGs from whatever stages have run; return its path."""
     run_dir = Path(run_dir)
@@ -311,6 +341,7 @@ def build_report(run_dir: str | Path) -> Path:
             missing = '<p class="note">Not available yet (the stage that produces it has not run).</p>'
             body = f'<img src="{html.escape(png)}" alt="{html.escape(title)}">' if png else missing
             parts.append(f"<h2>{html.escape(title)}</h2>{body}")
+    parts += _scaling_section(run_dir, out_dir)
     parts.append("<h2>Configuration</h2>")
     if toml_text is None:
         parts.append('<p class="note">No run.toml found.</p>')

@@ -58,8 +58,12 @@ def l1_at(step: int, total: int, base: float, warmup: float) -> float:
     return base if step >= n else base * step / n
 
 
-def train_flops_per_token(d_model: int, n_features: int) -> int:
-    """Dense SAE training cost: encoder and decoder matmuls of 2dn each forward, twice that backward."""
+def train_flops_per_token(d_model: int, n_features: int, arch: str = "relu", k: int = 0) -> int:
+    """Training FLOPs per token, counting the matmuls (2 FLOPs per multiply-add; backward twice the
+    forward): a dense SAE's encoder and decoder cost 2dn each forward, so 12·d·n in all; TopK and
+    BatchTopK decode only k columns, so 6·d·n for the encoder plus 6·d·k for the decoder."""
+    if arch in ("topk", "batchtopk"):
+        return 6 * d_model * (n_features + min(k, n_features))
     return 12 * d_model * n_features
 
 
@@ -172,7 +176,7 @@ def train_step(
     else:
         shard.clip_grad_norm_(cfg.grad_clip)
     for group in st.opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"]
     st.opt.step()
     with torch.no_grad():
         st.sae.after_optimizer_step(out)
@@ -221,6 +225,17 @@ def build_sae(cfg: TrainConfig, d_model: int, n_features: int) -> SparseAutoenco
     return cls(d_model, n_features, **{k: v for k, v in asdict(cfg).items() if k in wanted and k != "self"})
 
 
+def param_groups(module: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups, each with the multiplier ``lr_scale`` of the scheduled LR: JumpReLU's
+    thresholds (``log_threshold``, also inside a feature shard) take ``cfg.threshold_lr_scale``."""
+    named = list(module.named_parameters())
+    thresholds = [p for name, p in named if name.endswith("log_threshold")]
+    groups = [{"params": [p for name, p in named if not name.endswith("log_threshold")], "lr_scale": 1.0}]
+    if thresholds:
+        groups.append({"params": thresholds, "lr_scale": cfg.threshold_lr_scale})
+    return groups
+
+
 def make_states(
     cfg: TrainConfig, d_model: int, run_dir: Path, device: str, dist: DistContext | None = None
 ) -> list[SizeState]:
@@ -233,7 +248,7 @@ def make_states(
         module = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else sae
         module.to(device)
         n_mine = module.n_local if isinstance(module, FeatureShard) else n
-        opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        opt = torch.optim.Adam(param_groups(module, cfg), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
         states.append(
             SizeState(
                 module,
@@ -290,7 +305,9 @@ def train(
     step = min(st.step for st in states)
     batches = batches_from(step)
     resample_at = resample_steps(total)
-    meter = Throughput(flops_per_item=sum(train_flops_per_token(d_model, n) for n in cfg.sizes))
+    meter = Throughput(
+        flops_per_item=sum(train_flops_per_token(d_model, n, cfg.arch, cfg.k) for n in cfg.sizes)
+    )
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
     with progress_bar("tok", disable=not main) as bar, deferred_interrupt() as interrupted:
         task = bar.add_task(
@@ -305,6 +322,9 @@ def train(
             for st in states:
                 if st.step != step:
                     continue  # this size is ahead of the slowest one after a resume
+                if step == 0 and cfg.b_dec_init == "mean":
+                    # the global batch: every rank computes the same mean
+                    st.sae.center_on(batch.to(device).float().mean(0))
                 if cfg.resample_dead and step in resample_at:
                     # Every rank resamples identically: the global batch and a (seed, step) generator.
                     assert st.since_fired is not None
@@ -343,7 +363,7 @@ def train(
     for st in states:
         whole = whole_dictionary(st, cfg)
         if whole is not None and main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
-            flops = train_flops_per_token(d_model, st.sae.n_features)
+            flops = train_flops_per_token(d_model, st.sae.n_features, cfg.arch, cfg.k)
             save_dictionary(
                 whole,
                 st.out_dir,

@@ -72,6 +72,16 @@ class SparseAutoencoder(nn.Module):
         self.b_enc.zero_()
         self.b_dec.zero_()
 
+    @torch.no_grad()
+    def center_on(self, mean: Tensor) -> None:
+        """Data-dependent part of the init: b_dec = ``mean`` (d,) of the data, and b_enc = −W_enc·mean,
+        so that pre-activations start as W_enc (x − mean). Without it, the data mean (a large
+        shared direction of the residual stream) dominates every pre-activation, and the few
+        features aligned with it win every token: at 16,384 TopK latents on the demo, a quarter
+        never fired."""
+        self.b_dec.copy_(mean)
+        self.b_enc.copy_(-(self.W_enc @ mean))
+
     def activation(self, pre: Tensor) -> Tensor:
         """pre (..., n) -> feats (..., n)."""
         raise NotImplementedError

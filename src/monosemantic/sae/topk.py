@@ -18,6 +18,7 @@ dictionary: 24 vs 38 ms, 260 vs 372 ms), and a tie at toy sizes, so ``forward`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -62,25 +63,32 @@ def topk_per_row(pre: Tensor, k: int) -> Active:
 
 
 def auxk_loss(
-    x: Tensor, recon: Tensor, pre: Tensor, W_dec: Tensor, dead: Tensor | None, k_aux: int
+    x: Tensor,
+    recon: Tensor,
+    pre: Tensor,
+    dead: Tensor | None,
+    n_dead: int,
+    k_aux: int,
+    select: Callable[[Tensor, int], Active],
+    decode: Callable[[Active], Tensor],
 ) -> Tensor:
     """AuxK (Gao et al. 2024, §A.2): reconstruct the residual e = x − x̂, held constant, from the
     ReLU of the top-k_aux pre-activations among the dead latents, through the decoder alone.
 
     Normalised as in OpenAI's reference code: Σ‖ê − e‖² / Σ‖e − ē‖² over the batch (ē the batch
     mean of e), so 1 means the dead latents explain nothing. 0 when no latent is dead.
-    x, recon (B, d); pre (B, n); W_dec (d, n); dead (n,) bool -> ()."""
+    x, recon (B, d); pre (B, n); dead (n,) bool, ``n_dead`` of them (over every shard of the
+    dictionary); ``select(pre, k)`` takes the k largest of each row and ``decode`` maps them to
+    (B, d) without the bias (a feature shard selects and sums over ranks) -> ()."""
     zero = x.new_zeros(())
-    n_dead = 0 if dead is None else int(dead.sum())
     if dead is None or n_dead == 0:
         return zero
-    masked = pre.masked_fill(~dead, float("-inf"))
-    active = topk_per_row(masked, min(k_aux, n_dead))
     residual = (x - recon).detach()
     spread = (residual - residual.mean(0)).pow(2).sum()
     if spread <= 0:  # a single token, or a perfect reconstruction: nothing to learn
         return zero
-    return (sparse_decode(W_dec, active, x.shape[0]) - residual).pow(2).sum() / spread
+    active = select(pre.masked_fill(~dead, float("-inf")), min(k_aux, n_dead))
+    return (decode(active) - residual).pow(2).sum() / spread
 
 
 class TopKSAE(SparseAutoencoder):
@@ -118,9 +126,27 @@ class TopKSAE(SparseAutoencoder):
         return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x))
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
-        mse = mse_loss(x, out.recon)
-        aux = auxk_loss(x, out.recon, out.pre_acts, self.W_dec, ctx.dead, self.k_aux)
-        return LossOutput(mse + self.aux_coeff * aux, mse, x.new_zeros(()), aux)
+        n_dead = 0 if ctx.dead is None else int(ctx.dead.sum())
+        batch = x.shape[0]
+        aux = auxk_loss(
+            x,
+            out.recon,
+            out.pre_acts,
+            ctx.dead,
+            n_dead,
+            self.k_aux,
+            topk_per_row,
+            lambda active: sparse_decode(self.W_dec, active, batch),
+        )
+        return self.combine(x, mse_loss(x, out.recon), aux)
+
+    def combine(self, x: Tensor, mse: Tensor, aux: Tensor) -> LossOutput:
+        """mse + α · Var(x) · AuxK. OpenAI's objective is nmse + α · AuxK with both terms
+        normalised; our mse is not (it is summed over d), so AuxK is scaled by the batch's total
+        variance E‖x − x̄‖² to keep the paper's balance. Without that factor AuxK weighed ~1/300 of
+        what Gao et al. intended on the demo and revived nothing."""
+        variance = (x - x.mean(0)).pow(2).sum(-1).mean().detach()
+        return LossOutput(mse + self.aux_coeff * variance * aux, mse, x.new_zeros(()), aux)
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
