@@ -145,3 +145,13 @@ def assert_same_saes(a: Path, b: Path, names: list[str], rtol: float = 1e-4, ato
         wb = load_file(str(b / "saes" / name / "sae.safetensors"))
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=atol, msg=f"{name} {k}")
+
+
+@pytest.fixture
+def run(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> Path:
+    """A run directory holding a harvested store of the tiny Llama (3,000 + 600 activations)."""
+    from tests.test_cli import cli, harvest_args
+
+    out = tmp_path / "run"
+    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, out))[0] == 0
+    return out

@@ -52,13 +52,6 @@ def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]
     return ["harvest", *tiny_io(model, corpus, out), *sizes, *extra]
 
 
-@pytest.fixture
-def run(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> Path:
-    out = tmp_path / "run"
-    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, out))[0] == 0
-    return out
-
-
 def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
     manifest = json.loads((run / "activations" / "manifest.json").read_text())
     assert manifest["layer"] == 2 and manifest["d_model"] == 32

@@ -14,7 +14,7 @@ import pytest
 
 from monosemantic.scaling import PowerLaw, fit_sweep, parabola_min, profile_sizes, recommend
 from tests.conftest import run_torchrun
-from tests.test_cli import cli, run  # noqa: F401  (the tiny harvested run)
+from tests.test_cli import cli
 
 A_N, A_LR = 0.45, -0.3  # the planted exponents of N_opt and LR_opt
 
@@ -42,7 +42,9 @@ def synthetic_sweep(noise: float, seed: int = 0) -> list[dict[str, Any]]:
     for level, c in enumerate(np.geomspace(1e11, 1e13, 4)):
         n_opt, lr_opt, l_opt = 2e3 * (c / 1e11) ** A_N, 3e-3 * (c / 1e11) ** A_LR, 50 * (c / 1e11) ** -0.2
 
-        def loss(n: float, lr: float) -> float:
+        def loss(
+            n: float, lr: float, n_opt: float = n_opt, lr_opt: float = lr_opt, l_opt: float = l_opt
+        ) -> float:
             bowl = 0.3 * math.log10(n / n_opt) ** 2 + 0.2 * math.log10(lr / lr_opt) ** 2
             return float(l_opt * (1 + bowl) * (1 + noise * rng.standard_normal()))
 
