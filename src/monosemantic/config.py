@@ -71,10 +71,12 @@ class TrainConfig:
     k: int = _f(32, "topk/batchtopk: active features per token")
     k_aux: int = _f(0, "topk/batchtopk: dead latents the AuxK loss reconstructs with (0 = d_model / 2)")
     aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the AuxK loss")
-    bandwidth: float = _f(0.001, "jumprelu: width of the straight-through estimator's kernel")
-    init_threshold: float = _f(0.001, "jumprelu: initial per-feature threshold")
+    bandwidth: float = _f(
+        0.1, "jumprelu: width of the straight-through estimator's kernel (on the √d-normalised scale)"
+    )
+    init_threshold: float = _f(0.1, "jumprelu: initial per-feature threshold")
     threshold_lr_scale: float = _f(
-        1.0,
+        10.0,
         "jumprelu: learning-rate multiplier for the (log) thresholds; Adam moves log θ by about "
         "lr per step, so short runs need a larger one to let θ travel",
     )
@@ -146,7 +148,9 @@ class ScalingConfig:
     k: int = _f(32, "topk/batchtopk: k, fixed across the sweep")
     levels: int = _f(4, "compute levels (IsoFLOP profiles)")
     decades: float = _f(1.5, "decades of compute between the smallest and largest level")
-    min_flops: float = _f(0.0, "compute of the smallest level in FLOPs; 0 = 250 tokens per feature at n = d")
+    min_flops: float = _f(
+        0.0, "compute of the smallest level in FLOPs; 0 = 100 tokens per feature at n = d_model"
+    )
     budget: float = _f(1.0, "multiplies every level's compute (raise it on a GPU)")
     sizes_per_level: int = _f(4, "dictionary sizes per profile, a factor 2 apart")
     lr: float = _f(3e-3, "base learning rate of the first level")

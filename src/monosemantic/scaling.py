@@ -76,7 +76,7 @@ def flops_per_token(cfg: ScalingConfig, d_model: int, n: int) -> int:
 
 def level_flops(cfg: ScalingConfig, d_model: int) -> list[float]:
     """The compute of each level, smallest first."""
-    c0 = cfg.min_flops or 250 * d_model * flops_per_token(cfg, d_model, d_model)
+    c0 = cfg.min_flops or 100 * d_model * flops_per_token(cfg, d_model, d_model)
     c0 *= cfg.budget
     return [c0 * 10 ** (cfg.decades * i / (cfg.levels - 1)) for i in range(cfg.levels)]
 
