@@ -37,6 +37,10 @@ ARCHS: dict[str, dict[str, Any]] = {
 # A feature counts as dead after a batch in which it did not fire (not after 100k tokens).
 DEAD_WINDOW = 256
 TOL = dict(rtol=1e-4, atol=1e-5)
+# AuxK weighs ~Var(x) times more than MSE's per-element share, and Adam turns the float-rounding
+# differences of the all-reduced sums in near-zero gradients into whole steps: after 16 steps a few
+# decoder entries of the sharded BatchTopK differ by ~6e-5 while every logged loss agrees to 1e-7.
+TOL_AUXK = dict(rtol=1e-4, atol=2e-4)
 
 
 def config(arch: str, feature_parallel: bool) -> TrainConfig:
@@ -79,7 +83,8 @@ def train_as(
 
 
 def assert_same_weights(a: Path, b: Path, arch: str) -> None:
-    assert_same_saes(a, b, [f"{arch}-{n}" for n in config(arch, False).sizes], **TOL)
+    tol = TOL_AUXK if arch in ("topk", "batchtopk") else TOL
+    assert_same_saes(a, b, [f"{arch}-{n}" for n in config(arch, False).sizes], **tol)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

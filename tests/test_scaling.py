@@ -103,7 +103,7 @@ SWEEP += ["--batch-size", "64", "--eval-tokens", "512", "--max-extend", "1"]
 
 
 def _trained(err: str) -> int:
-    return sum(1 for line in err.splitlines() if line.startswith("level ") and "done earlier" not in line)
+    return sum(1 for line in err.splitlines() if line.startswith("level ") and "finished earlier" not in line)
 
 
 def test_scaling_cli_sweeps_fits_resumes_and_recommends(capsys, monkeypatch, run: Path) -> None:

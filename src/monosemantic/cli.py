@@ -408,7 +408,7 @@ def run_scaling(out: Path, cfg: ScalingConfig, force: bool) -> dict[str, Any]:
 
     def on_point(row: dict[str, Any], trained: bool) -> None:
         if main:
-            how = f"{row['seconds']:.0f} s" if trained else "done earlier"
+            how = f"{row['seconds']:.0f} s" if trained else "finished earlier or by another rank"
             console.print(
                 f"level {row['level']}: C {row['flops']:.2g} FLOPs  n {row['n_features']:>6,}  "
                 f"lr {row['lr']:.2g}  {row['steps']:>5} steps  loss {row['loss']:.4g}  ({how})",

@@ -248,7 +248,6 @@ class Sweep:
     dist: DistContext | None = None
     on_point: Callable[[dict[str, Any], bool], None] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-    trained: set[str] = field(default_factory=set)  # points trained by this process
 
     @property
     def dir(self) -> Path:
@@ -318,24 +317,24 @@ class Sweep:
 
     def _run_points(self, points: list[Point]) -> list[dict[str, Any]]:
         """Train the points not yet finished (dealt out to the ranks under torchrun) and return the
-        results of all of them, in order."""
+        results of all of them, in order. Each is reported once: as soon as it is trained here,
+        or when read back (finished earlier, or by another rank)."""
         rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
         for i, p in enumerate(points):
             result = self.dir / "points" / p.name / "result.json"
             if i % world == rank and not result.is_file():
                 self._train_point(p, result)
+                self._collect(read_json(result), trained=True)
         if self.dist is not None:
             self.dist.barrier()
-        rows = []
-        for p in points:
-            row = read_json(self.dir / "points" / p.name / "result.json")
-            fresh = all(r["name"] != row["name"] for r in self.rows)
-            if fresh:
-                self.rows.append(row)
-                if self.on_point is not None:
-                    self.on_point(row, row["name"] in self.trained)
-            rows.append(row)
-        return rows
+        return [self._collect(read_json(self.dir / "points" / p.name / "result.json")) for p in points]
+
+    def _collect(self, row: dict[str, Any], trained: bool = False) -> dict[str, Any]:
+        if all(r["name"] != row["name"] for r in self.rows):
+            self.rows.append(row)
+            if self.on_point is not None:
+                self.on_point(row, trained)
+        return row
 
     def _train_point(self, p: Point, result: Path) -> None:
         d, n_train = self.store.d_model, self.store.n_tokens("train")
@@ -394,6 +393,5 @@ class Sweep:
                 "train": meter.as_dict(),
             },
         )
-        self.trained.add(p.name)
         # the dictionary stays (saes/<name>/); its optimizer state is only needed to resume
         (point_dir / "saes" / sae_name(self.cfg.arch, p.n_features) / "state.pt").unlink(missing_ok=True)
