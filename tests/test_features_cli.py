@@ -1,0 +1,161 @@
+"""analyze / feature on a tiny trained run: the database, agreement with a direct computation,
+resume after Ctrl-C, the model-forward path, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import monosemantic.features.analyze as analyze_mod
+from monosemantic.activations import ActivationStore
+from monosemantic.cli import run_harvest, run_train
+from monosemantic.config import HarvestConfig, TrainConfig
+from monosemantic.dictionary import load_dictionary
+from monosemantic.features import db
+from tests.test_cli import cli, one_line_error
+
+WINDOW = ["--before", "6", "--after", "3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path) -> Path:
+    out = tmp_path_factory.mktemp("features") / "run"
+    hcfg = HarvestConfig(
+        model=str(tiny_llama_dir),
+        corpus=str(tiny_corpus),
+        seq_len=16,
+        layer=2,
+        n_tokens=3000,
+        n_eval_tokens=600,
+        shard_tokens=600,
+    )
+    run_harvest(hcfg, out, False)
+    run_train(TrainConfig(sizes=[16, 64], batch_size=256, epochs=2), out, False)
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def analyze(capsys, monkeypatch, run: Path, *extra: str) -> tuple[int, str]:
+    return cli(capsys, monkeypatch, "analyze", run, *WINDOW, "--checkpoint-every", "40", *extra)
+
+
+def table(run: Path, sql: str) -> list[tuple]:
+    con = sqlite3.connect(run / "features.sqlite")
+    try:
+        return [tuple(r) for r in con.execute(sql)]
+    finally:
+        con.close()
+
+
+def test_analyze_writes_the_database(capsys, monkeypatch, run: Path) -> None:
+    code, err = analyze(capsys, monkeypatch, run)
+    assert code == 0, err
+    assert table(run, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(db.SCHEMA_VERSION),)]
+    assert table(run, "SELECT sae, finished FROM analyses ORDER BY sae") == [("relu-16", 1), ("relu-64", 1)]
+    assert table(run, "SELECT sae, count(*) FROM features GROUP BY sae ORDER BY sae") == [
+        ("relu-16", 16),
+        ("relu-64", 64),
+    ]
+    indexes = {r[0] for r in table(run, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"contexts_by_feature", "features_by_freq"} <= indexes
+    # frequencies and maxima agree with encoding the whole store directly
+    store = ActivationStore(run)
+    sae, _ = load_dictionary(run / "saes" / "relu-64")
+    acts = torch.cat([store.kept(s) for s in store.manifest["shards"]])
+    feats = sae.encode(acts)[1]
+    rows = table(run, "SELECT freq, max_act, n_fired FROM features WHERE sae = 'relu-64' ORDER BY id")
+    freq, max_act, n_fired = (torch.tensor(c) for c in zip(*rows, strict=True))
+    assert n_fired.tolist() == (feats > 0).sum(0).tolist()
+    torch.testing.assert_close(freq.float(), (feats > 0).float().mean(0))
+    torch.testing.assert_close(max_act.float(), feats.amax(0), rtol=1e-4, atol=1e-5)
+    # contexts: bounded per feature, windows inside their sequence, activations match
+    counts = table(
+        run,
+        "SELECT kind, max(n) FROM (SELECT kind, count(*) n FROM contexts GROUP BY sae, feature, kind) "
+        "GROUP BY kind",
+    )
+    assert dict(counts)["top"] <= 20 and dict(counts)["quantile"] <= 40 and dict(counts)["random"] <= 10
+    con = db.open_db(run)
+    words = db.vocab(con)
+    j = int(n_fired.argmax())
+    top = db.contexts(con, "relu-64", j, "top", words)
+    assert top and top[0].activation == pytest.approx(float(max_act[j]), rel=1e-3)
+    assert [c.activation for c in top] == sorted((c.activation for c in top), reverse=True)
+    assert len(top[0].tokens) == 10 and max(top[0].acts) == pytest.approx(top[0].activation, rel=1e-2)
+    # FTS over top contexts and sequences finds the text they hold
+    word = next(w for w in top[0].text.split() if w.isalpha()) if " " in top[0].text else top[0].tokens[0]
+    assert db.search_contexts(con, "relu-64", f'"{word}"')
+    promoted = json.loads(db.feature_row(con, "relu-64", j)["promoted"])
+    assert len(promoted) == 10 and promoted[0][1] >= promoted[-1][1]
+    con.close()
+    code, err = cli(capsys, monkeypatch, "feature", run, str(j), "--sae", "relu-64")
+    assert code == 0, err
+
+
+def test_analyze_resumes_after_ctrl_c_to_the_same_database(capsys, monkeypatch, run: Path, tmp_path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    assert analyze(capsys, monkeypatch, run)[0] == 0
+    real = analyze_mod.store_batches
+
+    def interrupted(*a, **k):
+        for i, b in enumerate(real(*a, **k)):
+            if i == 7:
+                raise KeyboardInterrupt
+            yield b
+
+    monkeypatch.setattr(analyze_mod, "store_batches", interrupted)
+    code, err = analyze(capsys, monkeypatch, other)
+    assert code == 130 and "resume" in err
+    done = table(other, "SELECT seqs_done, finished FROM analyses")
+    assert done and all(n > 0 and not f for n, f in done)
+    monkeypatch.setattr(analyze_mod, "store_batches", real)
+    assert analyze(capsys, monkeypatch, other)[0] == 0
+    for sql in (
+        "SELECT * FROM features ORDER BY sae, id",
+        "SELECT sae, feature, kind, rank, band, activation, seq, start, peak, acts FROM contexts "
+        "ORDER BY sae, feature, kind, rank",
+        "SELECT corpus, seq, tokens FROM sequences ORDER BY corpus, seq",
+    ):
+        assert table(run, sql) == table(other, sql)
+    # a finished analysis is not redone; other settings are refused without --force
+    assert analyze(capsys, monkeypatch, other)[0] == 0
+    one_line_error(*analyze(capsys, monkeypatch, other, "--top-k", "5"), "--force")
+    assert analyze(capsys, monkeypatch, other, "--top-k", "5", "--force")[0] == 0
+    assert table(other, "SELECT max(rank) FROM contexts WHERE kind = 'top'") == [(4,)]
+
+
+def test_analyze_a_corpus_through_the_model(capsys, monkeypatch, run: Path, tiny_corpus: Path) -> None:
+    code, err = analyze(
+        capsys, monkeypatch, run, "--sae", "relu-16", "--corpus", str(tiny_corpus), "--tokens", "900"
+    )
+    assert code == 0, err
+    (n_seqs,) = table(run, "SELECT count(*) FROM sequences")[0]
+    assert n_seqs == int(np.ceil(900 / 15))
+    (tokens,) = table(run, "SELECT tokens_done FROM analyses WHERE sae = 'relu-16'")[0]
+    assert 0 < tokens <= n_seqs * 15
+
+
+def test_bad_input_is_one_line(capsys, monkeypatch, run: Path, tmp_path: Path) -> None:
+    one_line_error(*cli(capsys, monkeypatch, "analyze", tmp_path / "missing"), "does not exist")
+    one_line_error(*analyze(capsys, monkeypatch, run, "--sae", "relu-999"), "relu-999")
+    one_line_error(*cli(capsys, monkeypatch, "feature", run, "3"), "analyze")
+    assert analyze(capsys, monkeypatch, run, "--sae", "relu-16")[0] == 0
+    one_line_error(*cli(capsys, monkeypatch, "feature", run, "99"), "0 to 15")
+    one_line_error(*cli(capsys, monkeypatch, "feature", run, "3", "--sae", "relu-64"), "not analysed")
+    one_line_error(*analyze(capsys, monkeypatch, run, "--before", "20"), "sequence length")
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("saes", "features.sqlite*"))
+    one_line_error(*cli(capsys, monkeypatch, "analyze", bare), "train")
