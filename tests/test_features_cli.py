@@ -159,3 +159,45 @@ def test_bad_input_is_one_line(capsys, monkeypatch, run: Path, tmp_path: Path) -
     bare = tmp_path / "bare"
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("saes", "features.sqlite*"))
     one_line_error(*cli(capsys, monkeypatch, "analyze", bare), "train")
+
+
+def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
+    """Rewrite one encoder row so that the feature fires on exactly the tokens ``word`` (the tiny
+    model's layer-2 residual separates token identities linearly)."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import tiny_tokenizer
+
+    store = ActivationStore(run)
+    acts = torch.cat([store.load(s)[0] for s in store.manifest["shards"]])
+    toks = torch.cat([store.load(s)[1][:, 1:].reshape(-1) for s in store.manifest["shards"]])
+    on = toks == tiny_tokenizer().get_vocab()[word]
+    w = acts[on].mean(0) - acts[~on].mean(0)
+    w = w / w.norm()
+    proj = acts @ w
+    assert proj[on].min() > proj[~on].max(), "the planted word is not linearly separable"
+    path = run / "saes" / sae_name / "sae.safetensors"
+    state = load_file(str(path))
+    state["W_enc"][feature] = w
+    state["b_enc"][feature] = -(proj[on].min() + proj[~on].max()) / 2
+    save_file(state, str(path))
+
+
+def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, tiny_llama_dir: Path) -> None:
+    from monosemantic.features.search import search
+    from monosemantic.models import load_model
+
+    plant_feature(run, "relu-64", 7, "paris")
+    assert analyze(capsys, monkeypatch, run, "--sae", "relu-64")[0] == 0
+    con = db.open_db(run)
+    sae, _ = load_dictionary(run / "saes" / "relu-64")
+    lm = load_model(str(tiny_llama_dir))
+    hits, occs = search(con, lm, 2, "relu-64", sae, "paris", max_matches=16)
+    assert len(occs) == 17 and occs[0].source == "query"
+    assert hits[0].feature == 7 and hits[0].hit_rate == 1.0 and hits[0].context_precision == 1.0
+    assert hits[0].score > 2 * hits[1].score
+    other, _ = search(con, lm, 2, "relu-64", sae, "buffer", max_matches=16)
+    assert 7 not in [h.feature for h in other]
+    con.close()
+    code, err = cli(capsys, monkeypatch, "search", run, "paris", "--sae", "relu-64")
+    assert code == 0, err

@@ -3,7 +3,9 @@ by ``monosemantic.cli``)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -136,6 +138,91 @@ def feature_cmd(
         con.close()
 
 
+def _snippet(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes], width: int = 60) -> str:
+    """The feature's strongest context, cut around its peak token, on one line."""
+    from monosemantic.features import db
+
+    top = db.contexts(con, sae, feature, "top", words)[:1]
+    if not top:
+        return ""
+    c = top[0]
+    i = c.peak - c.start
+    left, peak, right = "".join(c.tokens[:i]), c.tokens[i], "".join(c.tokens[i + 1 :])
+    text = f"{left[-(width // 2) :]}[{peak}]{right[: width // 3]}"
+    return text.replace("\n", "⏎")
+
+
+def _corpus_texts(run: Path, con: sqlite3.Connection, sae: str, harvest_corpus: str) -> Iterator[str]:
+    """The documents of the corpus the analysis read (the harvest's corpus for the store), when
+    they are local: search scans them for more passages than the analysis stored."""
+    from monosemantic.corpus import load_texts
+    from monosemantic.features import db
+
+    row = db.analysis(con, sae)
+    spec = json.loads(row["config"])["corpus"] if row is not None else "store"
+    spec = harvest_corpus if spec.startswith("store") else spec
+    return iter(()) if spec.startswith("hf:") else load_texts(spec)
+
+
+def search_cmd(
+    run: Path = RUN,
+    query: str = typer.Argument(..., help="text about the concept: a name, a phrase, code, any language"),
+    sae: str = SAE,
+    top: int = typer.Option(10, "--top", help="features to list"),
+    matches: int = typer.Option(32, "--matches", help="corpus passages containing the query to use, at most"),
+) -> None:
+    """Rank features by how strongly and specifically they fire on QUERY: on the query text and on
+    the analysed corpus's passages containing it, against each feature's base rate; and list the
+    features whose explanations match it."""
+    from monosemantic.dictionary import load_dictionary
+    from monosemantic.features import db
+    from monosemantic.features.search import fts_phrase, search
+
+    _check_run(run)
+    if not query.strip():
+        raise UserError("the search query is empty: give some text, e.g. 'SQL injection'")
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, sae)
+        harvest = load_stage(run, "harvest")
+        sae_module, cfg = load_dictionary(run / "saes" / name)
+        lm = _load_lm(harvest.model, "cpu", harvest.dtype)
+        texts = _corpus_texts(run, con, name, harvest.corpus)
+        hits, occs = search(
+            con, lm, int(cfg["layer"]), name, sae_module, query, max_matches=matches, top=top, texts=texts
+        )
+        words = db.vocab(con)
+        n_corpus = sum(o.source != "query" for o in occs)
+        table = Table(
+            title=f"{name}: features for {query!r} (the query text + {n_corpus} corpus passages)",
+            caption="score = strength x log2(lift); strength: activation on the query span / the "
+            "feature's max; hit: share of occurrences it fires on; top ctx: share of its top contexts "
+            "containing the query",
+        )
+        for col in ("feature", "score", "strength", "hit", "lift", "freq %", "top ctx", "strongest context"):
+            table.add_column(col, justify="left" if col == "strongest context" else "right")
+        for h in hits:
+            table.add_row(
+                str(h.feature),
+                f"{h.score:.2f}",
+                f"{h.strength:.2f}",
+                f"{h.hit_rate:.2f}",
+                f"{h.lift:,.0f}",
+                f"{100 * h.freq:.3f}",
+                f"{h.context_precision:.2f}",
+                _snippet(con, name, h.feature, words),
+            )
+        Console(highlight=False, width=max(Console().width, 160)).print(table)
+        explained = db.search_explanations(con, name, fts_phrase(query), top)
+        if explained:
+            Console(highlight=False).print(
+                "explanations mentioning it: " + "; ".join(f"#{j} {text}" for j, text in explained)
+            )
+    finally:
+        con.close()
+
+
 def register(app: typer.Typer) -> None:
     app.command("analyze")(analyze_cmd)
     app.command("feature")(feature_cmd)
+    app.command("search")(search_cmd)
