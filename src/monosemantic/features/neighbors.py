@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import torch
 from torch import Tensor
 
@@ -26,3 +28,43 @@ def nearest(
         cos_out.append(c)
         idx_out.append(j)
     return torch.cat(cos_out), torch.cat(idx_out)
+
+
+def store_neighbors(
+    con: sqlite3.Connection,
+    dictionaries: dict[str, tuple[str, Tensor]],
+    k_within: int = 10,
+    k_across: int = 5,
+) -> int:
+    """Rewrite the neighbors table: for every feature of every dictionary ({name: (arch, W_dec)}),
+    its ``k_within`` nearest features in the same dictionary and its ``k_across`` nearest in each
+    other dictionary of the same architecture (the sizes of a run). Returns the rows written."""
+    con.execute("DELETE FROM neighbors")
+    dirs = {name: unit_directions(w) for name, (_, w) in dictionaries.items()}
+    n_rows = 0
+    for a, (arch_a, _) in dictionaries.items():
+        ids = torch.arange(len(dirs[a]))
+        for b, (arch_b, _) in dictionaries.items():
+            if arch_b != arch_a:
+                continue
+            cos, idx = nearest(dirs[a], ids, dirs[b], k_within if a == b else k_across, same=a == b)
+            rows = [
+                (a, i, b, j, c)
+                for i, (js, cs) in enumerate(zip(idx.tolist(), cos.tolist(), strict=True))
+                for j, c in zip(js, cs, strict=True)
+            ]
+            con.executemany("INSERT INTO neighbors VALUES (?, ?, ?, ?, ?)", rows)
+            n_rows += len(rows)
+    return n_rows
+
+
+def neighbors_of(con: sqlite3.Connection, sae: str, feature: int) -> dict[str, list[tuple[int, float]]]:
+    """{dictionary: [(feature, cosine), ...]} from the neighbors table, nearest first."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for other_sae, other, cos in con.execute(
+        "SELECT other_sae, other, cosine FROM neighbors WHERE sae = ? AND feature = ? "
+        "ORDER BY other_sae, cosine DESC",
+        (sae, feature),
+    ):
+        out.setdefault(other_sae, []).append((int(other), float(cos)))
+    return out

@@ -62,9 +62,15 @@ def fts_phrase(query: str) -> str:
 
 
 def query_pattern(query: str) -> re.Pattern[str]:
-    """The query's words in order, any non-word characters between them, case-insensitive."""
-    words = re.findall(r"\w+", query) or [query]
-    return re.compile(r"\W+".join(map(re.escape, words)), re.IGNORECASE)
+    """The query's words in order, whole words, any non-word characters between them,
+    case-insensitive."""
+    words = re.findall(r"\w+", query)
+    if not words:  # punctuation or operators: match them literally
+        return re.compile(re.escape(query.strip()), re.IGNORECASE)
+    # whole words ("Paris" must not match "comparison"), except for scripts written without spaces
+    edge = lambda w: r"\b" if w.isascii() else ""  # noqa: E731
+    body = r"\W+".join(map(re.escape, words))
+    return re.compile(edge(words[0][0]) + body + edge(words[-1][-1]), re.IGNORECASE)
 
 
 def token_spans(texts: list[str], pattern: re.Pattern[str]) -> list[tuple[int, int]]:
