@@ -102,6 +102,13 @@ def test_analyze_writes_the_database(capsys, monkeypatch, run: Path) -> None:
     con.close()
     code, err = cli(capsys, monkeypatch, "feature", run, str(j), "--sae", "relu-64")
     assert code == 0, err
+    near = table(
+        run, "SELECT other_sae, count(*) FROM neighbors WHERE sae = 'relu-16' AND feature = 0 GROUP BY 1"
+    )
+    assert dict(near) == {"relu-16": 10, "relu-64": 5}
+    code, err = cli(capsys, monkeypatch, "family", run, "0", "--min-cosine", "0")
+    assert code == 0, err
+    one_line_error(*cli(capsys, monkeypatch, "family", run, "16"), "0 to 15")
 
 
 def test_analyze_resumes_after_ctrl_c_to_the_same_database(capsys, monkeypatch, run: Path, tmp_path) -> None:

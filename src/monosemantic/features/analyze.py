@@ -31,6 +31,7 @@ from monosemantic.errors import UserError
 from monosemantic.features import db
 from monosemantic.features.collect import HIST_EDGES, CollectorConfig, FeatureCollector, Results
 from monosemantic.features.logits import top_logit_effects
+from monosemantic.features.neighbors import store_neighbors
 from monosemantic.features.sources import Batch, model_batches, store_batches, store_sequences
 from monosemantic.features.tokens import decode_tokens, token_bytes
 from monosemantic.models import LoadedModel
@@ -168,6 +169,8 @@ def _analyze(
             collector.load_state_dict(torch.load(io.BytesIO(row["state"]), weights_only=True))
         jobs.append(_Job(d.name, sae, collector, 0 if row is None else int(row["seqs_done"])))
     if not jobs:
+        if con.execute("SELECT count(*) FROM neighbors").fetchone()[0] == 0:
+            refresh_neighbors(con, run_dir)
         return summaries
     if cfg.corpus == "store":
         n_seqs = store_sequences(store, cfg.n_tokens)
@@ -182,7 +185,20 @@ def _analyze(
     _stream(con, corpus, jobs, batches, words, n_seqs * (seq_len - 1), skip * (seq_len - 1), cfg, device)
     for job in jobs:
         summaries[job.name] = _finish(con, corpus, job, lm, words)
+    refresh_neighbors(con, run_dir)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the resumable states are gone: give the space back
+    con.execute("VACUUM")
     return summaries
+
+
+def refresh_neighbors(con: sqlite3.Connection, run_dir: Path) -> None:
+    """Recompute the neighbors table over every analysed dictionary of the run."""
+    dictionaries = {}
+    for name in db.analysed_saes(con):
+        sae, cfg = load_dictionary(run_dir / "saes" / name)
+        dictionaries[name] = (str(cfg["arch"]), sae.W_dec.detach())
+    with db.transaction(con):
+        store_neighbors(con, dictionaries)
 
 
 def _stream(

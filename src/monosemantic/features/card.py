@@ -58,7 +58,7 @@ def card(
     feature: int,
     *,
     n_top: int = 8,
-    neighbors: list[tuple[int, float]] | None = None,
+    neighbors: dict[str, list[tuple[int, float]]] | None = None,
 ) -> RenderableType:
     row = db.feature_row(con, sae, feature)
     words = db.vocab(con)
@@ -92,7 +92,8 @@ def card(
         for label, key in (("promotes", "promoted"), ("suppresses", "suppressed")):
             toks = ", ".join(f"{_token_text(t)!r} {v:+.2f}" for t, v in json.loads(row[key]))
             parts.append(Text.assemble((f"{label}: ", "bold"), toks))
-    if neighbors:
-        near = ", ".join(f"#{j} ({cos:.2f})" for j, cos in neighbors)
-        parts.append(Text.assemble(("nearest by decoder cosine: ", "bold"), near))
+    for other, near in (neighbors or {}).items():
+        label = "nearest in this dictionary" if other == sae else f"nearest in {other}"
+        listed = ", ".join(f"#{j} ({cos:.2f})" for j, cos in near)
+        parts.append(Text.assemble((f"{label} (decoder cosine): ", "bold"), listed))
     return Panel(Group(*parts), title=f"{sae} feature #{feature}", title_align="left")

@@ -116,26 +116,70 @@ def feature_cmd(
     neighbors: int = typer.Option(5, "--neighbors", help="nearest features by decoder cosine to list"),
 ) -> None:
     """Print one feature's card: statistics, explanation, histogram, contexts, logit effects, neighbours."""
-    import torch
-
-    from monosemantic.dictionary import load_dictionary
     from monosemantic.features import db
     from monosemantic.features.card import card
-    from monosemantic.features.neighbors import nearest, unit_directions
+    from monosemantic.features.neighbors import neighbors_of
 
     _check_run(run)
     con = db.open_db(run)
     try:
         name = pick_sae(con, run, sae)
-        db.feature_row(con, name, feature)  # a clear error for an unknown id before loading anything
-        near: list[tuple[int, float]] = []
-        if neighbors > 0:
-            dirs = unit_directions(load_dictionary(run / "saes" / name)[0].W_dec)
-            cos, idx = nearest(dirs, torch.tensor([feature]), dirs, neighbors, same=True)
-            near = list(zip(idx[0].tolist(), cos[0].tolist(), strict=True))
+        db.feature_row(con, name, feature)
+        near = (
+            {k: v[:neighbors] for k, v in neighbors_of(con, name, feature).items()} if neighbors > 0 else {}
+        )
         Console(highlight=False).print(card(con, name, feature, n_top=top, neighbors=near))
     finally:
         con.close()
+
+
+def family_cmd(
+    run: Path = RUN,
+    feature: int = typer.Argument(..., help="feature id in the smallest dictionary (or --sae)"),
+    sae: str = typer.Option(
+        "", "--sae", help="the root's dictionary (default: the smallest of its architecture)"
+    ),
+    arch: str = typer.Option("relu", "--arch", help="architecture whose sizes form the family"),
+    k: int = typer.Option(3, "--k", help="children per feature, at most"),
+    min_cosine: float = typer.Option(0.3, "--min-cosine", help="decoder cosine a child needs"),
+) -> None:
+    """Show how a feature splits across the run's larger dictionaries: children by decoder cosine,
+    with P(child fires | parent fires) on held-out activations."""
+    import torch
+    from rich.tree import Tree
+
+    from monosemantic.activations import ActivationStore
+    from monosemantic.dictionary import load_dictionary
+    from monosemantic.features.family import Node, family_tree
+
+    _check_run(run)
+    names = sorted(
+        (p.parent.name for p in (run / "saes").glob(f"{arch}-*/sae.safetensors")),
+        key=lambda n: int(n.split("-")[-1]),
+    )
+    if sae:
+        if sae not in names:
+            raise UserError(f"{run} has no {arch} dictionary {sae!r} (it has: {', '.join(names) or 'none'})")
+        names = names[names.index(sae) :]
+    if len(names) < 2:
+        raise UserError(f"{run} needs two or more {arch} dictionaries of different sizes for a family tree")
+    chain = [(n, load_dictionary(run / "saes" / n)[0]) for n in names]
+    if not 0 <= feature < chain[0][1].n_features:
+        raise UserError(
+            f"{names[0]} has no feature {feature}: ids run from 0 to {chain[0][1].n_features - 1}"
+        )
+    store = ActivationStore(run)
+    sample = torch.cat(list(store.iter_split("eval")))[:20_000]
+    tree = family_tree(chain, feature, sample, k=k, min_cosine=min_cosine)
+
+    def add(branch: Tree, node: Node) -> None:
+        for c in node.children:
+            label = f"{c.sae} #{c.feature}  cos {c.cosine:.2f}  P(fires | parent) {c.coactivation:.2f}"
+            add(branch.add(label), c)
+
+    root = Tree(f"{tree.sae} #{tree.feature}")
+    add(root, tree)
+    Console(highlight=False).print(root)
 
 
 def _snippet(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes], width: int = 60) -> str:
@@ -226,3 +270,4 @@ def register(app: typer.Typer) -> None:
     app.command("analyze")(analyze_cmd)
     app.command("feature")(feature_cmd)
     app.command("search")(search_cmd)
+    app.command("family")(family_cmd)
