@@ -208,3 +208,65 @@ def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, ti
     con.close()
     code, err = cli(capsys, monkeypatch, "search", run, "paris", "--sae", "relu-64")
     assert code == 0, err
+
+
+def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path) -> None:
+    from tests.test_features_explain import FakeLLM
+
+    plant_feature(run, "relu-64", 7, "paris")
+    assert analyze(capsys, monkeypatch, run, "--sae", "relu-64")[0] == 0
+    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "7")
+    assert code == 0, err
+    (text, explainer, score) = table(
+        run, "SELECT explanation, explainer, score_auc FROM features WHERE id = 7"
+    )[0]
+    assert text.startswith('fires on " paris" (100%)') and "MiniLM" in explainer and 0 <= score <= 1
+    server = __import__("http.server").server.HTTPServer(("127.0.0.1", 0), FakeLLM)
+    import threading
+
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        code, err = cli(
+            capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "7", "--explainer-url", url
+        )
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    row = table(run, "SELECT explanation, explainer, score_auc, score_bacc FROM features WHERE id = 7")[0]
+    # the fake LLM marks exactly the excerpts containing "paris": the planted feature's held-out
+    # activating contexts all do, its non-activating ones never do
+    assert row == ("The word paris", "LLM", 1.0, 1.0)
+    con = db.open_db(run)
+    assert db.search_explanations(con, "relu-64", '"paris"', 5) == [(7, "The word paris")]
+    con.close()
+    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
+    assert code == 0, err
+    from monosemantic.features.explain_run import choose_features
+
+    con = db.open_db(run)
+    chosen = choose_features(con, "relu-64", 3, [], 0)
+    con.close()
+    kinds = dict(
+        table(run, "SELECT feature, count(DISTINCT kind) FROM contexts WHERE sae = 'relu-64' GROUP BY 1")
+    )
+    explained = {
+        r[0] for r in table(run, "SELECT id FROM features WHERE sae = 'relu-64' AND explanation IS NOT NULL")
+    }
+    assert len(chosen) == 3 and explained == {j for j in chosen if kinds.get(j) == 3} | {7}
+    one_line_error(*cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "x"), "--ids")
+    one_line_error(
+        *cli(
+            capsys,
+            monkeypatch,
+            "explain",
+            run,
+            "--sae",
+            "relu-64",
+            "--ids",
+            "7",
+            "--explainer-url",
+            "http://127.0.0.1:9/v1",
+        ),
+        "did not answer",
+    )

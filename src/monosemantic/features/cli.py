@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -266,8 +267,62 @@ def search_cmd(
         con.close()
 
 
+def explain_cmd(
+    run: Path = RUN,
+    sae: str = SAE,
+    features: int = typer.Option(
+        100, "--features", help="live features to explain, drawn at random (0 = all)"
+    ),
+    ids: str = typer.Option("", "--ids", help="explain these features instead, e.g. 5116,12416"),
+    explainer_url: str = typer.Option(
+        "",
+        "--explainer-url",
+        help="OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) to explain "
+        "and score with an LLM; default: offline contrastive tokens scored with MiniLM embeddings",
+    ),
+    llm_model: str = typer.Option("default", "--llm-model", help="model name sent to --explainer-url"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random choice of features"),
+) -> None:
+    """Explain features from their top contexts and score each explanation by how well it tells
+    held-out activating contexts from non-activating ones (detection AUC, balanced accuracy)."""
+    from monosemantic.features import db
+    from monosemantic.features.explain_run import choose_features, explain_features
+    from monosemantic.features.scorers import ChatClient, Embedder
+
+    _check_run(run)
+    try:
+        id_list = [int(x) for x in ids.split(",") if x.strip()]
+    except ValueError as e:
+        raise UserError(f"--ids {ids!r} must be comma-separated feature ids") from e
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, sae)
+        chosen = choose_features(con, name, features, id_list, seed)
+        client = ChatClient(explainer_url, llm_model) if explainer_url else None
+        embedder = None if client is not None else Embedder()
+        results = explain_features(con, name, chosen, embedder=embedder, client=client)
+    finally:
+        con.close()
+    if not results:
+        raise UserError(
+            f"none of the {len(chosen)} features chosen has contexts to explain: analyze more tokens"
+        )
+    aucs = np.array([r.auc for r in results])
+    baccs = np.array([r.balanced_accuracy for r in results])
+    table = Table(
+        title=f"{name}: {len(results)} explanations, detection AUC mean {np.nanmean(aucs):.3f} "
+        f"(median {np.nanmedian(aucs):.3f}), balanced accuracy mean {np.nanmean(baccs):.3f}"
+    )
+    for col in ("feature", "AUC", "bal. acc.", "explanation"):
+        table.add_column(col, justify="left" if col == "explanation" else "right")
+    for r in sorted(results, key=lambda r: -r.auc)[:15]:
+        table.add_row(str(r.feature), f"{r.auc:.2f}", f"{r.balanced_accuracy:.2f}", r.explanation)
+    Console(highlight=False).print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command("analyze")(analyze_cmd)
     app.command("feature")(feature_cmd)
     app.command("search")(search_cmd)
     app.command("family")(family_cmd)
+    app.command("explain")(explain_cmd)
