@@ -270,3 +270,34 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
         ),
         "did not answer",
     )
+
+
+def test_catalog_ranks_the_planted_feature_for_its_probe_set(
+    capsys, monkeypatch, run: Path, tmp_path
+) -> None:
+    from monosemantic.features.catalog import DEFAULT_PROBES, load_probes, pairwise_auc
+
+    assert {s.name for s in load_probes(DEFAULT_PROBES)} >= {
+        "sql-string-concatenation",
+        "shell-injection",
+        "people",
+    }
+    torch.testing.assert_close(
+        pairwise_auc(torch.tensor([[2.0, 0.0], [3.0, 1.0]]), torch.tensor([[1.0, 1.0], [0.0, 2.0]])),
+        torch.tensor([1.0, 0.125]),
+    )
+    plant_feature(run, "relu-64", 7, "paris")
+    assert analyze(capsys, monkeypatch, run, "--sae", "relu-64")[0] == 0
+    probes = tmp_path / "probes.jsonl"
+    rows = [("paris", 1, f"the code of paris {w}") for w in ("is", "was", "sql", "shell")]
+    rows += [("paris", 0, f"the code of einstein {w}") for w in ("is", "was", "sql", "shell")]
+    rows += [("sql", 1, "select sql where"), ("sql", 0, "the a of")]
+    probes.write_text("\n".join(json.dumps({"set": s, "label": y, "text": t}) for s, y, t in rows))
+    code, err = cli(capsys, monkeypatch, "catalog", run, "--sae", "relu-64", "--probes", probes)
+    assert code == 0, err
+    best = table(run, "SELECT feature, auc FROM catalog WHERE probe_set = 'paris' ORDER BY rank LIMIT 1")
+    assert best == [(7, 1.0)]
+    probes.write_text('{"set": "x", "label": 1, "text": "a"}\n')
+    one_line_error(
+        *cli(capsys, monkeypatch, "catalog", run, "--sae", "relu-64", "--probes", probes), "label 0"
+    )

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -146,7 +147,6 @@ def family_cmd(
 ) -> None:
     """Show how a feature splits across the run's larger dictionaries: children by decoder cosine,
     with P(child fires | parent fires) on held-out activations."""
-    import torch
     from rich.tree import Tree
 
     from monosemantic.activations import ActivationStore
@@ -320,9 +320,57 @@ def explain_cmd(
     Console(highlight=False).print(table)
 
 
+def catalog_cmd(
+    run: Path = RUN,
+    sae: str = SAE,
+    probes: Path = typer.Option(
+        None, "--probes", help="probe sets, .jsonl of {set, label 1/0, text} (default: the bundled catalog)"
+    ),
+    top: int = typer.Option(10, "--top", help="features kept per probe set"),
+) -> None:
+    """Rank, for each labelled probe set (vulnerable vs safe code, biased vs neutral, deceptive vs
+    honest, people, cities, languages), the features most specific to it; into the database."""
+    from monosemantic.dictionary import load_dictionary
+    from monosemantic.features import db
+    from monosemantic.features.catalog import DEFAULT_PROBES, build_catalog, load_probes
+
+    _check_run(run)
+    sets = load_probes(probes or DEFAULT_PROBES)
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, sae)
+        harvest = load_stage(run, "harvest")
+        sae_module, cfg = load_dictionary(run / "saes" / name)
+        lm = _load_lm(harvest.model, "cpu", harvest.dtype)
+        max_act = torch.as_tensor(db.feature_stats(con, name)["max_act"], dtype=torch.float32)
+        entries = build_catalog(lm, int(cfg["layer"]), sae_module, sets, max_act, top)
+        with db.transaction(con):
+            con.execute("DELETE FROM catalog WHERE sae = ?", (name,))
+            con.executemany(
+                "INSERT INTO catalog VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.probe_set, name, e.feature, i, e.score, e.auc) for i, e in enumerate(entries)],
+            )
+        words = db.vocab(con)
+        table = Table(title=f"{name}: features most specific to each probe set")
+        for col in ("probe set", "feature", "score", "AUC", "explanation / strongest context"):
+            table.add_column(
+                col, justify="left" if col in ("probe set", "explanation / strongest context") else "right"
+            )
+        for s in sets:
+            for e in [e for e in entries if e.probe_set == s.name][:3]:
+                expl = db.feature_row(con, name, e.feature)["explanation"] or _snippet(
+                    con, name, e.feature, words
+                )
+                table.add_row(s.name, str(e.feature), f"{e.score:.3f}", f"{e.auc:.2f}", expl)
+        Console(highlight=False, width=max(Console().width, 140)).print(table)
+    finally:
+        con.close()
+
+
 def register(app: typer.Typer) -> None:
     app.command("analyze")(analyze_cmd)
     app.command("feature")(feature_cmd)
     app.command("search")(search_cmd)
     app.command("family")(family_cmd)
     app.command("explain")(explain_cmd)
+    app.command("catalog")(catalog_cmd)
