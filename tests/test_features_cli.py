@@ -297,6 +297,15 @@ def test_catalog_ranks_the_planted_feature_for_its_probe_set(
     assert code == 0, err
     best = table(run, "SELECT feature, auc FROM catalog WHERE probe_set = 'paris' ORDER BY rank LIMIT 1")
     assert best == [(7, 1.0)]
+    # the report gains the feature section: catalog, map, splitting trees, table, a page per listed feature
+    code, err = cli(capsys, monkeypatch, "report", run)
+    assert code == 0, err
+    page = (run / "report" / "index.html").read_text()
+    for part in ("Catalog", "Map of relu-64", "Feature splitting (relu)", "id='ftab'"):
+        assert part in page, part
+    assert (run / "report" / "map-relu-64.png").stat().st_size > 1000
+    feature_page = (run / "report" / "features" / "relu-64-7.html").read_text()
+    assert "paris" in feature_page and "Top contexts" in feature_page
     probes.write_text('{"set": "x", "label": 1, "text": "a"}\n')
     one_line_error(
         *cli(capsys, monkeypatch, "catalog", run, "--sae", "relu-64", "--probes", probes), "label 0"

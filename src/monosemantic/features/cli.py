@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -320,6 +321,16 @@ def explain_cmd(
     Console(highlight=False).print(table)
 
 
+def _ranked(entries: list) -> list[tuple[int, Any]]:
+    """(rank within its probe set, entry); entries come best first within each set."""
+    seen: dict[str, int] = {}
+    out = []
+    for e in entries:
+        out.append((seen.get(e.probe_set, 0), e))
+        seen[e.probe_set] = seen.get(e.probe_set, 0) + 1
+    return out
+
+
 def catalog_cmd(
     run: Path = RUN,
     sae: str = SAE,
@@ -348,7 +359,7 @@ def catalog_cmd(
             con.execute("DELETE FROM catalog WHERE sae = ?", (name,))
             con.executemany(
                 "INSERT INTO catalog VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.probe_set, name, e.feature, i, e.score, e.auc) for i, e in enumerate(entries)],
+                [(e.probe_set, name, e.feature, rank, e.score, e.auc) for rank, e in _ranked(entries)],
             )
         words = db.vocab(con)
         table = Table(title=f"{name}: features most specific to each probe set")
