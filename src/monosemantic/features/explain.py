@@ -7,9 +7,10 @@ feature's contexts times the log ratio of that share to the token's corpus frequ
 explanation lists the best few, e.g. ``fires on " def" (95%); after "\\n   " (90%)``.
 
 Scoring (detection, as Delphi does): does the explanation tell the feature's activating contexts
-from non-activating ones? Each held-out context gets a similarity to the explanation; the AUC of
-that similarity over activating vs non-activating contexts, and the balanced accuracy at a
-threshold chosen on the contexts the explainer saw, are the explanation's scores.
+from non-activating ones? Each held-out context (a quantile sample from a sequence that is not
+among the top contexts the explainer saw) gets a similarity to the explanation; the AUC of that
+similarity over activating vs non-activating contexts, and the balanced accuracy at a threshold
+chosen on the top contexts (against the same non-activating ones), are the explanation's scores.
 """
 
 from __future__ import annotations

@@ -95,6 +95,8 @@ def explain_features(
         task = bar.add_task(f"explain {sae}", total=len(features), info="")
         for j in features:
             top, held, neg = (db.contexts(con, sae, j, kind, words) for kind in ("top", "quantile", "random"))
+            # held out means unseen: a rare feature's samples are often its top contexts again
+            held = [c for c in held if c.seq not in {t.seq for t in top}]
             if not top or not held or not neg:
                 bar.advance(task)
                 continue
