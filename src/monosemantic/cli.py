@@ -88,6 +88,8 @@ def _clear_for_force(out: Path, force: bool) -> None:
     if force:  # new activations invalidate everything trained on the old ones
         for stale in ("activations", "saes", "report"):
             shutil.rmtree(out / stale, ignore_errors=True)
+        for stale_file in ("features.sqlite", "features.sqlite-wal", "features.sqlite-shm"):
+            (out / stale_file).unlink(missing_ok=True)
         (out / "run.toml").unlink(missing_ok=True)
 
 
@@ -559,6 +561,12 @@ def demo_cmd(
     run_train(tcfg, out, force)
     run_evaluate(out, EvalConfig(device=device), lm)
     run_report(out)
+
+
+# The feature commands (analyze, feature, search, ...) live beside their code; they use the helpers above.
+from monosemantic.features.cli import register as _register_feature_commands  # noqa: E402
+
+_register_feature_commands(app)
 
 
 def main() -> None:

@@ -172,11 +172,43 @@ class ScalingConfig:
             )
 
 
+@dataclass
+class AnalyzeConfig:
+    sae: str = _f(
+        "", "dictionaries to analyse, comma-separated (e.g. relu-2048); empty = every one in the run"
+    )
+    corpus: str = _f(
+        "store",
+        "'store': the run's stored activations (no model forward); else a corpus spec as for harvest "
+        "('default', a file, folder, glob, .jsonl, hf:NAME), run through the model",
+    )
+    n_tokens: int = _f(0, "tokens to analyse (0 = the whole store; 200,000 for a corpus through the model)")
+    top_k: int = _f(20, "top-activating contexts kept per feature")
+    n_samples: int = _f(
+        40, "activating contexts sampled per feature, cut into --quantiles bands of equal count"
+    )
+    n_bands: int = _f(10, "activation quantile bands the sampled contexts are cut into")
+    n_random: int = _f(10, "random contexts kept per feature where it does not fire")
+    before: int = _f(24, "context tokens shown before the peak token")
+    after: int = _f(7, "context tokens shown after the peak token")
+    batch_size: int = _f(32, "sequences per batch")
+    checkpoint_every: int = _f(512, "sequences between saves of the resumable state")
+    seed: int = _f(0, "seed of the random samples")
+    device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
+
+    def __post_init__(self) -> None:
+        if min(self.top_k, self.n_samples, self.n_bands, self.batch_size, self.checkpoint_every) <= 0:
+            raise UserError("--top-k, --samples, --quantiles and --batch-size must be positive")
+        if self.n_random < 0 or self.before < 0 or self.after < 0 or self.n_tokens < 0:
+            raise UserError("--random, --before, --after and --tokens must not be negative")
+
+
 STAGES: dict[str, type] = {
     "harvest": HarvestConfig,
     "train": TrainConfig,
     "evaluate": EvalConfig,
     "scaling": ScalingConfig,
+    "analyze": AnalyzeConfig,
 }
 
 

@@ -341,6 +341,9 @@ def build_report(run_dir: str | Path) -> Path:
             missing = '<p class="note">Not available yet (the stage that produces it has not run).</p>'
             body = f'<img src="{html.escape(png)}" alt="{html.escape(title)}">' if png else missing
             parts.append(f"<h2>{html.escape(title)}</h2>{body}")
+    from monosemantic.features.report import features_section
+
+    parts.append(features_section(run_dir, out_dir))
     parts += _scaling_section(run_dir, out_dir)
     parts.append("<h2>Configuration</h2>")
     if toml_text is None:

