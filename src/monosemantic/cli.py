@@ -424,6 +424,7 @@ def run_scaling(out: Path, cfg: ScalingConfig, force: bool) -> dict[str, Any]:
     if main:
         write_json(out / "scaling" / "fits.json", fits)
         _print_fits(fits)
+        run_report(out)
     return fits
 
 
@@ -499,8 +500,6 @@ def scaling_cmd(
         device=device,
     )
     run_scaling(run, cfg, force)
-    if os.environ.get("RANK", "0") == "0":
-        run_report(run)
 
 
 def _recommend(run: Path, flops: float) -> None:

@@ -228,6 +228,8 @@ def build_sae(cfg: TrainConfig, d_model: int, n_features: int) -> SparseAutoenco
 def param_groups(module: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Adam's parameter groups, each with the multiplier ``lr_scale`` of the scheduled LR: JumpReLU's
     thresholds (``log_threshold``, also inside a feature shard) take ``cfg.threshold_lr_scale``."""
+    # The thresholds come last in every module, so the groups keep named_parameters' order, which
+    # FeatureShard relies on to map optimizer state indices to parameter names.
     named = list(module.named_parameters())
     thresholds = [p for name, p in named if name.endswith("log_threshold")]
     groups = [{"params": [p for name, p in named if not name.endswith("log_threshold")], "lr_scale": 1.0}]
@@ -319,12 +321,13 @@ def train(
         while step < total and not _stop(interrupted, dist):
             batch = next(batches)
             x = (dist.shard(batch) if dist and not feature_parallel else batch).to(device, non_blocking=True)
+            # the global batch's mean, identical on every rank: fresh sizes start centred on it
+            mean = batch.to(device).float().mean(0) if step == 0 and cfg.b_dec_init == "mean" else None
             for st in states:
                 if st.step != step:
                     continue  # this size is ahead of the slowest one after a resume
-                if step == 0 and cfg.b_dec_init == "mean":
-                    # the global batch: every rank computes the same mean
-                    st.sae.center_on(batch.to(device).float().mean(0))
+                if mean is not None:
+                    st.sae.center_on(mean)
                 if cfg.resample_dead and step in resample_at:
                     # Every rank resamples identically: the global batch and a (seed, step) generator.
                     assert st.since_fired is not None
