@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import monosemantic.features.analyze as analyze_mod
+import monosemantic.features.feature_map as feature_map_mod
 from monosemantic.activations import ActivationStore
 from monosemantic.cli import run_harvest, run_train
 from monosemantic.config import HarvestConfig, TrainConfig
@@ -304,6 +305,10 @@ def test_catalog_ranks_the_planted_feature_for_its_probe_set(
     for part in ("Catalog", "Map of relu-64", "Feature splitting (relu)", "id='ftab'"):
         assert part in page, part
     assert (run / "report" / "map-relu-64.png").stat().st_size > 1000
+    # the map's UMAP coordinates are cached: a second report does not run UMAP again
+    assert len(list((run / "report" / ".cache").glob("umap-*.npy"))) == 1
+    monkeypatch.setattr(feature_map_mod, "embed_2d", lambda *a, **k: pytest.fail("UMAP ran again"))
+    assert cli(capsys, monkeypatch, "report", run)[0] == 0
     feature_page = (run / "report" / "features" / "relu-64-7.html").read_text()
     assert "paris" in feature_page and "Top contexts" in feature_page
     probes.write_text('{"set": "x", "label": 1, "text": "a"}\n')

@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from monosemantic.features.db import Context
-from monosemantic.features.explain import auc, balanced_accuracy, best_threshold, explain_offline
+from monosemantic.features.explain import (
+    auc,
+    balanced_accuracy,
+    best_threshold,
+    detection_scores,
+    explain_offline,
+)
 from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
 
 FILLER = "the a of and to in is was for on with as by at from it that this code data city".split()  # noqa: SIM905
@@ -40,6 +46,18 @@ def test_auc_and_balanced_accuracy_against_direct_counts() -> None:
     assert auc(np.array([1.0]), np.array([1.0])) == 0.5
     assert balanced_accuracy(pos, neg, 0.6) == pytest.approx((2 / 3 + 1) / 2)
     assert best_threshold(pos, neg) == 0.8  # ties broken by the lowest threshold reaching the best
+
+
+def test_detection_threshold_is_tested_on_negatives_it_was_not_tuned_on() -> None:
+    top, held = np.array([0.9, 0.8]), np.array([0.7, 0.3])
+    # even negatives (0.1, 0.2) set the threshold at 0.8; odd ones (0.85, 0.0) test it
+    neg = np.array([0.1, 0.85, 0.2, 0.0])
+    score_auc, bacc = detection_scores(top, held, neg)
+    assert score_auc == pytest.approx(auc(held, neg))
+    assert bacc == pytest.approx(balanced_accuracy(held, np.array([0.85, 0.0]), 0.8)) == 0.25
+    # tuned and tested on the same negatives it would read 0.375 instead
+    assert balanced_accuracy(held, neg, best_threshold(top, neg)) != bacc
+    assert np.isnan(detection_scores(top, held, neg[:1])[1])
 
 
 def test_contrastive_explainer_names_the_planted_token() -> None:

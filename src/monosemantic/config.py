@@ -188,7 +188,7 @@ class AnalyzeConfig:
         40, "activating contexts sampled per feature, cut into --quantiles bands of equal count"
     )
     n_bands: int = _f(10, "activation quantile bands the sampled contexts are cut into")
-    n_random: int = _f(10, "random contexts kept per feature where it does not fire")
+    n_random: int = _f(20, "random contexts kept per feature where it does not fire")
     before: int = _f(24, "context tokens shown before the peak token")
     after: int = _f(7, "context tokens shown after the peak token")
     batch_size: int = _f(32, "sequences per batch")

@@ -13,13 +13,16 @@ keeps, per feature:
 - a uniform random sample of ``n_random`` windows where it does not fire at all.
 
 Both samples are "keep the n entries with the largest key", the top-k with the activation as key
-and the samples with a random key, so one vectorised merge (``_merge``) serves all three. The keys
+and the samples with a random key, so one vectorised merge (``_merge``) serves all three. Only
+the firing entries of a batch are looked at after one ``nonzero`` pass, and windows are cut only
+for the entries that enter a buffer. The keys
 come from a generator seeded by (seed, batch index), so a run resumed from ``state_dict`` ends
 with exactly the result of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,7 +39,7 @@ class CollectorConfig:
     top_k: int = 20
     n_samples: int = 40
     n_bands: int = 10
-    n_random: int = 10
+    n_random: int = 20
     before: int = 24
     """Tokens shown before the peak token (the window is ``before + 1 + after`` tokens)."""
     after: int = 7
@@ -66,28 +69,37 @@ def _empty(size: int, n: int, width: int) -> Buffer:
     )  # fmt: skip
 
 
+WindowsOf = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(sequence index in the batch, feature, first token) of m entries -> their windows (m, width)."""
+
+
 def _merge(
-    buf: Buffer, keys: Tensor, act: Tensor, seq: Tensor, start: Tensor, peak: Tensor, feats: Tensor
+    buf: Buffer, keys: Tensor, act: Tensor, seq: Tensor, start: Tensor, peak: Tensor, windows_of: WindowsOf
 ) -> Buffer:
     """Keep, per feature, the ``size`` entries with the largest keys among the buffer and the new
-    candidates: one per sequence, keys/act/start/peak (B, n), seq (B,), feats (B, T, n)."""
+    candidates: one per sequence, keys/act/start/peak (B, n), seq (B,). Windows are cut only for
+    the candidates that enter (few, once the buffers have filled)."""
     size, n = buf.keys.shape
     if not bool((keys.amax(0) > buf.keys.amin(0)).any()):
-        return buf  # nothing enters: skip the window gather
+        return buf  # nothing enters
     b, width = keys.shape[0], buf.window.shape[-1]
     all_keys = torch.cat([buf.keys, keys])
     best = all_keys.topk(size, dim=0).indices  # (size, n)
-    pos = start.unsqueeze(-1) + torch.arange(width)  # (B, n, width)
-    windows = feats.transpose(1, 2).gather(2, pos).half()  # (B, n, width)
+    new_keys = all_keys.gather(0, best)
     take = lambda old, new: torch.cat([old, new]).gather(0, best)  # noqa: E731
-    idx3 = best.unsqueeze(-1).expand(size, n, width)
+    kept = best.clamp(max=size - 1).unsqueeze(-1).expand(size, n, width)
+    window = buf.window.gather(0, kept)
+    fresh = (best >= size) & new_keys.isfinite()  # empty slots (-inf) need no window
+    rows, cols = fresh.nonzero(as_tuple=True)
+    entering = best[rows, cols] - size
+    window[rows, cols] = windows_of(entering, cols, start[entering, cols])
     return Buffer(
-        all_keys.gather(0, best),
+        new_keys,
         take(buf.act, act),
         take(buf.seq, seq.unsqueeze(1).expand(b, n)),
         take(buf.start, start),
         take(buf.peak, peak),
-        torch.cat([buf.window, windows]).gather(0, idx3),
+        window,
     )
 
 
@@ -109,44 +121,63 @@ class FeatureCollector:
     @torch.no_grad()
     def update(self, feats: Tensor, seq_ids: Tensor, valid: Tensor) -> None:
         """feats (B, T, n) ≥ 0, seq_ids (B,) long, valid (B, T) bool (False: not analysed, e.g.
-        position 0 or an outlier; its activations are ignored)."""
+        position 0 or an outlier; its activations are ignored).
+
+        Works on the firing entries only (a few per token out of n), so its cost follows the
+        dictionary's L0, not its size: the dense (B, T, n) tensor is read once, by ``nonzero``."""
         self.updating = True
         cfg = self.cfg
         bsz, t, n = feats.shape
         if t < cfg.width:
             raise ValueError(f"sequences of {t} tokens are shorter than the context window {cfg.width}")
-        feats = feats.float() * valid.unsqueeze(-1)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.batches)
-        flat = feats.reshape(-1, n)
-        rows, cols = flat.nonzero(as_tuple=True)
-        vals = flat[rows, cols]
-        bins = (torch.bucketize(vals, HIST_EDGES) - 1).clamp(0, len(HIST_EDGES) - 2)
+        b_idx, t_idx, cols = (feats > 0).nonzero(as_tuple=True)
+        keep = valid[b_idx, t_idx]
+        b_idx, t_idx, cols = b_idx[keep], t_idx[keep], cols[keep]
+        vals = feats[b_idx, t_idx, cols].float()
         nb = len(HIST_EDGES) - 1
+        bins = (torch.bucketize(vals, HIST_EDGES) - 1).clamp(0, nb - 1)
         hist = torch.bincount(cols * nb + bins, minlength=n * nb).view(n, nb)
-        peak_act, peak = feats.max(dim=1)  # (B, n)
-        start = (peak - cfg.before).clamp(0, t - cfg.width)
+        # per (sequence, feature): the peak activation and the first token that reaches it
+        pair = b_idx * n + cols
+        peak_act = torch.zeros(bsz * n).scatter_reduce(0, pair, vals, "amax")
+        at_peak = vals == peak_act[pair]
+        peak = torch.full((bsz * n,), t, dtype=torch.long)
+        peak = peak.scatter_reduce(0, pair[at_peak], t_idx[at_peak], "amin").view(bsz, n)
+        peak_act = peak_act.view(bsz, n)
         fires = peak_act > 0
+        peak = peak.masked_fill(~fires, 0)
+        start = (peak - cfg.before).clamp(0, t - cfg.width)
+        offsets = torch.arange(cfg.width)
+
+        def windows_of(b: Tensor, j: Tensor, first: Tensor) -> Tensor:
+            pos = first.unsqueeze(1) + offsets  # (m, width)
+            b2 = b.unsqueeze(1).expand_as(pos)
+            return (feats[b2, pos, j.unsqueeze(1)].float() * valid[b2, pos]).half()
+
         top = _merge(
-            self.top, peak_act.masked_fill(~fires, -torch.inf), peak_act, seq_ids, start, peak, feats
+            self.top, peak_act.masked_fill(~fires, -torch.inf), peak_act, seq_ids, start, peak, windows_of
         )
         u = torch.rand(bsz, n, generator=g)
         samples = _merge(
-            self.samples, u.masked_fill(~fires, -torch.inf), peak_act, seq_ids, start, peak, feats
+            self.samples, u.masked_fill(~fires, -torch.inf), peak_act, seq_ids, start, peak, windows_of
         )
         # one random window per sequence; a feature's negative if it is zero all along the window
         r_start = torch.randint(0, t - cfg.width + 1, (bsz,), generator=g)
-        pos = r_start.unsqueeze(1) + torch.arange(cfg.width)  # (B, width)
-        in_window = feats.gather(1, pos.unsqueeze(-1).expand(bsz, cfg.width, n)).amax(1)  # (B, n)
-        quiet = (in_window == 0) & valid.gather(1, pos).any(1, keepdim=True)
+        in_window = (t_idx >= r_start[b_idx]) & (t_idx < r_start[b_idx] + cfg.width)
+        loud = torch.zeros(bsz * n, dtype=torch.bool)
+        loud[pair[in_window]] = True
+        pos = r_start.unsqueeze(1) + offsets  # (B, width)
+        quiet = ~loud.view(bsz, n) & valid.gather(1, pos).any(1, keepdim=True)
         u = torch.rand(bsz, n, generator=g)
         r_start_n = r_start.unsqueeze(1).expand(bsz, n)
         random = _merge(
             self.random, u.masked_fill(~quiet, -torch.inf), torch.zeros(bsz, n), seq_ids, r_start_n,
-            r_start_n + cfg.before, feats,
+            r_start_n + cfg.before, windows_of,
         )  # fmt: skip
         self.n_tokens += int(valid.sum())
-        self.count += flat.gt(0).sum(0)
-        self.total += flat.sum(0, dtype=torch.float64)
+        self.count += torch.bincount(cols, minlength=n)
+        self.total += torch.bincount(cols, weights=vals.double(), minlength=n)
         self.max = torch.maximum(self.max, peak_act.amax(0))
         self.hist += hist
         self.top, self.samples, self.random = top, samples, random

@@ -10,7 +10,9 @@ Scoring (detection, as Delphi does): does the explanation tell the feature's act
 from non-activating ones? Each held-out context (a quantile sample from a sequence that is not
 among the top contexts the explainer saw) gets a similarity to the explanation; the AUC of that
 similarity over activating vs non-activating contexts, and the balanced accuracy at a threshold
-chosen on the top contexts (against the same non-activating ones), are the explanation's scores.
+chosen on the top contexts, are the explanation's scores. The non-activating contexts are split in
+two: one half sets the threshold (against the top contexts), the other half tests it, so that
+no score is measured on the contexts it was tuned on (``detection_scores``).
 """
 
 from __future__ import annotations
@@ -98,3 +100,12 @@ def balanced_accuracy(pos: np.ndarray, neg: np.ndarray, threshold: float) -> flo
     tpr = float((pos >= threshold).mean()) if len(pos) else float("nan")
     tnr = float((neg < threshold).mean()) if len(neg) else float("nan")
     return (tpr + tnr) / 2
+
+
+def detection_scores(top: np.ndarray, held: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(AUC, balanced accuracy) of scores on held-out activating vs non-activating contexts. The
+    threshold comes from the top contexts against the even-numbered negatives and is tested on the
+    held-out positives against the odd-numbered ones (NaN with fewer than two negatives)."""
+    if len(neg) < 2:
+        return auc(held, neg), float("nan")
+    return auc(held, neg), balanced_accuracy(held, neg[1::2], best_threshold(top, neg[::2]))

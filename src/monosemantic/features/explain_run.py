@@ -17,7 +17,7 @@ from monosemantic.features.explain import (
     FIRING_SHARE,
     auc,
     balanced_accuracy,
-    best_threshold,
+    detection_scores,
     explain_offline,
 )
 from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
@@ -110,8 +110,7 @@ def explain_features(
                 text = explain_offline(top, base, total)
                 sims = embedder.similarities(text, [around_peak(c) for c in top + held + neg])
                 s_top, s_held, s_neg = np.split(sims, [len(top), len(top) + len(held)])
-                score_auc = auc(s_held, s_neg)
-                score_bacc = balanced_accuracy(s_held, s_neg, best_threshold(s_top, s_neg))
+                score_auc, score_bacc = detection_scores(s_top, s_held, s_neg)
             with db.transaction(con):
                 db.set_explanation(con, sae, j, text, label, score_auc, score_bacc)
             out.append(Scored(j, text, score_auc, score_bacc, len(held), len(neg)))

@@ -3,6 +3,7 @@ by firing frequency or by catalog label, as a PNG."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,26 @@ def embed_2d(directions: np.ndarray, seed: int = 0) -> np.ndarray:
     n = len(directions)
     reducer = umap.UMAP(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, n_jobs=1)
     return np.asarray(reducer.fit_transform(directions))
+
+
+def cached_embed_2d(directions: np.ndarray, cache_dir: Path, seed: int = 0) -> np.ndarray:
+    """``embed_2d``, computed once per set of directions: the coordinates are kept in
+    ``cache_dir`` under a hash of the directions and the seed (UMAP of 16k features takes over a
+    minute; a report rebuilt after ``explain`` or ``catalog`` reuses them)."""
+    data = np.ascontiguousarray(directions, dtype=np.float32)
+    key = hashlib.sha256(data.tobytes() + f"{data.shape}/{seed}".encode()).hexdigest()[:20]
+    path = cache_dir / f"umap-{key}.npy"
+    if path.is_file():
+        try:
+            coords = np.load(path)
+            if coords.shape == (len(data), 2):
+                return np.asarray(coords)
+        except (OSError, ValueError):
+            pass  # a damaged cache is recomputed
+    coords = embed_2d(data, seed)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, coords)
+    return coords
 
 
 def plot_map(

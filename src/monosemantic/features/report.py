@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features import db
 from monosemantic.features.family import Node, family_tree
-from monosemantic.features.feature_map import embed_2d, plot_map
+from monosemantic.features.feature_map import cached_embed_2d, plot_map
 from monosemantic.features.neighbors import nearest, unit_directions
 from monosemantic.fsio import atomic_path, write_text
 
@@ -113,7 +113,7 @@ def _scores_plot(con: sqlite3.Connection, saes: list[str], path: Path) -> str | 
 
 def _map(con: sqlite3.Connection, run_dir: Path, sae: str, path: Path) -> str:
     sae_module, _ = load_dictionary(run_dir / "saes" / sae)
-    coords = embed_2d(unit_directions(sae_module.W_dec).numpy())
+    coords = cached_embed_2d(unit_directions(sae_module.W_dec).numpy(), path.parent / ".cache")
     freq = db.feature_stats(con, sae)["freq"]
     labels = {
         int(f): str(p)
