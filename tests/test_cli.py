@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,10 @@ def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus,
         assert (out / "saes" / f"relu-{n}" / "metrics.json").is_file()
     assert (out / "report" / "index.html").is_file()
     assert "report" in err and "index.html" in err
+    # the features too: every size analysed, the catalog ranked for the largest, in the report
+    con = sqlite3.connect(out / "features.sqlite")
+    analysed = con.execute("SELECT sae FROM analyses WHERE finished = 1 ORDER BY sae").fetchall()
+    assert analysed == [("relu-16",), ("relu-64",)]
+    assert con.execute("SELECT DISTINCT sae FROM catalog").fetchall() == [("relu-64",)]
+    con.close()
+    assert "Map of relu-64" in (out / "report" / "index.html").read_text()

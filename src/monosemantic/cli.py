@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from monosemantic.config import (
+    AnalyzeConfig,
     EvalConfig,
     HarvestConfig,
     ScalingConfig,
@@ -253,6 +254,8 @@ LR = _opt(TrainConfig, "lr", "--lr")
 TRAIN_BATCH = _opt(TrainConfig, "batch_size", "--train-batch-size")
 EPOCHS = _opt(TrainConfig, "epochs", "--epochs")
 SEED = _opt(TrainConfig, "seed", "--seed")
+DEMO_EXPLAIN = 50
+"""Features of the largest dictionary that `demo` explains (a few seconds each on a CPU)."""
 
 
 @app.command("harvest")
@@ -547,10 +550,16 @@ def demo_cmd(
     epochs: float = EPOCHS,
     l1_coeff: float = L1,
     device: str = _opt(HarvestConfig, "device", "--device"),
+    features: bool = typer.Option(
+        True,
+        "--features/--no-features",
+        help="also analyze every dictionary, rank the safety catalog and explain "
+        f"{DEMO_EXPLAIN} features of the largest",
+    ),
     force: bool = FORCE,
 ) -> None:
-    """Every stage on the embedded default: harvest, train three sizes, evaluate, report.
-    (`harvest` and `train` take more settings.)"""
+    """Every stage on the embedded default: harvest, train three sizes, evaluate, analyze the
+    features, report. (`harvest`, `train` and `analyze` take more settings.)"""
     eval_tokens = max(2_000, min(default_of(HarvestConfig, "n_eval_tokens"), tokens // 10))
     hcfg = HarvestConfig(
         model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device
@@ -559,6 +568,13 @@ def demo_cmd(
     tcfg = TrainConfig(sizes=_sizes(sizes, lm.d_model), epochs=epochs, l1_coeff=l1_coeff, device=device)
     run_train(tcfg, out, force)
     run_evaluate(out, EvalConfig(device=device), lm)
+    if features:
+        from monosemantic.features.cli import run_analyze, run_catalog, run_explain
+
+        run_analyze(out, AnalyzeConfig(device=device), force)
+        run_catalog(out)
+        if not run_explain(out, features=DEMO_EXPLAIN):
+            console.print("[yellow]note: no feature has held-out contexts to explain: harvest more --tokens")
     run_report(out)
 
 

@@ -286,28 +286,43 @@ def explain_cmd(
 ) -> None:
     """Explain features from their top contexts and score each explanation by how well it tells
     held-out activating contexts from non-activating ones (detection AUC, balanced accuracy)."""
+    try:
+        id_list = [int(x) for x in ids.split(",") if x.strip()]
+    except ValueError as e:
+        raise UserError(f"--ids {ids!r} must be comma-separated feature ids") from e
+    if not run_explain(run, sae, features, id_list, explainer_url, llm_model, seed):
+        raise UserError(
+            f"none of the {features or 'live'} features chosen has contexts to explain: analyze more tokens"
+        )
+
+
+def run_explain(
+    run: Path,
+    sae: str = "",
+    features: int = 100,
+    ids: list[int] | None = None,
+    explainer_url: str = "",
+    llm_model: str = "default",
+    seed: int = 0,
+) -> list[Any]:
+    """Explain and score the features; prints a table, returns the scored ones (none when no
+    chosen feature has held-out contexts)."""
     from monosemantic.features import db
     from monosemantic.features.explain_run import choose_features, explain_features
     from monosemantic.features.scorers import ChatClient, Embedder
 
     _check_run(run)
-    try:
-        id_list = [int(x) for x in ids.split(",") if x.strip()]
-    except ValueError as e:
-        raise UserError(f"--ids {ids!r} must be comma-separated feature ids") from e
     con = db.open_db(run)
     try:
         name = pick_sae(con, run, sae)
-        chosen = choose_features(con, name, features, id_list, seed)
+        chosen = choose_features(con, name, features, ids or [], seed)
         client = ChatClient(explainer_url, llm_model) if explainer_url else None
         embedder = None if client is not None else Embedder()
         results = explain_features(con, name, chosen, embedder=embedder, client=client)
     finally:
         con.close()
     if not results:
-        raise UserError(
-            f"none of the {len(chosen)} features chosen has contexts to explain: analyze more tokens"
-        )
+        return []
     aucs = np.array([r.auc for r in results])
     baccs = np.array([r.balanced_accuracy for r in results])
     table = Table(
@@ -319,6 +334,7 @@ def explain_cmd(
     for r in sorted(results, key=lambda r: -r.auc)[:15]:
         table.add_row(str(r.feature), f"{r.auc:.2f}", f"{r.balanced_accuracy:.2f}", r.explanation)
     Console(highlight=False).print(table)
+    return results
 
 
 def _ranked(entries: list) -> list[tuple[int, Any]]:
@@ -341,6 +357,10 @@ def catalog_cmd(
 ) -> None:
     """Rank, for each labelled probe set (vulnerable vs safe code, biased vs neutral, deceptive vs
     honest, people, cities, languages), the features most specific to it; into the database."""
+    run_catalog(run, sae, probes, top)
+
+
+def run_catalog(run: Path, sae: str = "", probes: Path | None = None, top: int = 10) -> None:
     from monosemantic.dictionary import load_dictionary
     from monosemantic.features import db
     from monosemantic.features.catalog import DEFAULT_PROBES, build_catalog, load_probes
