@@ -211,6 +211,24 @@ def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, ti
     assert code == 0, err
 
 
+def test_search_does_not_rank_an_almost_dead_feature() -> None:
+    from monosemantic.features.search import MIN_FIRED, rank
+
+    # feature 0 fired on 2 analysed tokens at 0.001: any activation on the query gives it a huge
+    # lift and full strength; feature 1 is a real, rarer-than-chance match; feature 2 fires everywhere
+    stats = {
+        "freq": np.array([1e-5, 1e-3, 0.5]),
+        "max_act": np.array([1e-3, 2.0, 2.0]),
+        "n_fired": np.array([2.0, 200.0, 10**5]),
+    }
+    acts = torch.tensor([[0.5, 1.5, 2.0], [0.5, 1.0, 2.0]])
+    hits = rank(acts, [1, 1], stats, {}, top=3)
+    assert [h.feature for h in hits] == [1, 2] and hits[0].lift == pytest.approx(1000)
+    assert hits[1].score == pytest.approx(1.0)  # lift 2: fires on half of all tokens
+    stats["n_fired"][0] = MIN_FIRED
+    assert rank(acts, [1, 1], stats, {}, top=3)[0].feature == 0
+
+
 def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path) -> None:
     from tests.test_features_explain import FakeLLM
 

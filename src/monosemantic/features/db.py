@@ -321,10 +321,12 @@ def set_explanation(
 
 
 def feature_stats(con: sqlite3.Connection, sae: str) -> dict[str, np.ndarray]:
-    """Per-feature arrays (index = feature id): freq, max_act, mean_act."""
-    rows = con.execute("SELECT id, freq, max_act, mean_act FROM features WHERE sae = ? ORDER BY id", (sae,))
-    arr = np.array([tuple(r) for r in rows], dtype=np.float64).reshape(-1, 4)
-    return {"freq": arr[:, 1], "max_act": arr[:, 2], "mean_act": arr[:, 3]}
+    """Per-feature arrays (index = feature id): freq, max_act, mean_act, n_fired."""
+    rows = con.execute(
+        "SELECT id, freq, max_act, mean_act, n_fired FROM features WHERE sae = ? ORDER BY id", (sae,)
+    )
+    arr = np.array([tuple(r) for r in rows], dtype=np.float64).reshape(-1, 5)
+    return {"freq": arr[:, 1], "max_act": arr[:, 2], "mean_act": arr[:, 3], "n_fired": arr[:, 4]}
 
 
 @contextmanager

@@ -12,7 +12,10 @@ activation over the occurrence's tokens, relative to the feature's maximum in th
     score     = strength · log2(lift), 0 when lift ≤ 1
 
 so a feature that fires on most tokens (lift ≈ 1) scores nothing however strongly it fires, and a
-rare feature scores in proportion to how strongly it fires on the concept. ``top-context
+rare feature scores in proportion to how strongly it fires on the concept. A feature that fired on
+fewer than ``MIN_FIRED`` analysed tokens is not ranked: its base rate and its maximum come from a
+handful of tokens (often tiny activations of an almost dead feature), so that its lift and strength
+would be noise. ``top-context
 precision`` (how many of the feature's top contexts contain the query) is reported beside it.
 """
 
@@ -31,6 +34,7 @@ from monosemantic.features.tokens import decode_tokens
 from monosemantic.models import LoadedModel, capture_residual
 from monosemantic.sae import SparseAutoencoder
 
+MIN_FIRED = 10
 CHARS_BEFORE, CHARS_AFTER = 600, 100
 TOKENS_BEFORE, TOKENS_AFTER = 96, 8
 """Context kept around a corpus occurrence: the model sees the passage leading up to the query."""
@@ -156,7 +160,7 @@ def rank(
     expected = (1 - (1 - freq).pow(lengths)).mean(0).clamp(min=1e-9)
     lift = hit_rate / expected
     score = strength * torch.log2(lift.clamp(min=1))
-    score[freq == 0] = 0  # never fired in the analysis: no base rate to compare with
+    score[torch.as_tensor(stats["n_fired"]) < MIN_FIRED] = 0  # no reliable base rate or maximum
     best = score.argsort(descending=True)[:top].tolist()
     return [
         Hit(j, float(score[j]), float(strength[j]), float(hit_rate[j]), float(lift[j]), float(freq[j]),
