@@ -22,7 +22,7 @@ from monosemantic.features.explain import (
     detection_scores,
     explain_offline,
 )
-from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
+from monosemantic.features.scorers import ChatClient, Embedder, clean_explanation, llm_detect, llm_explain
 
 FILLER = "the a of and to in is was for on with as by at from it that this code data city".split()  # noqa: SIM905
 
@@ -132,6 +132,11 @@ def fake_llm() -> Iterator[str]:
 def test_llm_backend_explains_and_detects(fake_llm: str) -> None:
     client = ChatClient(fake_llm, "tiny")
     assert llm_explain(client, ["we went to <<paris>>"]) == "The word paris"
+    # what SmolLM2-135M behind llama.cpp answered: an echo of the first excerpt, numbered and marked
+    assert clean_explanation("\n1. 013); $8.809 billion (25<< December>> 2014\nmore") == (
+        "013); $8.809 billion (25 December 2014"
+    )
+    assert clean_explanation('- "Dates in financial figures"') == "Dates in financial figures"
     pred = llm_detect(client, "The word paris", ["to paris again", "a buffer overflow", "Paris in spring"])
     assert pred.tolist() == [1.0, 0.0, 1.0]
     assert FakeLLM.requests[0]["model"] == "tiny" and FakeLLM.requests[0]["temperature"] == 0

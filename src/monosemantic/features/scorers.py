@@ -107,8 +107,15 @@ DETECT_SYSTEM = (
 
 def llm_explain(client: ChatClient, marked_contexts: Sequence[str]) -> str:
     user = "\n".join(f"{i + 1}. {t}" for i, t in enumerate(marked_contexts))
-    answer = client.ask(EXPLAIN_SYSTEM, user)
-    return (answer.splitlines() or [""])[0].strip()[:200]
+    return clean_explanation(client.ask(EXPLAIN_SYSTEM, user))
+
+
+def clean_explanation(answer: str) -> str:
+    """The reply's first non-empty line without list numbering, quotes or the <<marks>> of the
+    prompt (small models often echo an excerpt: this keeps the echo readable, it cannot fix it)."""
+    line = next((ln.strip() for ln in answer.splitlines() if ln.strip()), "")
+    line = re.sub(r"^(?:\d+[.)]|[-*•])\s*", "", line).replace("<<", "").replace(">>", "")
+    return line.strip().strip('"').strip()[:200]
 
 
 def llm_detect(client: ChatClient, explanation: str, texts: Sequence[str]) -> np.ndarray:
