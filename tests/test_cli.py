@@ -166,6 +166,19 @@ def test_incompatible_run_dir_is_refused_unless_forced(
     assert json.loads((run / "activations" / "manifest.json").read_text())["layer"] == 1
 
 
+def test_a_stage_recorded_by_an_older_version_is_named_so(tmp_path: Path) -> None:
+    from monosemantic.config import TrainConfig, record_stage
+    from monosemantic.errors import UserError
+
+    record_stage(tmp_path, "train.relu", TrainConfig())
+    text = (tmp_path / "run.toml").read_text()
+    # as a version from before b_dec_init existed wrote it
+    (tmp_path / "run.toml").write_text(text.replace('b_dec_init = "mean"\n', ""))
+    with pytest.raises(UserError, match="no b_dec_init setting .recorded by an older version"):
+        record_stage(tmp_path, "train.relu", TrainConfig())
+    record_stage(tmp_path, "train.relu", TrainConfig(), force=True)
+
+
 def test_nan_activations_name_the_shard(capsys, monkeypatch, run: Path) -> None:
     shard = run / "activations" / "shard-00001.safetensors"
     data = load_file(str(shard))

@@ -71,3 +71,9 @@ def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
             torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
         logs = (b / "saes" / f"relu-{n}" / "log.jsonl").read_text().splitlines()
         assert [int(line.split('"step": ')[1].split(",")[0]) for line in logs] == [5, 10, 15, 20, 25, 30]
+
+
+def test_learning_rate_defaults_per_architecture() -> None:
+    assert TrainConfig(arch="topk").lr == 1e-3  # 3e-3 left 14% of TopK-16384 dead on the demo
+    assert TrainConfig(arch="relu").lr == TrainConfig(arch="batchtopk").lr == 3e-3
+    assert TrainConfig(arch="topk", lr=3e-3).lr == 3e-3  # an explicit --lr wins

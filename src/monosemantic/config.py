@@ -61,6 +61,12 @@ class HarvestConfig:
             raise UserError("--store-dtype must be float16, bfloat16 or float32")
 
 
+DEFAULT_LR = {"topk": 1e-3}
+"""Learning rates that differ from 3e-3 by architecture: on the demo, TopK at 3e-3 left 14% of
+16,384 latents dead even with AuxK, none at 1e-3 at the same variance explained
+(docs/architectures.md); BatchTopK and JumpReLU did better at 3e-3."""
+
+
 @dataclass
 class TrainConfig:
     arch: str = _f("relu", "dictionary architecture: relu (Anthropic, April 2024), topk, batchtopk, jumprelu")
@@ -93,7 +99,11 @@ class TrainConfig:
         "under torchrun: shard each dictionary's features over the ranks (for dictionaries too big "
         "for one device); every rank reads the whole batch, so this replaces data parallelism",
     )
-    lr: float = _f(3e-3, "Adam learning rate (decays linearly to 0 over the last 20% of steps)")
+    lr: float = _f(
+        0.0,
+        "Adam learning rate, decaying linearly to 0 over the last 20% of steps; 0 = the "
+        "architecture's default (topk 1e-3, the others 3e-3)",
+    )
     batch_size: int = _f(512, "activations per training step")
     epochs: float = _f(1.0, "passes over the stored training activations")
     l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
@@ -127,6 +137,8 @@ class TrainConfig:
             raise UserError("--resample-dead does not support --feature-parallel yet: drop one of them")
         if not self.sizes or min(self.sizes) <= 0:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
+        if self.lr == 0:
+            self.lr = DEFAULT_LR.get(self.arch, 3e-3)
         if min(self.lr, self.batch_size, self.epochs, self.threshold_lr_scale) <= 0 or self.l1_coeff < 0:
             raise UserError(
                 "--lr, --batch-size, --epochs and --threshold-lr-scale must be positive and --l1-coeff "
@@ -272,8 +284,13 @@ def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) ->
         diff = [k for k in new if k not in _RESUMABLE and old.get(k) != new[k]]
         if diff:
             k = diff[0]
+            had = (
+                f"{k}={old[k]!r}"
+                if k in old
+                else f"no {k} setting (recorded by an older version of monosemantic)"
+            )
             raise UserError(
-                f"{run_dir} holds a {stage} run with {k}={old.get(k)!r}, not {new[k]!r}: "
+                f"{run_dir} holds a {stage} run with {had}, not {k}={new[k]!r}: "
                 f"use another --out, or --force to discard it and start the {stage} stage over"
             )
     table[leaf] = new
