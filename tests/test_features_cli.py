@@ -192,7 +192,7 @@ def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
 
 
 def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, tiny_llama_dir: Path) -> None:
-    from monosemantic.features.search import search
+    from monosemantic.features.search import search, span_activations
     from monosemantic.models import load_model
 
     plant_feature(run, "relu-64", 7, "paris")
@@ -204,6 +204,11 @@ def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, ti
     assert len(occs) == 17 and occs[0].source == "query"
     assert hits[0].feature == 7 and hits[0].hit_rate == 1.0 and hits[0].context_precision == 1.0
     assert hits[0].score > 2 * hits[1].score
+    assert all(0 <= h.context_precision <= 1 for h in hits)  # top contexts only, not the samples
+    # occurrences of different lengths read in one padded batch give what one at a time gives
+    torch.testing.assert_close(
+        span_activations(lm, 2, sae, occs, batch=16), span_activations(lm, 2, sae, occs, batch=1)
+    )
     other, _ = search(con, lm, 2, "relu-64", sae, "buffer", max_matches=16)
     assert 7 not in [h.feature for h in other]
     con.close()

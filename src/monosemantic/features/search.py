@@ -136,14 +136,23 @@ def occurrences(
 
 @torch.no_grad()
 def span_activations(
-    lm: LoadedModel, layer: int, sae: SparseAutoencoder, occs: list[Occurrence]
+    lm: LoadedModel, layer: int, sae: SparseAutoencoder, occs: list[Occurrence], batch: int = 16
 ) -> torch.Tensor:
-    """(n_occurrences, n_features): each feature's largest activation over each occurrence's span."""
+    """(n_occurrences, n_features): each feature's largest activation over each occurrence's span.
+
+    A causal model reads ``batch`` occurrences per forward pass, right-padded: no position attends
+    to the padding after it. Other models (bidirectional attention) read one at a time."""
     out = []
-    for occ in occs:
-        resid = capture_residual(lm, layer, torch.tensor([occ.tokens]))[0].float().cpu()
-        a, b = occ.span
-        out.append(sae.encode(resid[a:b].to(sae.W_enc.device))[1].amax(0).cpu())
+    step = batch if lm.is_causal else 1
+    for i in range(0, len(occs), step):
+        group = occs[i : i + step]
+        ids = torch.zeros(len(group), max(len(o.tokens) for o in group), dtype=torch.long)
+        for j, occ in enumerate(group):
+            ids[j, : len(occ.tokens)] = torch.tensor(occ.tokens)
+        resid = capture_residual(lm, layer, ids).float()
+        for j, occ in enumerate(group):
+            a, b = occ.span
+            out.append(sae.encode(resid[j, a:b].to(sae.W_enc.device))[1].amax(0).cpu())
     return torch.stack(out)
 
 
