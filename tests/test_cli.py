@@ -70,6 +70,16 @@ def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
         assert m["loss_zero"] > m["loss_clean"] and "loss_recovered" in m
         cfg = json.loads((run / "saes" / f"relu-{n}" / "cfg.json").read_text())
         assert cfg["input_scale_folded"] and cfg["layer"] == 2
+    # a rerun keeps what is up to date and measures what changed: other settings, or --force
+    before = {n: (run / "saes" / f"relu-{n}" / "metrics.json").read_text() for n in (16, 64)}
+    code, err = cli(capsys, monkeypatch, "evaluate", run, "--loss-sequences", "8")
+    assert code == 0 and "up to date" in err
+    assert {n: (run / "saes" / f"relu-{n}" / "metrics.json").read_text() for n in (16, 64)} == before
+    code, err = cli(capsys, monkeypatch, "evaluate", run, "--loss-sequences", "4")
+    assert code == 0 and "up to date" not in err
+    assert json.loads((run / "saes" / "relu-16" / "metrics.json").read_text())["n_loss_sequences"] == 4
+    code, err = cli(capsys, monkeypatch, "evaluate", run, "--loss-sequences", "4", "--force")
+    assert code == 0 and "up to date" not in err
     code, err = cli(capsys, monkeypatch, "report", run)
     assert code == 0 and (run / "report" / "index.html").is_file()
     assert "relu-64" in (run / "report" / "index.html").read_text()

@@ -188,7 +188,9 @@ def run_train(
     return dirs
 
 
-def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None) -> dict[str, dict[str, Any]]:
+def run_evaluate(
+    out: Path, cfg: EvalConfig, lm: Any = None, force: bool = False
+) -> dict[str, dict[str, Any]]:
     from monosemantic.evaluate import evaluate
 
     harvest_cfg = load_stage(out, "harvest")
@@ -204,14 +206,24 @@ def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None) -> dict[str, dict[s
     from monosemantic.activations import ActivationStore
 
     layer = int(ActivationStore(out).manifest["layer"])
-    results = evaluate(
-        out, cfg, device=resolve_device(cfg.device), lm=lm, layer=layer, sae_dirs=[p.parent for p in saes]
+    results, reused = evaluate(
+        out,
+        cfg,
+        device=resolve_device(cfg.device),
+        lm=lm,
+        layer=layer,
+        sae_dirs=[p.parent for p in saes],
+        force=force,
     )
     _summary(results)
-    m = next(iter(results.values()))["evaluate"]
+    if len(reused) == len(results):
+        console.print("evaluate: every dictionary's metrics.json is up to date (--force measures again)")
+        return results
+    m = next(v for k, v in results.items() if k not in reused)["evaluate"]
     console.print(
         f"evaluate: {m['tokens_per_s']:,.0f} tokens/s (activations x dictionaries), "
         f"{m['seconds']:.0f} s, peak RSS {m['peak_rss_mb']:,.0f} MiB"
+        + (f"; up to date, kept: {', '.join(reused)}" if reused else "")
     )
     return results
 
@@ -382,9 +394,11 @@ def evaluate_cmd(
     run: Path = RUN,
     loss_sequences: int = _opt(EvalConfig, "loss_sequences", "--loss-sequences"),
     device: str = _opt(EvalConfig, "device", "--device"),
+    force: bool = typer.Option(False, "--force", help="measure again even where metrics.json is up to date"),
 ) -> None:
-    """Measure L0, variance explained, dead/dense features and spliced next-token loss."""
-    run_evaluate(run, EvalConfig(loss_sequences=loss_sequences, device=device))
+    """Measure L0, variance explained, dead/dense features and spliced next-token loss (a
+    dictionary whose metrics.json matches its file, the store and these settings is kept)."""
+    run_evaluate(run, EvalConfig(loss_sequences=loss_sequences, device=device), force=force)
 
 
 @app.command("report")
@@ -567,7 +581,7 @@ def demo_cmd(
     lm = run_harvest(hcfg, out, force)
     tcfg = TrainConfig(sizes=_sizes(sizes, lm.d_model), epochs=epochs, l1_coeff=l1_coeff, device=device)
     run_train(tcfg, out, force)
-    run_evaluate(out, EvalConfig(device=device), lm)
+    run_evaluate(out, EvalConfig(device=device), lm, force)
     if features:
         from monosemantic.features.cli import run_analyze, run_catalog, run_explain
 

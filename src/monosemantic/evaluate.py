@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from monosemantic.activations import ActivationStore, inlier_mask
 from monosemantic.config import EvalConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.errors import UserError
-from monosemantic.fsio import write_json
+from monosemantic.fsio import file_digest, fingerprint, read_json, write_json
 from monosemantic.models import LoadedModel, edit_residual, next_token_loss
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.sae import SparseAutoencoder
@@ -168,10 +169,52 @@ def spliced_losses(
 
 
 def evaluate(
-    run_dir: Path, cfg: EvalConfig, *, device: str, lm: LoadedModel | None, layer: int, sae_dirs: list[Path]
-) -> dict[str, dict[str, Any]]:
-    """Write ``metrics.json`` beside each dictionary in ``sae_dirs``; return them by name."""
+    run_dir: Path,
+    cfg: EvalConfig,
+    *,
+    device: str,
+    lm: LoadedModel | None,
+    layer: int,
+    sae_dirs: list[Path],
+    force: bool = False,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Write ``metrics.json`` beside each dictionary in ``sae_dirs``; return them by name, and the
+    names whose metrics were already up to date: a ``metrics.json`` measured on the same
+    dictionary file, store and settings is kept (unless ``force``), so a rerun costs nothing."""
     store = ActivationStore(run_dir)
+    settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    keys = {
+        d.name: fingerprint(
+            file_digest(d / "sae.safetensors"), settings, store.manifest["shards"], lm is not None
+        )
+        for d in sae_dirs
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for d in sae_dirs:
+        path = d / "metrics.json"
+        if not force and path.is_file():
+            try:
+                old = read_json(path)
+            except UserError:
+                continue  # corrupt: measured again
+            if isinstance(old, dict) and old.get("key") == keys[d.name]:
+                results[d.name] = old
+    reused = sorted(results)
+    todo = [d for d in sae_dirs if d.name not in results]
+    if todo:
+        results.update(_measure(store, cfg, device, lm, layer, todo, keys))
+    return results, reused
+
+
+def _measure(
+    store: ActivationStore,
+    cfg: EvalConfig,
+    device: str,
+    lm: LoadedModel | None,
+    layer: int,
+    sae_dirs: list[Path],
+    keys: dict[str, str],
+) -> dict[str, dict[str, Any]]:
     saes = {d.name: load_dictionary(d, device)[0] for d in sae_dirs}
     results: dict[str, dict[str, Any]] = {}
     meter = Throughput()
@@ -199,5 +242,6 @@ def evaluate(
             results[name].update(losses, n_loss_sequences=len(seqs))
     for d in sae_dirs:
         results[d.name]["evaluate"] = meter.as_dict()
+        results[d.name]["key"] = keys[d.name]
         write_json(d / "metrics.json", results[d.name])
     return results

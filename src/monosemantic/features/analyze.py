@@ -11,7 +11,6 @@ logit effects are written and its state dropped.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -34,6 +33,7 @@ from monosemantic.features.logits import top_logit_effects
 from monosemantic.features.neighbors import store_neighbors
 from monosemantic.features.sources import Batch, model_batches, store_batches, store_sequences
 from monosemantic.features.tokens import decode_tokens, token_bytes
+from monosemantic.fsio import file_digest, fingerprint
 from monosemantic.models import LoadedModel
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.sae import SparseAutoencoder
@@ -90,18 +90,6 @@ class _Job:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def analyze(
     run_dir: Path, cfg: AnalyzeConfig, lm: LoadedModel, *, force: bool = False, device: str = "cpu"
 ) -> dict[str, dict[str, Any]]:
@@ -139,12 +127,12 @@ def _analyze(
         db.set_vocab(con, words)
         db.set_meta(con, "hist_edges", json.dumps(HIST_EDGES.tolist()))
         # the store's sequences change when it is harvested again: name that corpus by its shards
-        spec = f"store:{_fingerprint(store.manifest['shards'])}" if cfg.corpus == "store" else cfg.corpus
+        spec = f"store:{fingerprint(store.manifest['shards'])}" if cfg.corpus == "store" else cfg.corpus
         corpus = db.corpus_id(con, spec, seq_len)
     jobs, summaries = [], {}
     for d in dirs:
         row = db.analysis(con, d.name)
-        settings = {**base_settings, "corpus": spec, "dictionary": _file_digest(d / "sae.safetensors")}
+        settings = {**base_settings, "corpus": spec, "dictionary": file_digest(d / "sae.safetensors")}
         if row is not None and (force or json.loads(row["config"]) != settings):
             if not force:
                 old = json.loads(row["config"])
