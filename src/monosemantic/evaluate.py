@@ -180,7 +180,7 @@ def evaluate(
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Write ``metrics.json`` beside each dictionary in ``sae_dirs``; return them by name, and the
     names whose metrics were already up to date: a ``metrics.json`` measured on the same
-    dictionary file, store and settings is kept (unless ``force``), so a rerun costs nothing."""
+    dictionary file, store and settings is kept (unless ``force``): a rerun costs seconds."""
     store = ActivationStore(run_dir)
     settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
     keys = {

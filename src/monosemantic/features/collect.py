@@ -15,9 +15,8 @@ keeps, per feature:
 Both samples are "keep the n entries with the largest key", the top-k with the activation as key
 and the samples with a random key, so one vectorised merge (``_merge``) serves all three. Only
 the firing entries of a batch are looked at after one ``nonzero`` pass, and windows are cut only
-for the entries that enter a buffer. The keys
-come from a generator seeded by (seed, batch index), so a run resumed from ``state_dict`` ends
-with exactly the result of an uninterrupted one.
+for the entries that enter a buffer. The keys come from a generator seeded by (seed, batch
+index), so a run resumed from ``state_dict`` ends with exactly the result of an uninterrupted one.
 """
 
 from __future__ import annotations
