@@ -32,7 +32,7 @@ ARCHS: dict[str, dict[str, Any]] = {
     # many features, few active: some die within the run, so that AuxK takes part
     "topk": dict(k=2, k_aux=8, sizes=[32, 256]),
     "batchtopk": dict(k=2, k_aux=8, sizes=[32, 256]),
-    "jumprelu": dict(l1_coeff=0.01, init_threshold=0.05, bandwidth=0.05),
+    "jumprelu": dict(l1_coeff=0.01, init_threshold=0.05, bandwidth=0.05, preact_coeff=1e-3),
 }
 # A feature counts as dead after a batch in which it did not fire (not after 100k tokens).
 DEAD_WINDOW = 256

@@ -149,6 +149,27 @@ def test_jumprelu_loss_is_mse_plus_lambda_l0() -> None:
     assert sae.log_threshold.grad is not None
 
 
+def test_jumprelu_preactivation_loss_revives_a_dead_feature() -> None:
+    sae = _perturbed(JumpReLUSAE(4, 6, bandwidth=0.01, init_threshold=0.05, preact_coeff=0.5))
+    with torch.no_grad():
+        sae.b_enc[2] = -100.0  # feature 2 never reaches its threshold: no gradient from mse or L0
+    x = _randn(5, 4, seed=3)
+    out = sae(x)
+    lo = sae.loss(x, out, LossContext(0.2))
+    theta, norms = sae.log_threshold.exp(), sae.W_dec.norm(dim=0)
+    expected = (torch.relu(theta - out.pre_acts) * norms).sum(-1).mean()
+    assert lo.aux.item() == pytest.approx(expected.item(), rel=1e-6)
+    mse = (x - out.recon).pow(2).sum(-1).mean().item()
+    assert lo.loss.item() == pytest.approx(mse + 0.2 * lo.sparsity.item() + 0.5 * expected.item(), rel=1e-6)
+    lo.loss.backward()
+    assert sae.b_enc.grad is not None and sae.b_enc.grad[2] == pytest.approx(-0.5 * norms[2].item())
+    off = _perturbed(JumpReLUSAE(4, 6, bandwidth=0.01, init_threshold=0.05))
+    with torch.no_grad():
+        off.b_enc[2] = -100.0
+    off.loss(x, off(x), LossContext(0.2)).loss.backward()
+    assert off.b_enc.grad is not None and off.b_enc.grad[2] == 0  # without it, dead stays dead
+
+
 # --- AuxK --------------------------------------------------------------------------------------
 
 
@@ -274,7 +295,7 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
     "relu": {},
     "topk": {"k": 5, "k_aux": 7, "aux_coeff": 0.5},
     "batchtopk": {"k": 6, "k_aux": 9, "aux_coeff": 0.25},
-    "jumprelu": {"bandwidth": 0.02, "init_threshold": 0.3},
+    "jumprelu": {"bandwidth": 0.02, "init_threshold": 0.3, "preact_coeff": 0.01},
 }
 
 

@@ -86,6 +86,11 @@ class TrainConfig:
         "jumprelu: learning-rate multiplier for the (log) thresholds; Adam moves log θ by about "
         "lr per step, so short runs need a larger one to let θ travel",
     )
+    preact_coeff: float = _f(
+        0.0,
+        "jumprelu: weight of the pre-activation loss that pulls pre-activations below their "
+        "threshold up to it (revives dead features; Anthropic, January 2025); 0 = off",
+    )
     dead_window: int = _f(
         0,
         "tokens without firing after which a feature counts as dead while training "
@@ -139,10 +144,13 @@ class TrainConfig:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr == 0:
             self.lr = DEFAULT_LR.get(self.arch, 3e-3)
-        if min(self.lr, self.batch_size, self.epochs, self.threshold_lr_scale) <= 0 or self.l1_coeff < 0:
+        if (
+            min(self.lr, self.batch_size, self.epochs, self.threshold_lr_scale) <= 0
+            or min(self.l1_coeff, self.preact_coeff) < 0
+        ):
             raise UserError(
-                "--lr, --batch-size, --epochs and --threshold-lr-scale must be positive and --l1-coeff "
-                "non-negative"
+                "--lr, --batch-size, --epochs and --threshold-lr-scale must be positive, --l1-coeff "
+                "and --preact-coeff non-negative"
             )
 
 

@@ -232,10 +232,13 @@ class FeatureShard(nn.Module):
         local = self.local
         if isinstance(local, TopKSAE):
             return local.combine(x, mse_loss(x, out.recon), self._auxk(x, out, ctx.dead))
-        # mse of the global reconstruction; the sparsity of this rank's features, additive over them
+        # mse of the global reconstruction; the sparsity of this rank's features, additive over them,
+        # and so is what else the local loss adds (jumprelu's weighted pre-activation loss)
         lo = local.loss(x, out, ctx)
         sparsity = sum_over_ranks(lo.sparsity)
-        return LossOutput(lo.mse + ctx.sparsity_coeff * sparsity, lo.mse, sparsity, lo.aux)
+        rest = sum_over_ranks(lo.loss - lo.mse - ctx.sparsity_coeff * lo.sparsity)
+        aux = sum_over_ranks(lo.aux)
+        return LossOutput(lo.mse + ctx.sparsity_coeff * sparsity + rest, lo.mse, sparsity, aux)
 
     def _auxk(self, x: Tensor, out: ForwardOutput, dead: Tensor | None) -> Tensor:
         """``sae.topk.auxk_loss`` with the top-k_aux taken over the dead latents of all ranks and

@@ -5,11 +5,17 @@ Fidelity with JumpReLU Sparse Autoencoders* (2024), as used for Gemma Scope.
     f    = JumpReLU_θ(z) = z · H(z − θ),  θ = exp(log_threshold) > 0, one per feature
     x̂    = b_dec + W_dec f                              (d,)
     L    = ‖x − x̂‖² + λ Σ_i H(z_i − θ_i)                (L0, batch-averaged)
+           + λ_p Σ_i ReLU(θ_i − pre_i) ‖W_dec[:, i]‖   (optional pre-activation loss)
 
 H has zero derivative almost everywhere, so θ learns through straight-through estimators: the
 derivative of H(z − θ) with respect to θ is replaced by −K((z − θ)/ε)/ε with the rectangle kernel
 K = 1[|u| < ½] of width ε (``bandwidth``), as in the paper's pseudo-code. The gradient with
 respect to z is left exact (the jump's own ∂/∂z is 0; JumpReLU passes H(z − θ)).
+
+A feature whose pre-activations all sit below θ gets no gradient from either term and stays dead.
+The pre-activation loss (Anthropic, *Circuits Updates*, January 2025; ``preact_coeff`` λ_p, off by
+default) pulls every pre-activation that falls short of its threshold up towards it, weighted by
+the decoder norm as the L1 penalty is, so dead features come back to the threshold.
 """
 
 from __future__ import annotations
@@ -83,15 +89,24 @@ class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
 
     def __init__(
-        self, d_model: int, n_features: int, bandwidth: float = 0.001, init_threshold: float = 0.001
+        self,
+        d_model: int,
+        n_features: int,
+        bandwidth: float = 0.001,
+        init_threshold: float = 0.001,
+        preact_coeff: float = 0.0,
     ) -> None:
         super().__init__(d_model, n_features)
-        self.bandwidth, self.init_threshold = bandwidth, init_threshold
+        self.bandwidth, self.init_threshold, self.preact_coeff = bandwidth, init_threshold, preact_coeff
         # learnt in log space so that θ stays positive
         self.log_threshold = nn.Parameter(torch.full((n_features,), math.log(init_threshold)))
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"bandwidth": self.bandwidth, "init_threshold": self.init_threshold}
+        return {
+            "bandwidth": self.bandwidth,
+            "init_threshold": self.init_threshold,
+            "preact_coeff": self.preact_coeff,
+        }
 
     @torch.no_grad()
     def initialize(self, generator: torch.Generator, dec_norm: float = 0.1) -> None:
@@ -108,4 +123,8 @@ class JumpReLUSAE(SparseAutoencoder):
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
         mse = mse_loss(x, out.recon)
         l0 = step(torch.relu(out.pre_acts), self.thresholds(), self.bandwidth).sum(-1).mean()
-        return LossOutput(mse + ctx.sparsity_coeff * l0, mse, l0, x.new_zeros(()))
+        preact = x.new_zeros(())
+        if self.preact_coeff > 0:
+            short = torch.relu(self.thresholds() - out.pre_acts)
+            preact = (short * self.decoder_norms()).sum(-1).mean()
+        return LossOutput(mse + ctx.sparsity_coeff * l0 + self.preact_coeff * preact, mse, l0, preact)
