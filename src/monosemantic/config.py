@@ -87,7 +87,7 @@ class TrainConfig:
         "lr per step, so short runs need a larger one to let θ travel",
     )
     preact_coeff: float = _f(
-        0.0,
+        1e-4,
         "jumprelu: weight of the pre-activation loss that pulls pre-activations below their "
         "threshold up to it (revives dead features; Anthropic, January 2025); 0 = off",
     )
