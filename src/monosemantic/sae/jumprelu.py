@@ -16,8 +16,9 @@ A feature whose pre-activations all sit below θ gets no gradient from either te
 The pre-activation loss (Anthropic, *Circuits Updates*, January 2025; ``preact_coeff`` λ_p, 0 here,
 10⁻⁴ in the trainer's config) pulls every pre-activation that falls short of its threshold up
 towards it, weighted by the decoder norm as the L1 penalty is, so dead features come back to the
-threshold. On the demo it cut JumpReLU-16384's dead features from 40.5% to 12.6% at the same L0
-and variance explained (docs/architectures.md).
+threshold; its gradient also lowers θ a little wherever pre-activations fall short. On the demo
+it cut JumpReLU-16384's dead features from 40.5% to 12.6% at the same L0 and variance explained
+(docs/architectures.md).
 """
 
 from __future__ import annotations
