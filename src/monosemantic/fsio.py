@@ -79,10 +79,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_digest(path: Path) -> str:
-    """A short hash of a file's bytes (read in 4 MiB chunks)."""
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex (read in 4 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """A short hash of a file's bytes."""
+    return file_sha256(path)[:16]

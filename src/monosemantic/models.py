@@ -8,7 +8,6 @@ forward pass there and never run blocks L..n-1, and a splice replaces exactly wh
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from monosemantic.errors import UserError
+from monosemantic.fsio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,6 @@ def default_gguf_path() -> Path:
     return Path(spec.origin).parent / _GGUF_FILE
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF checkpoint once into an fp32 safetensors folder, keyed by the file's hash.
 
@@ -94,7 +86,7 @@ def convert_gguf(gguf: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = _sha256(gguf)
+    digest = file_sha256(gguf)
     target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
     if (target / "gguf.sha256").is_file() and (target / "gguf.sha256").read_text().strip() == digest:
         return target
