@@ -292,7 +292,8 @@ def explain_cmd(
         raise UserError(f"--ids {ids!r} must be comma-separated feature ids") from e
     if not run_explain(run, sae, features, id_list, explainer_url, llm_model, seed):
         raise UserError(
-            f"none of the {features or 'live'} features chosen has contexts to explain: analyze more tokens"
+            f"none of the {len(id_list) or features or 'live'} features chosen has contexts to explain: "
+            "analyze more tokens"
         )
 
 
