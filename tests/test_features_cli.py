@@ -15,10 +15,10 @@ import torch
 import monosemantic.features.analyze as analyze_mod
 import monosemantic.features.feature_map as feature_map_mod
 from monosemantic.activations import ActivationStore
-from monosemantic.cli import run_harvest, run_train
 from monosemantic.config import HarvestConfig, TrainConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features import db
+from monosemantic.stages.pipeline import run_harvest, run_train
 from tests.test_cli import cli, one_line_error
 
 WINDOW = ["--before", "6", "--after", "3"]

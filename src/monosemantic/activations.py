@@ -12,7 +12,7 @@ shard, so a killed harvest resumes at the next shard.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from monosemantic.config import HarvestConfig, resolve_device
+from monosemantic.config import HarvestConfig, TrainConfig, resolve_device
 from monosemantic.corpus import load_texts, take_sequences
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path, read_json, write_json
@@ -205,6 +205,10 @@ class ActivationStore:
         if self._cached is None or self._cached[0] != group:
             self._cached = (group, torch.cat([self.kept(shards[i]) for i in group]) * self.scale)
         return self._cached[1]
+
+    def batch_source(self, cfg: TrainConfig) -> Callable[[int], Iterator[Tensor]]:
+        """What the trainer reads: step -> the training batches of ``cfg`` from that step on."""
+        return lambda step: self.batches(cfg.batch_size, cfg.seed, cfg.buffer_shards, step)
 
     def batches(
         self, batch_size: int, seed: int, buffer_shards: int, start_step: int = 0

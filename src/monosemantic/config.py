@@ -16,8 +16,10 @@ from monosemantic.errors import UserError
 from monosemantic.fsio import write_text
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, *, flag: str = "", cli: bool = True) -> Any:
+    """A config field: ``help`` is its option's help text; ``flag`` the option's name where it is not
+    ``--`` + the field's name; ``cli=False`` keeps it off the command line (see ``options.py``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
 
 
 @dataclass
@@ -26,8 +28,8 @@ class HarvestConfig:
     layer: int = _f(-1, "residual stream entering this block (hidden_states[L]); -1 = the middle layer")
     corpus: str = _f("default", "text: 'default' (embedded), a file, folder, glob, .jsonl, or hf:NAME")
     seq_len: int = _f(128, "tokens per packed sequence (position 0 is excluded from the store)")
-    n_tokens: int = _f(200_000, "training activations to harvest")
-    n_eval_tokens: int = _f(20_000, "held-out activations to harvest for evaluation")
+    n_tokens: int = _f(200_000, "training activations to harvest", flag="--tokens")
+    n_eval_tokens: int = _f(20_000, "held-out activations to harvest for evaluation", flag="--eval-tokens")
     outlier_ratio: float = _f(
         10.0,
         "mark activations with a norm above this multiple of the shard median as "
@@ -40,6 +42,7 @@ class HarvestConfig:
         False,
         "train straight from the model (no training shards); the store keeps only "
         "held-out activations for evaluation",
+        cli=False,
     )
     window_seqs: int = _f(256, "on the fly: sequences harvested and shuffled together")
     store_dtype: str = _f("float16", "dtype of stored activations: float16, bfloat16 or float32")
@@ -109,7 +112,7 @@ class TrainConfig:
         "Adam learning rate, decaying linearly to 0 over the last 20% of steps; 0 = the "
         "architecture's default (topk 1e-3, the others 3e-3)",
     )
-    batch_size: int = _f(512, "activations per training step")
+    batch_size: int = _f(512, "activations per training step", flag="--train-batch-size")
     epochs: float = _f(1.0, "passes over the stored training activations")
     l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
     lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
@@ -202,13 +205,17 @@ class AnalyzeConfig:
         "'store': the run's stored activations (no model forward); else a corpus spec as for harvest "
         "('default', a file, folder, glob, .jsonl, hf:NAME), run through the model",
     )
-    n_tokens: int = _f(0, "tokens to analyse (0 = the whole store; 200,000 for a corpus through the model)")
+    n_tokens: int = _f(
+        0, "tokens to analyse (0 = the whole store; 200,000 for a corpus through the model)", flag="--tokens"
+    )
     top_k: int = _f(20, "top-activating contexts kept per feature")
     n_samples: int = _f(
-        40, "activating contexts sampled per feature, cut into --quantiles bands of equal count"
+        40,
+        "activating contexts sampled per feature, cut into --quantiles bands of equal count",
+        flag="--samples",
     )
-    n_bands: int = _f(10, "activation quantile bands the sampled contexts are cut into")
-    n_random: int = _f(20, "random contexts kept per feature where it does not fire")
+    n_bands: int = _f(10, "activation quantile bands the sampled contexts are cut into", flag="--quantiles")
+    n_random: int = _f(20, "random contexts kept per feature where it does not fire", flag="--random")
     before: int = _f(24, "context tokens shown before the peak token")
     after: int = _f(7, "context tokens shown after the peak token")
     batch_size: int = _f(32, "sequences per batch")
@@ -223,6 +230,36 @@ class AnalyzeConfig:
             raise UserError("--random, --before, --after and --tokens must not be negative")
 
 
+@dataclass
+class ExplainConfig:
+    sae: str = _f("", "dictionary, e.g. relu-2048 (default: the largest analysed one)")
+    n_features: int = _f(100, "live features to explain, drawn at random (0 = all)", flag="--features")
+    ids: list[int] = _f((), "explain these features instead, e.g. 5116,12416")
+    explainer_url: str = _f(
+        "",
+        "OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) to explain and score with an LLM; "
+        "default: offline contrastive tokens scored with MiniLM embeddings",
+    )
+    llm_model: str = _f("default", "model name sent to --explainer-url")
+    seed: int = _f(0, "seed of the random choice of features")
+
+    def __post_init__(self) -> None:
+        self.ids = [int(i) for i in self.ids]
+        if self.n_features < 0 or min(self.ids, default=0) < 0:
+            raise UserError("--features and --ids must not be negative")
+
+
+@dataclass
+class CatalogConfig:
+    sae: str = _f("", "dictionary, e.g. relu-2048 (default: the largest analysed one)")
+    probes: str = _f("", "probe sets, .jsonl of {set, label 1/0, text} (default: the bundled catalog)")
+    top: int = _f(10, "features kept per probe set")
+
+    def __post_init__(self) -> None:
+        if self.top <= 0:
+            raise UserError("--top must be positive")
+
+
 STAGES: dict[str, type] = {
     "harvest": HarvestConfig,
     "train": TrainConfig,
@@ -230,14 +267,6 @@ STAGES: dict[str, type] = {
     "scaling": ScalingConfig,
     "analyze": AnalyzeConfig,
 }
-
-
-def help_of(cls: type, name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
-
-
-def default_of(cls: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def resolve_device(device: str) -> str:

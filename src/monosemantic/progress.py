@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from rich.progress import (
@@ -84,3 +85,10 @@ class Throughput:
             f"{stage}: {self.count:,} {self.unit} in {self.seconds:.1f} s, "
             f"{self.rate:,.0f} {self.unit}/s, {flops}peak RSS {peak_rss_mb():,.0f} MiB"
         )
+
+
+def status(message: str) -> AbstractContextManager[object]:
+    """A spinner with ``message`` on stderr while a slow step without a known length runs."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)

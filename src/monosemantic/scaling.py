@@ -357,7 +357,7 @@ class Sweep:
         start = time.perf_counter()
         states, meter = train(
             tcfg,
-            lambda step: self.store.batches(tcfg.batch_size, tcfg.seed, tcfg.buffer_shards, step),
+            self.store.batch_source(tcfg),
             run_dir=point_dir,
             d_model=d,
             n_train_tokens=n_train,

@@ -1,0 +1,252 @@
+"""The feature stages over ``RUN/features.sqlite``: analyze, feature cards, search, family,
+explain, catalog."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from monosemantic.config import (
+    AnalyzeConfig,
+    CatalogConfig,
+    ExplainConfig,
+    load_stage,
+    record_stage,
+    resolve_device,
+)
+from monosemantic.errors import UserError
+from monosemantic.stages.common import check_run, load_lm, load_run_dictionary, load_run_lm, pick_sae
+
+
+def run_analyze(run: Path, cfg: AnalyzeConfig, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Analyse the run's dictionaries into features.sqlite (see ``features.analyze``); returns
+    dictionary name -> summary (n_features, n_tokens, dead_fraction, tokens_per_s, seconds,
+    peak_rss_mb)."""
+    from monosemantic.features.analyze import analyze
+
+    check_run(run)
+    harvest = load_stage(run, "harvest")  # before run.toml is touched: no harvest, no analysis
+    record_stage(run, "analyze", cfg, force=True)
+    lm = load_lm(harvest.model, cfg.device, harvest.dtype)
+    return analyze(run, cfg, lm, force=force, device=resolve_device(cfg.device))
+
+
+def feature_card(run: Path, feature: int, sae: str = "", top: int = 8, neighbors: int = 5) -> Any:
+    """One feature's card (a rich renderable): statistics, explanation, histogram, contexts, logit
+    effects and its ``neighbors`` nearest features.
+
+    Raises:
+        UserError: no such run, dictionary or feature.
+    """
+    from monosemantic.features import db
+    from monosemantic.features.card import card
+    from monosemantic.features.neighbors import neighbors_of
+
+    check_run(run)
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, sae)
+        db.feature_row(con, name, feature)
+        near = (
+            {k: v[:neighbors] for k, v in neighbors_of(con, name, feature).items()} if neighbors > 0 else {}
+        )
+        return card(con, name, feature, n_top=top, neighbors=near)
+    finally:
+        con.close()
+
+
+def run_family(run: Path, feature: int, sae: str, arch: str, k: int, min_cosine: float) -> Any:
+    """How ``feature`` of the smallest ``arch`` dictionary (or of ``sae``) splits in the larger
+    ones: a ``features.family.Node`` tree.
+
+    Raises:
+        UserError: fewer than two sizes, unknown dictionary, or feature id out of range.
+    """
+    from monosemantic.activations import ActivationStore
+    from monosemantic.dictionary import load_dictionary
+    from monosemantic.features.family import family_tree
+
+    check_run(run)
+    names = sorted(
+        (p.parent.name for p in (run / "saes").glob(f"{arch}-*/sae.safetensors")),
+        key=lambda n: int(n.split("-")[-1]),
+    )
+    if sae:
+        if sae not in names:
+            raise UserError(f"{run} has no {arch} dictionary {sae!r} (it has: {', '.join(names) or 'none'})")
+        names = names[names.index(sae) :]
+    if len(names) < 2:
+        raise UserError(f"{run} needs two or more {arch} dictionaries of different sizes for a family tree")
+    chain = [(n, load_dictionary(run / "saes" / n)[0]) for n in names]
+    if not 0 <= feature < chain[0][1].n_features:
+        raise UserError(
+            f"{names[0]} has no feature {feature}: ids run from 0 to {chain[0][1].n_features - 1}"
+        )
+    store = ActivationStore(run)
+    sample = torch.cat(list(store.iter_split("eval")))[:20_000]
+    return family_tree(chain, feature, sample, k=k, min_cosine=min_cosine)
+
+
+def snippet(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes], width: int = 60) -> str:
+    """The feature's strongest context, cut around its peak token (in [brackets]), on one line."""
+    from monosemantic.features import db
+
+    top = db.contexts(con, sae, feature, "top", words)[:1]
+    if not top:
+        return ""
+    c = top[0]
+    i = c.peak - c.start
+    left, peak, right = "".join(c.tokens[:i]), c.tokens[i], "".join(c.tokens[i + 1 :])
+    text = f"{left[-(width // 2) :]}[{peak}]{right[: width // 3]}"
+    return text.replace("\n", "⏎")
+
+
+def _corpus_texts(con: sqlite3.Connection, sae: str, harvest_corpus: str) -> Iterator[str]:
+    """The documents of the corpus the analysis read (the harvest's corpus for the store), when
+    they are local: search scans them for more passages than the analysis stored."""
+    from monosemantic.corpus import load_texts
+    from monosemantic.features import db
+
+    row = db.analysis(con, sae)
+    spec = json.loads(row["config"])["corpus"] if row is not None else "store"
+    spec = harvest_corpus if spec.startswith("store") else spec
+    return iter(()) if spec.startswith("hf:") else load_texts(spec)
+
+
+class SearchResult(NamedTuple):
+    sae: str
+    hits: list[Any]
+    """``features.search.Hit`` per feature, best first"""
+    snippets: list[str]
+    """each hit's strongest context"""
+    n_corpus: int
+    """corpus passages containing the query that were used beside the query itself"""
+    explained: list[tuple[int, str]]
+    """(feature, explanation) whose explanation matches the query"""
+
+
+def run_search(run: Path, query: str, sae: str = "", top: int = 10, matches: int = 32) -> SearchResult:
+    """Features that fire strongly and specifically on ``query`` (see ``features.search``).
+
+    Raises:
+        UserError: empty query, no such run or analysed dictionary.
+    """
+    from monosemantic.features import db
+    from monosemantic.features.search import fts_phrase, search
+
+    check_run(run)
+    if not query.strip():
+        raise UserError("the search query is empty: give some text, e.g. 'SQL injection'")
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, sae)
+        d = load_run_dictionary(run, name)
+        lm = load_run_lm(run)
+        texts = _corpus_texts(con, name, load_stage(run, "harvest").corpus)
+        hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=top, texts=texts)
+        words = db.vocab(con)
+        return SearchResult(
+            name,
+            hits,
+            [snippet(con, name, h.feature, words) for h in hits],
+            sum(o.source != "query" for o in occs),
+            db.search_explanations(con, name, fts_phrase(query), top),
+        )
+    finally:
+        con.close()
+
+
+class ExplainResult(NamedTuple):
+    sae: str
+    results: list[Any]
+    """``features.explain.Explanation`` per scored feature (empty: none had held-out contexts)"""
+
+
+def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
+    """Explain and score the chosen features (see ``features.explain_run``); the explanations go
+    into the database."""
+    from monosemantic.features import db
+    from monosemantic.features.explain_run import choose_features, explain_features
+    from monosemantic.features.scorers import ChatClient, Embedder
+
+    check_run(run)
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, cfg.sae)
+        chosen = choose_features(con, name, cfg.n_features, cfg.ids, cfg.seed)
+        client = ChatClient(cfg.explainer_url, cfg.llm_model) if cfg.explainer_url else None
+        embedder = None if client is not None else Embedder()
+        return ExplainResult(name, explain_features(con, name, chosen, embedder=embedder, client=client))
+    finally:
+        con.close()
+
+
+class CatalogRow(NamedTuple):
+    probe_set: str
+    feature: int
+    score: float
+    auc: float
+    label: str
+    """its explanation, or its strongest context"""
+
+
+class CatalogResult(NamedTuple):
+    sae: str
+    rows: list[CatalogRow]
+    """the best 3 features of each probe set, sets in the catalog's order"""
+
+
+def _ranked(entries: list) -> list[tuple[int, Any]]:
+    """(rank within its probe set, entry); entries come best first within each set."""
+    seen: dict[str, int] = {}
+    out = []
+    for e in entries:
+        out.append((seen.get(e.probe_set, 0), e))
+        seen[e.probe_set] = seen.get(e.probe_set, 0) + 1
+    return out
+
+
+def run_catalog(run: Path, cfg: CatalogConfig) -> CatalogResult:
+    """Rank the features most specific to each labelled probe set into the database's ``catalog``.
+
+    Raises:
+        UserError: no such run or analysed dictionary, or a malformed probe file.
+    """
+    from monosemantic.features import db
+    from monosemantic.features.catalog import DEFAULT_PROBES, build_catalog, load_probes
+
+    check_run(run)
+    sets = load_probes(Path(cfg.probes) if cfg.probes else DEFAULT_PROBES)
+    con = db.open_db(run)
+    try:
+        name = pick_sae(con, run, cfg.sae)
+        d = load_run_dictionary(run, name)
+        lm = load_run_lm(run)
+        max_act = torch.as_tensor(db.feature_stats(con, name)["max_act"], dtype=torch.float32)
+        entries = build_catalog(lm, d.layer, d.sae, sets, max_act, cfg.top)
+        with db.transaction(con):
+            con.execute("DELETE FROM catalog WHERE sae = ?", (name,))
+            con.executemany(
+                "INSERT INTO catalog VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.probe_set, name, e.feature, rank, e.score, e.auc) for rank, e in _ranked(entries)],
+            )
+        words = db.vocab(con)
+        rows = [
+            CatalogRow(
+                s.name,
+                e.feature,
+                e.score,
+                e.auc,
+                db.feature_row(con, name, e.feature)["explanation"] or snippet(con, name, e.feature, words),
+            )
+            for s in sets
+            for e in [e for e in entries if e.probe_set == s.name][:3]
+        ]
+        return CatalogResult(name, rows)
+    finally:
+        con.close()

@@ -1,0 +1,205 @@
+"""What the command line shows: the status console (stderr) and the summary tables (stdout) of
+each stage's results. The stages return data; only the CLI calls these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)  # one line per message, also in logs
+
+
+def say(message: str) -> None:
+    """A one-line message on stderr, without rich's number highlighting."""
+    console.print(message, highlight=False)
+
+
+def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = (), **kwargs: Any) -> Table:
+    table = Table(title=title, **kwargs)
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    return table
+
+
+def harvest_done(out: Path, manifest: dict[str, Any]) -> None:
+    h = manifest["harvest"]
+    console.print(
+        f"harvest: {manifest['n_tokens']:,} activations at layer {manifest['layer']} "
+        f"in {out / 'activations'}; "
+        f"{h['tokens_per_s']:,.0f} tokens/s, peak RSS {h['peak_rss_mb']:,.0f} MiB"
+    )
+    for split in manifest.get("exhausted", []):
+        console.print(f"[yellow]note: the corpus ran out of {split} text before the requested --tokens")
+
+
+def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None:
+    """The metrics table (stdout), then the throughput line or that nothing needed measuring."""
+    table = _table(
+        "dictionaries (held-out activations)",
+        ("dictionary", "features", "L0", "var. explained", "dead %", "dense %", "loss recovered"),
+    )
+    for name, m in sorted(metrics.items(), key=lambda kv: kv[1]["n_features"]):
+        rec = m.get("loss_recovered")
+        table.add_row(
+            name,
+            f"{m['n_features']:,}",
+            f"{m['l0']:.1f}",
+            f"{m['variance_explained']:.3f}",
+            f"{100 * m['dead_fraction']:.1f}",
+            f"{100 * m['dense_fraction']:.1f}",
+            "n/a" if rec is None else f"{rec:.3f}",
+        )
+    Console().print(table)
+    if len(reused) == len(metrics):
+        console.print("evaluate: every dictionary's metrics.json is up to date (--force measures again)")
+        return
+    m = next(v for k, v in metrics.items() if k not in reused)["evaluate"]
+    console.print(
+        f"evaluate: {m['tokens_per_s']:,.0f} tokens/s (activations x dictionaries), "
+        f"{m['seconds']:.0f} s, peak RSS {m['peak_rss_mb']:,.0f} MiB"
+        + (f"; up to date, kept: {', '.join(reused)}" if reused else "")
+    )
+
+
+def scaling_point(row: dict[str, Any], trained: bool) -> None:
+    how = f"{row['seconds']:.0f} s" if trained else "finished earlier or by another rank"
+    say(
+        f"level {row['level']}: C {row['flops']:.2g} FLOPs  n {row['n_features']:>6,}  "
+        f"lr {row['lr']:.2g}  {row['steps']:>5} steps  loss {row['loss']:.4g}  ({how})"
+    )
+
+
+def scaling_fits(fits: dict[str, Any]) -> None:
+    table = _table(
+        "loss-optimal settings per compute level", ("compute (FLOPs)", "N_opt", "steps", "LR_opt", "loss")
+    )
+    for o in fits["levels"]:
+        edge = "" if o["n_fitted"] else " (edge)"
+        table.add_row(
+            f"{o['flops']:.3g}",
+            f"{o['n_opt']:,.0f}{edge}",
+            f"{o['steps_opt']:,.0f}",
+            f"{o['lr_opt']:.2g}",
+            f"{o['loss_opt']:.4g}",
+        )
+    console.print(table)
+    laws = _table("power laws y = A · C^a", ("quantity", "a", "95% CI", "R²"))
+    for name, law in fits["laws"].items():
+        lo, hi = law["ci"]
+        laws.add_row(name, f"{law['exponent']:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{law['r2']:.3f}")
+    console.print(laws)
+
+
+def recommendation(rec: dict[str, Any], fits: dict[str, Any], flops: float) -> None:
+    table = _table(f"recommended for C = {flops:.3g} training FLOPs", ("setting", "value"), left=("setting",))
+    table.add_row("dictionary size", f"{rec['n_features']:,.0f} features")
+    table.add_row("training steps", f"{rec['steps']:,.0f} (batch {fits['batch_size']})")
+    table.add_row("training tokens", f"{rec['steps'] * fits['batch_size']:,.0f}")
+    table.add_row("learning rate", f"{rec['lr']:.3g}")
+    table.add_row("expected loss", f"{rec['loss']:.4g}")
+    console.print(table)
+    lo, hi = fits["flops_range"]
+    if rec["extrapolation"] > 10:
+        console.print(
+            f"[yellow]warning:[/] {flops:.3g} FLOPs is {rec['extrapolation']:,.0f}x outside the measured "
+            f"range {lo:.3g}–{hi:.3g}: the prediction is an extrapolation; rerun the sweep with --budget "
+            "to measure closer",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"extrapolation factor {rec['extrapolation']:.2g}x (measured range {lo:.3g}–{hi:.3g} FLOPs)"
+        )
+
+
+def analyze_done(run: Path, summaries: dict[str, dict[str, Any]]) -> None:
+    table = _table(
+        f"features in {run / 'features.sqlite'}",
+        ("dictionary", "features", "tokens", "dead %", "tokens/s", "seconds", "peak RSS MiB"),
+    )
+    for name, s in summaries.items():
+        table.add_row(
+            name,
+            f"{s['n_features']:,}",
+            f"{s['n_tokens']:,}",
+            f"{100 * s['dead_fraction']:.1f}",
+            f"{s['tokens_per_s']:,.0f}",
+            f"{s['seconds']:.0f}",
+            f"{s['peak_rss_mb']:,.0f}",
+        )
+    Console().print(table)
+
+
+def show(renderable: Any) -> None:
+    """A card or tree on stdout, without number highlighting."""
+    Console(highlight=False).print(renderable)
+
+
+def family(tree: Any) -> None:
+    """A ``features.family.Node`` tree as an indented rich tree."""
+    from rich.tree import Tree
+
+    def add(branch: Tree, node: Any) -> None:
+        for c in node.children:
+            label = f"{c.sae} #{c.feature}  cos {c.cosine:.2f}  P(fires | parent) {c.coactivation:.2f}"
+            add(branch.add(label), c)
+
+    root = Tree(f"{tree.sae} #{tree.feature}")
+    add(root, tree)
+    show(root)
+
+
+def search_results(query: str, result: Any) -> None:
+    """A ``stages.features.SearchResult`` as a table, then the matching explanations."""
+    table = _table(
+        f"{result.sae}: features for {query!r} (the query text + {result.n_corpus} corpus passages)",
+        ("feature", "score", "strength", "hit", "lift", "freq %", "top ctx", "strongest context"),
+        left=("strongest context",),
+        caption="score = strength x log2(lift); strength: activation on the query span / the "
+        "feature's max; hit: share of occurrences it fires on; top ctx: share of its top contexts "
+        "containing the query",
+    )
+    for h, snip in zip(result.hits, result.snippets, strict=True):
+        table.add_row(
+            str(h.feature),
+            f"{h.score:.2f}",
+            f"{h.strength:.2f}",
+            f"{h.hit_rate:.2f}",
+            f"{h.lift:,.0f}",
+            f"{100 * h.freq:.3f}",
+            f"{h.context_precision:.2f}",
+            snip,
+        )
+    Console(highlight=False, width=max(Console().width, 160)).print(table)
+    if result.explained:
+        show("explanations mentioning it: " + "; ".join(f"#{j} {text}" for j, text in result.explained))
+
+
+def explanations(name: str, results: list[Any]) -> None:
+    aucs = np.array([r.auc for r in results])
+    baccs = np.array([r.balanced_accuracy for r in results])
+    table = _table(
+        f"{name}: {len(results)} explanations, detection AUC mean {np.nanmean(aucs):.3f} "
+        f"(median {np.nanmedian(aucs):.3f}), balanced accuracy mean {np.nanmean(baccs):.3f}",
+        ("feature", "AUC", "bal. acc.", "explanation"),
+        left=("explanation",),
+    )
+    for r in sorted(results, key=lambda r: -r.auc)[:15]:
+        table.add_row(str(r.feature), f"{r.auc:.2f}", f"{r.balanced_accuracy:.2f}", r.explanation)
+    show(table)
+
+
+def catalog(result: Any) -> None:
+    """A ``stages.features.CatalogResult``: the best features of each probe set."""
+    table = _table(
+        f"{result.sae}: features most specific to each probe set",
+        ("probe set", "feature", "score", "AUC", "explanation / strongest context"),
+        left=("probe set", "explanation / strongest context"),
+    )
+    for r in result.rows:
+        table.add_row(r.probe_set, str(r.feature), f"{r.score:.3f}", f"{r.auc:.2f}", r.label)
+    Console(highlight=False, width=max(Console().width, 140)).print(table)
