@@ -22,7 +22,7 @@ from monosemantic.config import (
 )
 from monosemantic.errors import UserError
 from monosemantic.options import FORCE, OUT, RUN, ConfigOptions, config_options, parse_list
-from monosemantic.stages.common import load_lm
+from monosemantic.stages.common import load_lm, store_d_model
 from monosemantic.stages.pipeline import run_evaluate, run_harvest, run_report, run_train
 from monosemantic.stages.scaling import run_recommend, run_scaling
 from monosemantic.terminal import console
@@ -98,9 +98,7 @@ def train_cmd(
     `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel, or with
     --feature-parallel each rank holds a slice of every dictionary's features."""
     if model is None:
-        from monosemantic.activations import ActivationStore
-
-        sizes = sizes_of(cfg["sizes"], ActivationStore(out).d_model)
+        sizes = sizes_of(cfg["sizes"], store_d_model(out))
         result = run_train(cfg.build(sizes=sizes), out, force)
     else:
         stream_cfg = stream.build(on_the_fly=True)

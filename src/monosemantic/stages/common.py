@@ -92,3 +92,14 @@ def pick_sae(con: sqlite3.Connection, run: Path, sae: str) -> str:
         for name in done
     }
     return max(done, key=lambda name: (sizes[name], name))
+
+
+def store_d_model(run: Path) -> int:
+    """The width of the run's stored activations (for sizes given as multiples of d_model).
+
+    Raises:
+        UserError: the run has no activation store.
+    """
+    from monosemantic.activations import ActivationStore
+
+    return ActivationStore(run).d_model
