@@ -90,7 +90,8 @@ def test_residual_to_logits_is_the_models_own_path(family: str) -> None:
     lm = tiny_lm(family)
     assert output_path_mismatch(lm) is None
     resid = 3 * torch.randn(2, 5, D)
-    torch.testing.assert_close(residual_to_logits(lm, resid), injected_logits(lm, resid), rtol=1e-4, atol=1e-4)
+    expected = injected_logits(lm, resid)
+    torch.testing.assert_close(residual_to_logits(lm, resid), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -230,10 +230,15 @@ def run_evaluate(
 
 def _summary(results: dict[str, dict[str, Any]]) -> None:
     table = Table(title="dictionaries (held-out activations)")
-    for col in ("dictionary", "features", "L0", "var. explained", "dead %", "dense %", "loss recovered"):
+    cols = ("dictionary", "features", "L0", "var. explained", "dead %", "dense %", "CE spliced",
+            "loss recovered", "KL nats/token")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right")
+    notes: dict[str, list[str]] = {}  # why loss recovered is n/a -> the dictionaries concerned
     for name, m in sorted(results.items(), key=lambda kv: kv[1]["n_features"]):
-        rec = m.get("loss_recovered")
+        rec, kl, ce = m.get("loss_recovered"), m.get("kl_spliced"), m.get("loss_spliced")
+        if m.get("loss_recovered_na"):
+            notes.setdefault(m["loss_recovered_na"], []).append(name)
         table.add_row(
             name,
             f"{m['n_features']:,}",
@@ -241,9 +246,21 @@ def _summary(results: dict[str, dict[str, Any]]) -> None:
             f"{m['variance_explained']:.3f}",
             f"{100 * m['dead_fraction']:.1f}",
             f"{100 * m['dense_fraction']:.1f}",
+            "n/a" if ce is None else f"{ce:.3f}",
             "n/a" if rec is None else f"{rec:.3f}",
+            "n/a" if kl is None else f"{kl:.4f}",
         )
+    first = next(iter(results.values()), {})
+    caption = f"dead = never fired on {first.get('n_density_tokens', 0):,} tokens"
+    if first.get("loss_clean") is not None:
+        caption += (
+            f"; next-token CE in nats/token: clean {first['loss_clean']:.3f}, zero-ablated "
+            f"{first['loss_zero']:.3f}; KL(clean ‖ spliced) in nats per token"
+        )
+    table.caption = caption
     Console().print(table)
+    for why, names in notes.items():
+        Console().print(f"loss recovered n/a for {', '.join(names)}: {why}")
 
 
 def run_report(out: Path) -> Path:

@@ -20,6 +20,7 @@ reported instead of giving silently wrong logit effects. Steering and logit effe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,10 +69,11 @@ def output_path(lm: LoadedModel) -> OutputPath:
     head = lm.model.get_output_embeddings() if lm.is_causal else None  # type: ignore[operator]
     if not isinstance(head, nn.Module):
         raise UserError(f"{lm.name} has no unembedding: logits need a causal language model")
-    config = lm.model.config
+    config: Any = lm.model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     cap = getattr(text, "final_logit_softcapping", None)
-    scale = float(getattr(text, "logit_scale", None) or 1.0) / float(getattr(text, "logits_scaling", None) or 1.0)
+    scale = float(getattr(text, "logit_scale", None) or 1.0)  # Cohere multiplies the logits
+    scale /= float(getattr(text, "logits_scaling", None) or 1.0)  # Granite divides them
     return OutputPath(
         norm=_outside_blocks(lm, _FINAL_NORMS) or nn.Identity(),
         projection=_outside_blocks(lm, _PROJECTIONS) or nn.Identity(),
@@ -102,7 +104,8 @@ def output_path_mismatch(lm: LoadedModel, n_tokens: int = 8) -> str | None:
     def hook(_m: nn.Module, _args: tuple, out: Tensor | tuple) -> None:
         captured.append(out[0] if isinstance(out, tuple) else out)
 
-    vocab = int(getattr(path.head, "out_features", 0) or lm.model.config.vocab_size)
+    config: Any = lm.model.config
+    vocab = int(getattr(path.head, "out_features", 0) or config.vocab_size)
     ids = (torch.arange(n_tokens) * 7919 % max(vocab, 1)).unsqueeze(0).to(lm.device)
     handle = lm.blocks[-1].register_forward_hook(hook)
     try:
