@@ -129,7 +129,7 @@ def _dead_title(saes: list[SaeRun]) -> tuple[str, dict[str, str]]:
     if len(known) == 1 and None not in windows.values():
         return f"dead fraction: no firing in the last {known.pop():,} training tokens", {}
     suffix = {k: f", window {w:,} tokens" for k, w in windows.items() if w is not None}
-    return "dead fraction: no firing within the training window (tokens in the legend)", suffix
+    return "dead fraction: no firing in the window (legend)", suffix
 
 
 def plot_training(saes: list[SaeRun], path: Path) -> str | None:
