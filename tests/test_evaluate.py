@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from monosemantic.cli import main
 from monosemantic.evaluate import MIN_ABLATION_GAP, loss_recovered, spliced_losses
-from monosemantic.models import LoadedModel, find_blocks
+from monosemantic.models import LoadedModel, edit_residual, find_blocks
 from monosemantic.report import build_report
 from monosemantic.sae import ForwardOutput
 from tests.conftest import tiny_model, tiny_tokenizer
@@ -41,8 +41,11 @@ class _Identity(torch.nn.Module):
 
 
 class _Noisy(torch.nn.Module):
+    """A reconstruction with fixed noise (the same for the same input shape)."""
+
     def forward(self, x: torch.Tensor) -> ForwardOutput:
-        return ForwardOutput(x, x, x + 0.5 * x.std() * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        return ForwardOutput(x, x, x + 0.5 * x.std() * noise)
 
 
 def test_kl_divergence_of_the_spliced_model() -> None:
@@ -56,7 +59,6 @@ def test_kl_divergence_of_the_spliced_model() -> None:
     # KL(P_clean ‖ P_noisy) per token, computed directly
     with torch.no_grad():
         clean = torch.log_softmax(model(input_ids=seqs).logits[:, 1:-1], -1)
-        from monosemantic.models import edit_residual
 
         def noisy(h: torch.Tensor) -> torch.Tensor:
             rest = _Noisy()(h[:, 1:]).recon
@@ -70,7 +72,7 @@ def test_kl_divergence_of_the_spliced_model() -> None:
     assert out["noisy"]["kl_spliced"] == pytest.approx(torch.cat(kls).mean().item(), rel=1e-4)
 
 
-def test_tiny_qwen2_reports_loss_recovered_as_na(capsys, monkeypatch, tiny_corpus: Path, tmp_path: Path) -> None:
+def test_tiny_qwen2_reports_loss_recovered_as_na(capsys, monkeypatch, tiny_corpus, tmp_path: Path) -> None:
     """Issue 18, case 1: layer 3 of a random 4-layer Qwen2 barely matters, so zero-ablation is not
     clearly worse than clean: n/a with the reason in metrics.json, the table and the report; the
     raw CE values and the KL divergence are kept."""
@@ -86,7 +88,8 @@ def test_tiny_qwen2_reports_loss_recovered_as_na(capsys, monkeypatch, tiny_corpu
     args = harvest_args(model_dir, tiny_corpus, out)
     args[args.index("--layer") + 1] = "3"
     assert cli(capsys, monkeypatch, *args)[0] == 0
-    assert cli(capsys, monkeypatch, "train", "--out", out, "--sizes", "64", "--train-batch-size", "256")[0] == 0
+    train = ["train", "--out", out, "--sizes", "64", "--train-batch-size", "256"]
+    assert cli(capsys, monkeypatch, *train)[0] == 0
     monkeypatch.setenv("COLUMNS", "250")  # one line per row and per note
     monkeypatch.setattr(sys, "argv", ["monosemantic", "evaluate", str(out), "--loss-sequences", "16"])
     main()

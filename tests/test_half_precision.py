@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,9 @@ from tests.test_cli import cli, harvest_args
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_pipeline_in_half_precision(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path, dtype) -> None:
+def test_pipeline_in_half_precision(
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path, dtype
+) -> None:
     """Issue 18, case 3: `harvest --dtype bfloat16`, train, analyze died in the logit effects
     ("expected m1 and m2 to have the same dtype")."""
     out = tmp_path / "run"
@@ -26,6 +27,8 @@ def test_pipeline_in_half_precision(capsys, monkeypatch, tiny_llama_dir, tiny_co
     assert code == 0, err
     train = ["--sizes", "64", "--train-batch-size", "256", "--epochs", "2"]
     assert cli(capsys, monkeypatch, "train", "--out", out, *train)[0] == 0
+    log = [json.loads(line) for line in (out / "saes" / "relu-64" / "log.jsonl").read_text().splitlines()]
+    assert all(r["dead_window"] > 0 for r in log if "dead_fraction" in r)  # what the report labels
     code, err = cli(capsys, monkeypatch, "evaluate", out, "--loss-sequences", "8")
     assert code == 0, err
     m = json.loads((out / "saes" / "relu-64" / "metrics.json").read_text())
