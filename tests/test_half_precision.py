@@ -45,6 +45,11 @@ def test_pipeline_in_half_precision(
     assert code == 0, err  # the model-forward path: captures in the half dtype
     code, err = cli(capsys, monkeypatch, "search", out, "paris", "--sae", "relu-64")
     assert code == 0, err
+    probes = tmp_path / "probes.jsonl"
+    rows = [(1, "the code of paris is"), (1, "paris was"), (0, "the a of"), (0, "select sql where")]
+    probes.write_text("\n".join(json.dumps({"set": "paris", "label": y, "text": t}) for y, t in rows))
+    code, err = cli(capsys, monkeypatch, "catalog", out, "--sae", "relu-64", "--probes", probes)
+    assert code == 0, err
 
     # the same dictionary on the float32 model: logit effects and splice agree to the half precision
     half, full = load_model(str(tiny_llama_dir), dtype=dtype), load_model(str(tiny_llama_dir))

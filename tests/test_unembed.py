@@ -144,3 +144,33 @@ def test_an_encoder_has_no_logits() -> None:
     with pytest.raises(UserError, match="no unembedding"):
         direct_logit_effects(lm, torch.randn(2, D))
     assert output_path_mismatch(lm) is not None
+
+
+def test_analyze_a_tiny_opt_with_a_projected_unembedding(capsys, monkeypatch, tiny_corpus, tmp_path) -> None:
+    """Issue 18, case 7: OPT with word_embed_proj_dim 32 != hidden 64 (as opt-350m) failed in
+    analyze's logit effects with a shape error; now its stored effects are the model's own."""
+    import json
+    import sqlite3
+
+    from monosemantic.dictionary import load_dictionary
+    from monosemantic.models import load_model
+    from tests.test_cli import cli, harvest_args
+
+    model_dir = tmp_path / "opt"
+    cfg, cls = _config("opt")
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "run"
+    assert cli(capsys, monkeypatch, *harvest_args(model_dir, tiny_corpus, out))[0] == 0
+    train = ["train", "--out", out, "--sizes", "16", "--train-batch-size", "256"]
+    assert cli(capsys, monkeypatch, *train)[0] == 0
+    code, err = cli(capsys, monkeypatch, "analyze", out, "--before", "6", "--after", "3")
+    assert code == 0, err
+    con = sqlite3.connect(out / "features.sqlite")
+    stored = [json.loads(p) for (p,) in con.execute("SELECT promoted FROM features ORDER BY id")]
+    con.close()
+    sae, _ = load_dictionary(out / "saes" / "relu-16")
+    effects = direct_logit_effects(load_model(str(model_dir)), sae.W_dec.T.detach())
+    for row, eff in zip(stored, effects, strict=True):
+        assert [round(v, 4) for _, v in row] == [round(v, 4) for v in eff.topk(10).values.tolist()]
