@@ -145,3 +145,46 @@ def test_html_special_characters_are_escaped(tmp_path: Path) -> None:
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "&lt;b&gt;run&amp;&quot;&#x27;" in page
     assert "&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_two_dead_fractions_are_labelled(tmp_path: Path) -> None:
+    """Issue 18, case 11: the training curve ended at "dead fraction 0.747" (a 998-token window)
+    beside the table's 67.6% (never fired on the evaluation tokens), neither explained."""
+    from monosemantic.report import _dead_title, load_saes, training_dead_window
+
+    run_dir = tmp_path / "run"
+    _write_manifest(run_dir)
+    for i, size in enumerate(SIZES):
+        _write_sae(run_dir, f"sae-{i}", *size)
+    metrics = run_dir / "saes" / "sae-0" / "metrics.json"
+    write_json(metrics, {**json.loads(metrics.read_text()), "n_density_tokens": 1_000_000})
+    saes = load_saes(run_dir)
+    # logged before the window was: rebuilt from cfg.json as train.dead_window does (5% of the run)
+    assert [training_dead_window(s) for s in saes] == [409_600] * 3
+    assert _dead_title(saes) == ("dead fraction: no firing in the last 409,600 training tokens", {})
+    log = run_dir / "saes" / "sae-2" / "log.jsonl"
+    rows = [{**json.loads(line), "dead_window": 998} for line in log.read_text().splitlines()]
+    write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
+    title, suffix = _dead_title(load_saes(run_dir))
+    assert "window (legend)" in title and suffix["sae-2"] == ", window 998 tokens"
+    page = build_report(run_dir).read_text(encoding="utf-8")
+    assert "dead (evaluation)" in page and "never fired on 1,000,000 tokens of the store" in page
+    assert "short window of recent training tokens" in page
+
+
+def test_loss_recovered_na_and_kl_in_the_table(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _write_manifest(run_dir)
+    _write_sae(run_dir, "small", *SIZES[0])
+    path = run_dir / "saes" / "small" / "metrics.json"
+    why = "zero-ablation is not clearly worse than clean: CE_zero − CE_clean = -0.0130 nats < 0.0500"
+    m = {**json.loads(path.read_text()), "loss_clean": 10.825, "loss_spliced": 10.827, "loss_zero": 10.812,
+         "loss_recovered": None, "loss_recovered_na": why, "kl_spliced": 0.01234}  # fmt: skip
+    write_json(path, m)
+    page = build_report(run_dir).read_text(encoding="utf-8")
+    row = page[page.index("<td>small</td>") :].split("</tr>")[0]
+    assert "10.825" in row and "10.827" in row and "10.812" in row and "0.0123" in row
+    escaped = why.replace("<", "&lt;")
+    assert f'title="{escaped}">n/a</td>' in row and "116" not in row
+    assert f"Loss recovered n/a: {escaped}" in page and "Undefined for this run" in page
+    assert "loss_recovered.png" not in page

@@ -20,12 +20,15 @@ from monosemantic.config import EvalConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.errors import UserError
 from monosemantic.fsio import file_digest, fingerprint, read_json, write_json
-from monosemantic.models import LoadedModel, edit_residual, next_token_loss
+from monosemantic.models import LoadedModel, edit_residual
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.sae import SparseAutoencoder
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens is "dense"
 DEAD_MIN_TOKENS = 1_000_000
+METRICS_VERSION = 2
+"""Part of each metrics.json's key: a metrics.json written before a metric was added (version 2:
+KL divergence, loss recovered n/a when undefined) is measured again rather than kept."""
 
 
 @torch.no_grad()
@@ -122,6 +125,33 @@ def eval_sequences(store: ActivationStore, n: int) -> Tensor:
     return torch.cat(seqs)[:n]
 
 
+MIN_ABLATION_GAP = 0.05
+"""Nats per token by which zero-ablation must raise the loss over clean for loss recovered to be
+reported (see ``loss_recovered``)."""
+
+
+def loss_recovered(clean: float, spliced: float, zero: float, gap_se: float) -> tuple[float | None, str]:
+    """(CE_zero − CE_spliced) / (CE_zero − CE_clean), or None and the reason when zero-ablation is
+    not clearly worse than clean: when CE_zero − CE_clean is below ``MIN_ABLATION_GAP`` nats or
+    below twice its standard error over sequences (``gap_se``). The ratio divides by that gap, so
+    a gap near 0 (a layer the model barely uses, e.g. in a random or tiny model) makes it noise of
+    any sign and size: a Qwen2 with clean 10.825, zero 10.812, spliced 10.827 gave "1.165"."""
+    gap = zero - clean
+    need = max(MIN_ABLATION_GAP, 2 * gap_se)
+    if not gap >= need:  # also when NaN
+        return None, (
+            "zero-ablation is not clearly worse than clean: CE_zero − CE_clean = "
+            f"{gap:.4f} nats < {need:.4f} (max of {MIN_ABLATION_GAP} and 2 standard errors over sequences)"
+        )
+    return (zero - spliced) / gap, ""
+
+
+def _log_probs(lm: LoadedModel, ids: Tensor) -> Tensor:
+    """(B, T) -> (B, T-2, vocab) float32 next-token log-probabilities at positions 1..T-2 (those
+    ``next_token_loss`` scores: position 0 is never edited)."""
+    return torch.log_softmax(lm.model(input_ids=ids, use_cache=False).logits[:, 1:-1].float(), -1)
+
+
 @torch.no_grad()
 def spliced_losses(
     lm: LoadedModel,
@@ -130,21 +160,15 @@ def spliced_losses(
     seqs: Tensor,
     outlier_ratio: float,
     batch_size: int = 8,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Next-token loss with the residual entering block ``layer`` left alone (clean), zeroed
     (zero-ablation) and replaced by each dictionary's reconstruction, at positions ≥ 1 that are
-    not outliers (the positions the store trains on; the others keep their clean value)."""
-
-    def run(edit: Any) -> float:
-        losses = []
-        for i in range(0, len(seqs), batch_size):
-            chunk = seqs[i : i + batch_size]
-            if edit is None:
-                losses.append(next_token_loss(lm, chunk).item())
-            else:
-                with edit_residual(lm, layer, edit):
-                    losses.append(next_token_loss(lm, chunk).item())
-        return sum(losses) / len(losses)
+    not outliers (the positions the store trains on; the others keep their clean value); and the
+    KL divergence KL(P_clean ‖ P_edited) of the next-token distributions, in nats, averaged over
+    the same predictions (as SAELens's ``kl_div_with_sae``). The dictionary computes in float32
+    whatever the model's dtype; its output is cast back by ``edit_residual``."""
+    if not lm.is_causal:
+        raise UserError(f"{lm.name} is not a causal language model: next-token loss is undefined")
 
     def keep_first(fn: Any) -> Any:
         def edit(h: Tensor) -> Tensor:
@@ -154,16 +178,37 @@ def spliced_losses(
 
         return edit
 
-    clean = run(None)
-    zero = run(keep_first(torch.zeros_like))
-    out = {}
-    for name, sae in saes.items():
-        spliced = run(keep_first(lambda h, sae=sae: sae(h).recon))
+    edits = {"zero": keep_first(torch.zeros_like)}
+    edits |= {name: keep_first(lambda h, sae=sae: sae(h).recon) for name, sae in saes.items()}
+    ce: dict[str, list[Tensor]] = {k: [] for k in ("clean", *edits)}  # per sequence, (B,)
+    kl: dict[str, list[Tensor]] = {k: [] for k in edits}
+    for i in range(0, len(seqs), batch_size):
+        ids = seqs[i : i + batch_size].to(lm.device)
+        targets = ids[:, 2:].unsqueeze(-1)
+        clean = _log_probs(lm, ids)
+        ce["clean"].append(-clean.gather(-1, targets).squeeze(-1).mean(1).cpu())
+        for key, edit in edits.items():
+            with edit_residual(lm, layer, edit):
+                lp = _log_probs(lm, ids)
+            ce[key].append(-lp.gather(-1, targets).squeeze(-1).mean(1).cpu())
+            kl[key].append((clean.exp() * (clean - lp)).sum(-1).mean(1).cpu())
+    per_seq = {k: torch.cat(v).double() for k, v in ce.items()}
+    gap = per_seq["zero"] - per_seq["clean"]
+    gap_se = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
+    mean = {k: v.mean().item() for k, v in per_seq.items()}
+    kl_mean = {k: torch.cat(v).double().mean().item() for k, v in kl.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for name in saes:
+        recovered, why = loss_recovered(mean["clean"], mean[name], mean["zero"], gap_se)
         out[name] = {
-            "loss_clean": clean,
-            "loss_spliced": spliced,
-            "loss_zero": zero,
-            "loss_recovered": (zero - spliced) / (zero - clean),
+            "loss_clean": mean["clean"],
+            "loss_spliced": mean[name],
+            "loss_zero": mean["zero"],
+            "loss_zero_gap_se": gap_se,
+            "loss_recovered": recovered,
+            **({"loss_recovered_na": why} if recovered is None else {}),
+            "kl_spliced": kl_mean[name],
+            "kl_zero": kl_mean["zero"],
         }
     return out
 
@@ -185,7 +230,11 @@ def evaluate(
     settings = {k: v for k, v in asdict(cfg).items() if k != "device"}
     keys = {
         d.name: fingerprint(
-            file_digest(d / "sae.safetensors"), settings, store.manifest["shards"], lm is not None
+            file_digest(d / "sae.safetensors"),
+            settings,
+            store.manifest["shards"],
+            lm is not None,
+            METRICS_VERSION,
         )
         for d in sae_dirs
     }

@@ -51,6 +51,11 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights and activations (``--dtype``: float32, bfloat16...)."""
+        return next(self.model.parameters()).dtype
+
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
             raise UserError(
@@ -173,6 +178,13 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "
     )
 
 
+def to_model(lm: LoadedModel, t: Tensor) -> Tensor:
+    """``t`` on the model's device and in its dtype: where a dictionary's float32 tensors (decoder
+    directions, a reconstruction, a steering vector) meet a float16/bfloat16 model's weights or
+    activations. The way back is ``.float()``: dictionaries compute in float32."""
+    return t.to(device=lm.device, dtype=lm.dtype)
+
+
 class _StopForward(Exception):
     """Raised inside a hook to end the forward pass once the wanted layer is captured."""
 
@@ -190,10 +202,13 @@ def _hidden(args: tuple, kwargs: dict) -> Tensor:
 @contextlib.contextmanager
 def edit_residual(lm: LoadedModel, layer: int, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """While active, the residual stream entering block ``layer`` is replaced by ``fn(resid)``,
-    with ``resid`` of shape (B, T, d). Used to splice a reconstruction or to steer."""
+    with ``resid`` of shape (B, T, d) in the model's dtype. Used to splice a reconstruction or to
+    steer. ``fn`` may return float32 (a dictionary's output): it is cast back to the residual's
+    dtype and device, so the same ``fn`` works on float32, float16 and bfloat16 models."""
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return _replace_hidden(args, kwargs, fn(_hidden(args, kwargs)))
+        h = _hidden(args, kwargs)
+        return _replace_hidden(args, kwargs, fn(h).to(device=h.device, dtype=h.dtype))
 
     handle = lm.blocks[lm.check_layer(layer)].register_forward_pre_hook(hook, with_kwargs=True)
     try:

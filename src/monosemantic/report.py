@@ -107,6 +107,31 @@ def _save(fig: Figure, path: Path) -> str:
     return path.name
 
 
+def training_dead_window(s: SaeRun) -> int | None:
+    """Tokens without firing after which the training log counts a feature as dead: logged with
+    each row, else rebuilt from cfg.json as ``train.dead_window`` does (runs logged before)."""
+    logged = [int(r["dead_window"]) for r in s.log if isinstance(r.get("dead_window"), int)]
+    if logged:
+        return logged[-1]
+    cfg = s.cfg
+    if isinstance(cfg.get("dead_window"), int) and cfg["dead_window"] > 0:
+        return int(cfg["dead_window"])
+    if isinstance(cfg.get("n_steps"), int) and isinstance(cfg.get("batch_size"), int):
+        return max(cfg["batch_size"], min(10_000_000, cfg["n_steps"] * cfg["batch_size"] // 20))
+    return None
+
+
+def _dead_title(saes: list[SaeRun]) -> tuple[str, dict[str, str]]:
+    """The dead-fraction panel's title, and per dictionary a legend suffix when windows differ:
+    the curve counts features silent for a short window, not the evaluation's dead fraction."""
+    windows = {s.name: training_dead_window(s) for s in saes if s.log}
+    known = {w for w in windows.values() if w is not None}
+    if len(known) == 1 and None not in windows.values():
+        return f"dead fraction: no firing in the last {known.pop():,} training tokens", {}
+    suffix = {k: f", window {w:,} tokens" for k, w in windows.items() if w is not None}
+    return "dead fraction: no firing in the window (legend)", suffix
+
+
 def plot_training(saes: list[SaeRun], path: Path) -> str | None:
     """Loss, L0, variance explained (and dead fraction when logged) vs step, a line per size."""
     if not any(s.log for s in saes):
@@ -119,6 +144,7 @@ def plot_training(saes: list[SaeRun], path: Path) -> str | None:
     ]
     if not any("dead_fraction" in row for s in saes for row in s.log):
         panels.pop()
+    dead_title, dead_suffix = _dead_title(saes)
     bounds = {"l0": (L0_BOUND, f"{L0_BOUND:.0f}"), "variance_explained": (VE_BOUND, f"{VE_BOUND:.0%}")}
     fig = Figure(figsize=(11, 3.6 * math.ceil(len(panels) / 2)))
     for j, (key, title, yscale) in enumerate(panels):
@@ -126,14 +152,15 @@ def plot_training(saes: list[SaeRun], path: Path) -> str | None:
         for i, s in enumerate(saes):
             pts = [(r["step"], r[key]) for r in s.log if _num(r, key) is not None and "step" in r]
             if pts:
-                ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=s.label, lw=1.4)
+                label = s.label + (dead_suffix.get(s.name, "") if key == "dead_fraction" else "")
+                ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=label, lw=1.4)
         positive = all(y > 0 for s in saes for r in s.log if (y := _num(r, key)) is not None)
         if yscale == "log" and positive:
             ax.set_yscale("log")
             _plain_log_ticks(ax.yaxis)
         if key in bounds:
             ax.axhline(bounds[key][0], color="grey", ls="--", lw=1, label=f"paper bound {bounds[key][1]}")
-        ax.set(title=title, xlabel="step")
+        ax.set(title=dead_title if key == "dead_fraction" else title, xlabel="step")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -222,10 +249,30 @@ def _cell(value: float | None, fmt: str, ok: bool | None = None) -> str:
     return f'<td class="ok">{text} ✓</td>' if ok else f'<td class="miss">{text} ✗</td>'
 
 
+def _na_cell(why: str) -> str:
+    """A metric that is undefined for this run, with the reason on hover."""
+    return f'<td class="na" title="{html.escape(why)}">n/a</td>'
+
+
+def metrics_notes(saes: list[SaeRun]) -> str:
+    """What the metrics table's dead fraction, KL and any n/a loss recovered mean, in one note."""
+    tokens = {int(s.metrics["n_density_tokens"]) for s in saes if s.metrics.get("n_density_tokens")}
+    counts = " / ".join(f"{t:,}" for t in sorted(tokens))
+    dead = f"never fired on {counts} tokens of the store" if tokens else "never fired"
+    parts = [
+        f"Dead (evaluation): the fraction of features that {dead} (the training curve's dead fraction "
+        "uses a shorter window: see its title). KL: KL(P_clean ‖ P_spliced) of the next-token "
+        "distributions, in nats, averaged over tokens."
+    ]
+    reasons = {s.metrics["loss_recovered_na"] for s in saes if s.metrics.get("loss_recovered_na")}
+    parts += [f"Loss recovered n/a: {html.escape(r)}; the raw CE values are shown." for r in sorted(reasons)]
+    return f'<p class="note">{" ".join(parts)}</p>'
+
+
 def _metrics_table(saes: list[SaeRun]) -> str:
     """One row per dictionary, bound-checked cells marked ✓ (meets) or ✗ (misses)."""
-    heads = ["SAE", "features", "L0", "variance explained", "MSE", "dead", "dead bound", "dense",
-             "CE clean", "CE spliced", "CE zero-ablated", "loss recovered"]  # fmt: skip
+    heads = ["SAE", "features", "L0", "variance explained", "MSE", "dead (evaluation)", "dead bound", "dense",
+             "CE clean", "CE spliced", "CE zero-ablated", "loss recovered", "KL (nats/token)"]  # fmt: skip
     rows = []
     for s in saes:
         m = s.metrics
@@ -243,7 +290,10 @@ def _metrics_table(saes: list[SaeRun]) -> str:
             _cell(bound, "≤ {:.0%}"),
             _cell(_num(m, "dense_fraction"), "{:.2%}"),
             *(_cell(_num(m, k), "{:.3f}") for k in ("loss_clean", "loss_spliced", "loss_zero")),
-            _cell(_num(m, "loss_recovered"), "{:.1%}"),
+            _na_cell(m["loss_recovered_na"])
+            if m.get("loss_recovered_na")
+            else _cell(_num(m, "loss_recovered"), "{:.1%}"),
+            _cell(_num(m, "kl_spliced"), "{:.4f}"),
         ]
         rows.append(f"<tr>{lead}{''.join(cells)}</tr>")
     head = "".join(f"<th>{h}</th>" for h in heads)
@@ -330,16 +380,29 @@ def build_report(run_dir: str | Path) -> Path:
             "✓ meets the bound, ✗ misses it.</p>"
         )
         parts.append(_metrics_table(saes))
+        parts.append(metrics_notes(saes))
         figures: list[tuple[str, str, Callable[[list[SaeRun], Path], str | None]]] = [
             ("Training curves", "training.png", plot_training),
             ("Feature density", "density.png", plot_density),
             ("Sparsity vs reconstruction", "l0_vs_variance.png", plot_l0_ve),
             ("Loss recovered", "loss_recovered.png", plot_loss_recovered),
         ]
+        captions = {
+            "training.png": '<p class="note">The dead fraction here counts the features that did not '
+            "fire in a short window of recent training tokens (see its title); the table's counts "
+            "those that never fired on the evaluation tokens.</p>"
+        }
+        missing = '<p class="note">Not available yet (the stage that produces it has not run).</p>'
+        if any(s.metrics.get("loss_recovered_na") for s in saes):
+            missing_loss = '<p class="note">Undefined for this run: see the note under the table.</p>'
+        else:
+            missing_loss = missing
         for title, file, plot in figures:
             png = plot(saes, out_dir / file)
-            missing = '<p class="note">Not available yet (the stage that produces it has not run).</p>'
-            body = f'<img src="{html.escape(png)}" alt="{html.escape(title)}">' if png else missing
+            if png:
+                body = f'<img src="{html.escape(png)}" alt="{html.escape(title)}">' + captions.get(file, "")
+            else:
+                body = missing_loss if file == "loss_recovered.png" else missing
             parts.append(f"<h2>{html.escape(title)}</h2>{body}")
     from monosemantic.features.report import features_section
 

@@ -37,13 +37,18 @@ def harvest_done(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None:
-    """The metrics table (stdout), then the throughput line or that nothing needed measuring."""
+    """The metrics table (stdout) with why loss recovered is n/a where it is, then the throughput
+    line or that nothing needed measuring."""
     table = _table(
         "dictionaries (held-out activations)",
-        ("dictionary", "features", "L0", "var. explained", "dead %", "dense %", "loss recovered"),
-    )
+        ("dictionary", "features", "L0", "var. explained", "dead %", "dense %", "CE spliced",
+         "loss recovered", "KL nats/token"),
+    )  # fmt: skip
+    notes: dict[str, list[str]] = {}  # why loss recovered is n/a -> the dictionaries concerned
     for name, m in sorted(metrics.items(), key=lambda kv: kv[1]["n_features"]):
-        rec = m.get("loss_recovered")
+        rec, kl, ce = m.get("loss_recovered"), m.get("kl_spliced"), m.get("loss_spliced")
+        if m.get("loss_recovered_na"):
+            notes.setdefault(m["loss_recovered_na"], []).append(name)
         table.add_row(
             name,
             f"{m['n_features']:,}",
@@ -51,9 +56,21 @@ def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None
             f"{m['variance_explained']:.3f}",
             f"{100 * m['dead_fraction']:.1f}",
             f"{100 * m['dense_fraction']:.1f}",
+            "n/a" if ce is None else f"{ce:.3f}",
             "n/a" if rec is None else f"{rec:.3f}",
+            "n/a" if kl is None else f"{kl:.4f}",
         )
+    first = next(iter(metrics.values()), {})
+    caption = f"dead = never fired on {first.get('n_density_tokens', 0):,} tokens"
+    if first.get("loss_clean") is not None:
+        caption += (
+            f"; next-token CE in nats/token: clean {first['loss_clean']:.3f}, zero-ablated "
+            f"{first['loss_zero']:.3f}; KL(clean ‖ spliced) in nats per token"
+        )
+    table.caption = caption
     Console().print(table)
+    for why, names in notes.items():
+        Console().print(f"loss recovered n/a for {', '.join(names)}: {why}")
     if len(reused) == len(metrics):
         console.print("evaluate: every dictionary's metrics.json is up to date (--force measures again)")
         return

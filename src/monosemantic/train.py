@@ -347,6 +347,7 @@ def train(
                             "step": st.step,
                             "tokens": st.step * cfg.batch_size,
                             **stats,
+                            "dead_window": dead_window(cfg, total),  # what dead_fraction counts over
                             "tokens_per_s": round(meter.rate, 1),
                         },
                     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -37,6 +38,9 @@ from monosemantic.fsio import file_digest, fingerprint
 from monosemantic.models import LoadedModel
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.sae import SparseAutoencoder
+from monosemantic.unembed import output_path_mismatch
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_TOKENS = 200_000
 # settings that change what an analysis records; the others (batching aside) may change on resume
@@ -251,7 +255,11 @@ def _finish(
     res: Results = job.collector.finalize()
     promoted: list[Any] = [None] * job.sae.n_features
     suppressed: list[Any] = [None] * job.sae.n_features
-    if lm.is_causal:
+    # a family whose output path we cannot reproduce gets no logit effects rather than wrong ones
+    problem = output_path_mismatch(lm) if lm.is_causal else "not a causal language model"
+    if problem is not None and lm.is_causal:
+        log.warning("%s: logit effects skipped: %s", job.name, problem)
+    if problem is None:
         effects = top_logit_effects(lm, job.sae.W_dec.T.detach().cpu())
         name = lambda t: decode_tokens([words[t]])[0]  # noqa: E731
         promoted = [json.dumps([[name(t), round(v, 4)] for t, v in p]) for p in effects.promoted]
@@ -261,6 +269,7 @@ def _finish(
         "n_features": job.sae.n_features,
         "dead_fraction": float((res.n_fired == 0).float().mean()),
         "n_sequences": job.done,
+        **({"logit_effects_skipped": problem} if problem is not None else {}),
     }
     with db.transaction(con):
         db.delete_results(con, job.name)

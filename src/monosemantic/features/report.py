@@ -190,7 +190,8 @@ def _section(con: sqlite3.Connection, run_dir: Path, out_dir: Path) -> str:
             f"<td>{st['tokens_per_s']:,.0f}</td><td>{n_expl}</td><td>{auc_text}</td></tr>"
         )
     parts.append(
-        "<table><tr><th>dictionary</th><th>features</th><th>tokens analysed</th><th>dead</th>"
+        "<table><tr><th>dictionary</th><th>features</th><th>tokens analysed</th>"
+        "<th>dead (no firing in the tokens analysed)</th>"
         "<th>tokens/s</th>"
         f"<th>explained</th><th>mean detection AUC</th></tr>{''.join(rows)}</table>"
     )
