@@ -50,12 +50,15 @@ def read_dictionary(path: Path, fmt: str = "auto") -> Foreign:
         UserError: an unknown format, or anything the format's reader refuses.
     """
     if fmt == "auto":
-        fmt, path = detect_format(path)
+        found, folder = detect_format(path)
+        return READERS[found].read(folder)
     if fmt not in READERS:
         raise UserError(f"unknown --format {fmt!r}: choose auto, {', '.join(READERS)}")
     if not path.is_dir():
         raise UserError(f"{path} is not a folder: give the folder that holds the dictionary's files")
-    return READERS[fmt].read(path)
+    subs = [sub for sub in sorted(path.iterdir()) if sub.is_dir() and READERS[fmt].detect(sub)]
+    # forced: the folder itself, or its one subfolder of that format; the reader names what is missing
+    return READERS[fmt].read(subs[0] if len(subs) == 1 and not READERS[fmt].detect(path) else path)
 
 
 __all__ = ["EXPORT_FORMATS", "READERS", "ExportMeta", "Foreign", "detect_format", "read_dictionary"]

@@ -34,6 +34,7 @@ from monosemantic.interop.hooks import layer_of_hook, module_hook
 from monosemantic.sae import BatchTopKSAE, JumpReLUSAE, ReluSAE, SparseAutoencoder, TopKSAE
 
 CFG, WEIGHTS = "config.json", "ae.pt"
+CLASSES = ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder")
 
 
 def detect(path: Path) -> bool:
@@ -70,6 +71,10 @@ def read(path: Path) -> Foreign:
     """
     trainer = (read_json(path / CFG) or {}).get("trainer") or {}
     cls = trainer.get("dict_class", "")
+    if cls not in CLASSES:
+        raise UserError(
+            f"{path}: dictionary_learning class {cls!r} has no equivalent here (we read {', '.join(CLASSES)})"
+        )
     state = _load_state(path / WEIGHTS)
     where = path / WEIGHTS
     sae: SparseAutoencoder
@@ -91,7 +96,7 @@ def read(path: Path) -> Foreign:
             with torch.no_grad():
                 sae.threshold.copy_(state.get("threshold", torch.tensor(-1.0)).float())
         fill(sae, W_enc, b_enc, W_dec, b_dec, centre=True)
-    elif cls == "JumpReluAutoEncoder":
+    else:  # JumpReluAutoEncoder
         W_enc, b_enc, W_dec, b_dec, theta = need(
             state, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), where
         )
@@ -100,11 +105,6 @@ def read(path: Path) -> Foreign:
         with torch.no_grad():
             sae.log_threshold.copy_(thresholds_to_log(theta))
         fill(sae, W_enc.T, b_enc, W_dec.T, b_dec, centre=False)
-    else:
-        raise UserError(
-            f"{path}: dictionary_learning class {cls!r} has no equivalent here (we read AutoEncoder, "
-            "AutoEncoderNew, AutoEncoderTopK, BatchTopKSAE, JumpReluAutoEncoder)"
-        )
     check_shape(sae.W_dec, (sae.d_model, sae.n_features), "the decoder", where)
     dim = trainer.get("activation_dim")
     if dim is not None and int(dim) != sae.d_model:
