@@ -16,7 +16,9 @@ from monosemantic.config import (
     CatalogConfig,
     EvalConfig,
     ExplainConfig,
+    ExportConfig,
     HarvestConfig,
+    ImportConfig,
     ScalingConfig,
     TrainConfig,
 )
@@ -187,6 +189,35 @@ def demo_cmd(
         else:
             console.print("[yellow]note: no feature has held-out contexts to explain: harvest more --tokens")
     console.print(f"report: {run_report(out)}")
+
+
+@app.command("import")
+@config_options(HarvestConfig, "harvest", skip=("model", "layer"))
+@config_options(ImportConfig)
+def import_cmd(
+    cfg: ConfigOptions[ImportConfig],
+    harvest: ConfigOptions[HarvestConfig],
+    path: Path = typer.Argument(..., help="folder of a SAELens, sparsify or dictionary_learning dictionary"),
+    out: Path = OUT,
+    force: bool = FORCE,
+) -> None:
+    """Import another library's dictionary into a run (and harvest the run's activations at its
+    layer), so that evaluate, analyze, search, steer and report work on it."""
+    from monosemantic.stages.interop import run_import
+
+    result = run_import(path, out, cfg.build(), harvest.build(), force)
+    terminal.harvest_done(out, result.manifest)
+    terminal.import_done(out, result)
+
+
+@app.command("export")
+@config_options(ExportConfig)
+def export_cmd(cfg: ConfigOptions[ExportConfig], run: Path = RUN) -> None:
+    """Write a dictionary of the run in another library's format (saelens, sparsify,
+    dictionary_learning) or its analysed features for Neuronpedia."""
+    from monosemantic.stages.interop import run_export
+
+    terminal.export_done(run_export(run, cfg.build()))
 
 
 # The feature commands (analyze, feature, search, ...) are declared beside their stages' docs.

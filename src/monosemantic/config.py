@@ -260,6 +260,38 @@ class CatalogConfig:
             raise UserError("--top must be positive")
 
 
+@dataclass
+class ImportConfig:
+    format: str = _f(
+        "auto", "source format: auto (detected from the files), saelens, sparsify, dictionary_learning"
+    )
+    model: str = _f(
+        "", "model the dictionary reads (a folder, .gguf or hub id); default: the one the source names"
+    )
+    layer: int = _f(-1, "our layer (hidden_states[L]); -1 = mapped from the source's hook name")
+    name: str = _f("", "name of the dictionary in the run (saes/NAME); default: <arch>-<n_features>")
+
+    def __post_init__(self) -> None:
+        formats = ("auto", "saelens", "sparsify", "dictionary_learning")
+        if self.format not in formats:
+            raise UserError(f"unknown --format {self.format!r}: choose one of {', '.join(formats)}")
+        if self.name and ("/" in self.name or self.name.startswith(".")):
+            raise UserError(f"--name {self.name!r} must be a plain folder name, e.g. saelens-2048")
+
+
+@dataclass
+class ExportConfig:
+    format: str = _f("saelens", "target: saelens, sparsify, dictionary_learning, neuronpedia")
+    sae: str = _f("", "dictionary to export, e.g. topk-2048 (default: the run's only or largest one)")
+    dest: str = _f("", "output folder; default: RUN/export/<format>/<sae>", flag="--to")
+    vectors: bool = _f(False, "neuronpedia: include each feature's decoder direction")
+
+    def __post_init__(self) -> None:
+        formats = ("saelens", "sparsify", "dictionary_learning", "neuronpedia")
+        if self.format not in formats:
+            raise UserError(f"unknown --format {self.format!r}: choose one of {', '.join(formats)}")
+
+
 STAGES: dict[str, type] = {
     "harvest": HarvestConfig,
     "train": TrainConfig,

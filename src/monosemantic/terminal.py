@@ -220,3 +220,18 @@ def catalog(result: Any) -> None:
     for r in result.rows:
         table.add_row(r.probe_set, str(r.feature), f"{r.score:.3f}", f"{r.auc:.2f}", r.label)
     Console(highlight=False, width=max(Console().width, 140)).print(table)
+
+
+def import_done(out: Path, result: Any) -> None:
+    """One line per fact of an ``ImportResult``: what was read, where it went, what comes next."""
+    say(
+        f"import: {result.format} {result.arch} dictionary of {result.n_features:,} features "
+        f"(hook {result.hook or 'n/a'} -> layer {result.layer} of {result.model}) "
+        f"as {out / 'saes' / result.name}"
+    )
+    say(f"next: monosemantic evaluate {out} ; monosemantic analyze {out} --sae {result.name}")
+
+
+def export_done(result: Any) -> None:
+    """The files an ``ExportResult`` wrote."""
+    say(f"export: {result.sae} as {result.format} in {result.dest} ({len(result.files)} files)")
