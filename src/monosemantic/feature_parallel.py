@@ -12,13 +12,14 @@ do not compose yet). Each rank computes its own pre-activations and features (B,
 
     x̂ = Σ_r W_dec,r f_r + b_dec
 
-through one all-reduce of the (B, d) partial reconstructions. Feature-additive sparsity terms (relu's
-decoder-norm-weighted L1, jumprelu's L0) are summed the same way, so every rank ends up with the
-same, global loss. TopK and BatchTopK need a global top-k: each rank all-gathers its local top-k
-values per row, (B, k·N) in all (for BatchTopK one row of k·B values per rank), and keeps its entries
-at or above the global k-th value; AuxK does the same over the dead latents of all ranks (a second
-gather and all-reduce, on steps where some latent is dead). Gradient clipping uses the global norm,
-and the logged statistics are reduced over ranks: a few scalar all-reduces per step.
+through one all-reduce of the (B, d) partial reconstructions. Feature-additive loss terms (relu's
+decoder-norm-weighted L1, jumprelu's L0 and pre-activation loss) are summed the same way, so every
+rank ends up with the same, global loss. TopK and BatchTopK need a global top-k: each rank
+all-gathers its local top-k values per row, (B, k·N) in all (for BatchTopK one row of k·B values per
+rank), and keeps its entries at or above the global k-th value; AuxK does the same over the dead
+latents of all ranks (a second gather and all-reduce, on steps where some latent is dead). Gradient
+clipping uses the global norm, and the logged statistics are reduced over ranks: a few scalar
+all-reduces per step.
 
 The architectures' own modules do the math: each rank holds a ``SparseAutoencoder`` of its n/N
 features whose ``collectives`` are ``RankCollectives``, so that what crosses features (the

@@ -63,7 +63,9 @@ class SparseAutoencoder(nn.Module):
     """The dimension along which each parameter and buffer runs over features, None where one
     value is shared by all features: feature-parallel training splits the former, copies the latter."""
     collectives: Collectives = LOCAL
-    """What crosses features: local for a whole dictionary, over ranks for a slice of one."""
+    """What crosses features: local for a whole dictionary, over ranks for a slice of one
+    (feature-parallel training sets it). An architecture does every sum, count, minimum or top-k
+    over features through it, so that its own forward and loss also train a slice."""
 
     def __init__(self, d_model: int, n_features: int) -> None:
         super().__init__()
