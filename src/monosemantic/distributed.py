@@ -155,7 +155,11 @@ class Layout(Protocol):
         ...
 
     def load(
-        self, sae: dict[str, Tensor], opt_state: dict[str, Any], since_fired: Tensor, opt: Any
+        self,
+        sae: dict[str, Tensor],
+        opt_state: dict[str, Any],
+        since_fired: Tensor,
+        opt: torch.optim.Optimizer,
     ) -> Tensor:
         """Take what this process holds of a whole dictionary's checkpoint into ``sae`` and ``opt``;
         returns its firing records."""
@@ -201,7 +205,11 @@ class Whole:
         return self.sae.state_dict(), opt.state_dict(), since_fired
 
     def load(
-        self, sae: dict[str, Tensor], opt_state: dict[str, Any], since_fired: Tensor, opt: Any
+        self,
+        sae: dict[str, Tensor],
+        opt_state: dict[str, Any],
+        since_fired: Tensor,
+        opt: torch.optim.Optimizer,
     ) -> Tensor:
         self.sae.load_state_dict(sae)
         opt.load_state_dict(opt_state)

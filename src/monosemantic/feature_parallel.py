@@ -233,7 +233,11 @@ class FeatureShard:
         return None if sae is None or since is None else (sae, opt_state, since)
 
     def load(
-        self, sae: dict[str, Tensor], opt_state: dict[str, Any], since_fired: Tensor, opt: Any
+        self,
+        sae: dict[str, Tensor],
+        opt_state: dict[str, Any],
+        since_fired: Tensor,
+        opt: torch.optim.Optimizer,
     ) -> Tensor:
         """Take this rank's slice of a whole dictionary's checkpoint; returns its firing records."""
         self.sae.load_state_dict(self.slice_state(sae))

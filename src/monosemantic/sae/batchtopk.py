@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput
-from monosemantic.sae.topk import Active, TopKSAE
+from monosemantic.sae.sparse import Active
+from monosemantic.sae.topk import TopKSAE
 
 
 class BatchTopKSAE(TopKSAE):
