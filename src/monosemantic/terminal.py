@@ -203,3 +203,10 @@ def catalog(result: Any) -> None:
     for r in result.rows:
         table.add_row(r.probe_set, str(r.feature), f"{r.score:.3f}", f"{r.auc:.2f}", r.label)
     Console(highlight=False, width=max(Console().width, 140)).print(table)
+
+
+def serving(n_runs: int, plan: Any) -> None:
+    """A ``stages.serve.ServePlan``: where the browser is, with a warning when others can reach it."""
+    if plan.warning:
+        console.print(f"[bold yellow]warning:[/] {plan.warning}", soft_wrap=True)
+    console.print(f"serving {n_runs} run(s) at {plan.url} (Ctrl-C stops)", soft_wrap=True, highlight=False)
