@@ -194,7 +194,9 @@ def serve_cmd(
     runs: list[Path] = typer.Argument(..., help="run directories to serve"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
     host: str = typer.Option(
-        "127.0.0.1", "--host", help="interface to listen on (other than loopback: needs --token, or makes one)"
+        "127.0.0.1",
+        "--host",
+        help="interface to listen on (other than loopback: needs --token, or makes one)",
     ),
     token: str = typer.Option("", "--token", help="every route needs this token (?token=, cookie or Bearer)"),
     open_browser: bool = typer.Option(False, "--open", help="open the browser on the first page"),

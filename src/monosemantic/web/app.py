@@ -113,7 +113,37 @@ def create_app(served: Served, token: str = "") -> FastAPI:
 
     if token:
         _install_token(app, token)
+    _list_served_names(app, served)
     return app
+
+
+def _list_served_names(app: FastAPI, served: Served) -> None:
+    """The schema names the served runs and their analysed dictionaries as the only values of the
+    ``run`` and ``sae`` path parameters (so that a client, or a fuzzer, knows what exists)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            saes: set[str] = set()
+            for r in served.runs.values():
+                if r.has_db:
+                    with r.connect() as con:
+                        saes |= set(r.saes(con))
+            values = {"run": sorted(served.runs), "sae": sorted(saes)}
+            for item in schema.get("paths", {}).values():
+                for op in item.values():
+                    for param in op.get("parameters", []):
+                        if (
+                            param.get("in") == "path"
+                            and param.get("name") in values
+                            and values[param["name"]]
+                        ):
+                            param["schema"]["enum"] = values[param["name"]]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def html_page(request: Request, template: str, **context: Any) -> HTMLResponse:
