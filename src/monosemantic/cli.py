@@ -196,7 +196,7 @@ def serve_cmd(
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
-        help="interface to listen on (other than loopback: needs --token, or makes one)",
+        help="interface to listen on (beyond loopback: needs --token, or makes one)",
     ),
     token: str = typer.Option("", "--token", help="every route needs this token (?token=, cookie or Bearer)"),
     open_browser: bool = typer.Option(False, "--open", help="open the browser on the first page"),
