@@ -21,9 +21,8 @@ EXAMPLES = 250
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path):
-    return create_app(
-        Served([make_analysed_run(tmp_path_factory.mktemp("web") / "tiny", tiny_llama_dir, tiny_corpus)])
-    )
+    run = make_analysed_run(tmp_path_factory.mktemp("web") / "tiny", tiny_llama_dir, tiny_corpus)
+    return create_app(Served([run]))
 
 
 def test_generated_requests_never_get_a_server_error(app) -> None:
@@ -43,7 +42,7 @@ def test_generated_requests_never_get_a_server_error(app) -> None:
         )  # fmt: skip
         def check(case: schemathesis.Case) -> None:
             response = case.call(timeout=60)
-            seen.append((op.label, response.status_code))
+            seen.append((case.operation.label, response.status_code))
             assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
 
         check()

@@ -134,12 +134,9 @@ def _list_served_names(app: FastAPI, served: Served) -> None:
             for item in schema.get("paths", {}).values():
                 for op in item.values():
                     for param in op.get("parameters", []):
-                        if (
-                            param.get("in") == "path"
-                            and param.get("name") in values
-                            and values[param["name"]]
-                        ):
-                            param["schema"]["enum"] = values[param["name"]]
+                        name = param.get("name")
+                        if param.get("in") == "path" and values.get(name):
+                            param["schema"]["enum"] = values[name]
             app.openapi_schema = schema
         return app.openapi_schema
 
