@@ -32,6 +32,7 @@ class ServedRun:
     path: Path
     _cache: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     @property
     def has_db(self) -> bool:
@@ -55,8 +56,11 @@ class ServedRun:
             con.close()
 
     def cached(self, key: str, make: Callable[[], T]) -> T:
-        """``make()`` once per run and key (vocabulary, histogram edges, dictionary sizes)."""
+        """``make()`` once per run and key (vocabulary, histogram edges, dictionary sizes, map);
+        one lock per key, so that a slow one (a map's UMAP) holds up no other."""
         with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
             if key not in self._cache:
                 self._cache[key] = make()
             return self._cache[key]

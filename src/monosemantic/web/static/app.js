@@ -100,6 +100,7 @@ async function featureMap() {
   };
   select.addEventListener("change", draw);
   draw();
+  canvas.dataset.ready = "1";
   const at = (e) => {
     const b = canvas.getBoundingClientRect();
     const px = (e.clientX - b.left) * W / b.width, py = (e.clientY - b.top) * H / b.height;
