@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from monosemantic.errors import UserError
+from monosemantic.web.render import context_html
 from monosemantic.web.state import NotFound, Served
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ CSP = (
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["log1p"] = math.log1p
+templates.env.globals["context_html"] = context_html
 
 
 def _wants_json(request: Request) -> bool:
