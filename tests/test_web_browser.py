@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from monosemantic.web.app import create_app
+from monosemantic.web.live import live_server
 from monosemantic.web.state import Served
-from tests.web_run import EXPLAINED, SCRIPT, live_server, make_analysed_run
+from tests.web_run import EXPLAINED, SCRIPT, make_analysed_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(

@@ -15,7 +15,7 @@ import pytest
 
 from monosemantic.errors import UserError
 from monosemantic.stages.serve import serve_plan
-from tests.web_run import free_port
+from monosemantic.web.live import free_port
 
 
 def test_serve_command_serves_a_run_until_interrupted(tmp_path: Path) -> None:
