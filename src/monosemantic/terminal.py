@@ -68,7 +68,7 @@ def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None
             f"{first['loss_zero']:.3f}; KL(clean ‖ spliced) in nats per token"
         )
     table.caption = caption
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)  # nine columns: names stay whole
     for why, names in notes.items():
         Console().print(f"loss recovered n/a for {', '.join(names)}: {why}")
     if len(reused) == len(metrics):
