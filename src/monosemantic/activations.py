@@ -26,14 +26,33 @@ from monosemantic.config import HarvestConfig, resolve_device
 from monosemantic.corpus import load_texts, take_sequences
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path, read_json, write_json
-from monosemantic.models import LoadedModel, capture_residual, load_model
+from monosemantic.models import (
+    LoadedModel,
+    ModelInfo,
+    capture_residual,
+    check_seq_len,
+    load_model,
+    model_info,
+)
 from monosemantic.progress import Throughput, progress_bar
 
 MANIFEST = "manifest.json"
 
 
 def resolve_layer(lm: LoadedModel, layer: int) -> int:
-    return lm.check_layer(lm.n_layers // 2 if layer < 0 else layer)
+    """The block --layer names: -1 is the middle one; other negative values are refused."""
+    return lm.check_layer(lm.n_layers // 2 if layer == -1 else layer)
+
+
+def check_inputs(cfg: HarvestConfig) -> ModelInfo:
+    """What can be checked about a harvest (or on-the-fly training) before anything is written:
+    the model exists and its config fits --layer and --seq-len, the corpus exists. Raises
+    ``UserError``; reads the model's config only, not its weights."""
+    info = model_info(cfg.model)
+    info.check_layer(cfg.layer)
+    check_seq_len(info.name, info.max_positions, cfg.seq_len)
+    load_texts(cfg.corpus)
+    return info
 
 
 def normalization_scale(acts: Tensor) -> float:
@@ -62,6 +81,7 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
     store = run_dir / "activations"
     lm = lm or load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)
     layer = resolve_layer(lm, cfg.layer)
+    lm.check_seq_len(cfg.seq_len)
     manifest: dict[str, Any] = (
         read_json(store / MANIFEST)
         if (store / MANIFEST).is_file()

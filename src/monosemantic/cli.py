@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,6 +26,7 @@ from monosemantic.config import (
     record_stage,
     resolve_device,
 )
+from monosemantic.bounds import check_float
 from monosemantic.errors import UserError
 
 app = typer.Typer(
@@ -94,16 +95,22 @@ def _clear_for_force(out: Path, force: bool) -> None:
         (out / "run.toml").unlink(missing_ok=True)
 
 
+def _harvested(out: Path) -> bool:
+    """Whether a harvest wrote a shard: until then its run.toml entry binds nothing."""
+    return (out / "activations" / "manifest.json").is_file()
+
+
 def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> Any:
-    from monosemantic.activations import harvest
+    from monosemantic.activations import check_inputs, harvest
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError(
             "harvest runs in one process (ranks would write the same shards): run it without "
             "torchrun, or train on the fly under torchrun with `train --model ...`"
         )
+    check_inputs(cfg)  # before anything is written: a failed start must not need --force
     _clear_for_force(out, force)
-    record_stage(out, "harvest", cfg, force=force)
+    record_stage(out, "harvest", cfg, force=force or not _harvested(out))
     lm = _load_lm(cfg.model, cfg.device, cfg.dtype)
     manifest = harvest(cfg, out, lm)
     h = manifest["harvest"]
@@ -122,7 +129,7 @@ def run_train(
 ) -> list[Path]:
     """Train from the run's activation store, or on the fly from the model when ``stream`` is given
     (under torchrun, data- or feature-parallel either way)."""
-    from monosemantic.activations import ActivationStore, harvest
+    from monosemantic.activations import ActivationStore, check_inputs, harvest
     from monosemantic.dictionary import sae_name
     from monosemantic.distributed import init_from_env, local_device
     from monosemantic.train import train
@@ -131,17 +138,20 @@ def run_train(
     dist = init_from_env(device)
     main = dist is None or dist.is_main
     dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
+    if stream is not None:
+        check_inputs(stream)
     if stream is not None and lm is None:
         lm = _load_lm(stream.model, device, stream.dtype)
     if main:
         if stream is not None:  # the held-out store: evaluation data and the normalisation scale
             _clear_for_force(out, force)
-            record_stage(out, "harvest", stream, force=force)
+            record_stage(out, "harvest", stream, force=force or not _harvested(out))
             harvest(stream, out, lm)
         if force:
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
-        record_stage(out, f"train.{cfg.arch}", cfg, force=force)
+        started = any((d / "state.pt").is_file() or (d / "sae.safetensors").is_file() for d in dirs)
+        record_stage(out, f"train.{cfg.arch}", cfg, force=force or not started)
     if dist is not None:
         dist.barrier()  # the other ranks read the store and checkpoints only once rank 0 has set them up
     store = ActivationStore(out)
@@ -364,8 +374,9 @@ def train_cmd(
             on_the_fly=True,
             device=device,
         )
-        lm = _load_lm(model, device)
-        d_model = lm.d_model
+        from monosemantic.models import model_info
+
+        d_model = model_info(model).d_model  # the config alone: options are checked before loading
         epochs = 1.0  # the stream never repeats a window; --tokens sets the budget
     cfg = TrainConfig(
         arch=arch,
@@ -498,6 +509,7 @@ def scaling_cmd(
     store, fit power laws for the optimal size, steps and learning rate, and plot them (resumes a
     killed sweep; under torchrun the points are shared among the ranks). With --recommend --flops F,
     print what the fits predict for a budget of F FLOPs."""
+    check_float("--flops", flops, 0.0)
     if recommend:
         _recommend(run, flops)
         return
@@ -576,6 +588,7 @@ def demo_cmd(
 ) -> None:
     """Every stage on the embedded default: harvest, train three sizes, evaluate, analyze the
     features, report. (`harvest`, `train` and `analyze` take more settings.)"""
+    TrainConfig(epochs=epochs, l1_coeff=l1_coeff)  # checks them before the harvest
     eval_tokens = max(2_000, min(default_of(HarvestConfig, "n_eval_tokens"), tokens // 10))
     hcfg = HarvestConfig(
         model=model, layer=layer, corpus=corpus, n_tokens=tokens, n_eval_tokens=eval_tokens, device=device
@@ -600,25 +613,41 @@ from monosemantic.features.cli import register as _register_feature_commands  # 
 _register_feature_commands(app)
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C inside a command, carried past click: click versions differ in what they make of a
+    KeyboardInterrupt (exit 130, or "Aborted!" and exit 1); this one is ours to report."""
+
+
+def _interruptible(callback: Any) -> Any:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            raise _Interrupted from e
+
+    return run
+
+
 def main() -> None:
     _setup_logging()
+    group = typer.main.get_command(app)
+    for command in getattr(group, "commands", {}).values():
+        if command.callback is not None:
+            command.callback = _interruptible(command.callback)
     try:
-        # Without standalone mode typer re-raises our errors; a Ctrl-C comes back as exit code 130.
-        code = app(standalone_mode=False)
+        # Standalone mode: the click that typer runs on (typer >= 0.29 vendors its own copy, whose
+        # exceptions `click.ClickException` does not catch) prints usage errors itself, in typer's
+        # short form with exit status 2, and turns --help and success into SystemExit.
+        group.main(prog_name="monosemantic")
     except UserError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        code = 130
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    if code == 130:
+    except (_Interrupted, KeyboardInterrupt):
         console.print(
             "[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True
         )
-    if isinstance(code, int) and code:
-        sys.exit(code)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

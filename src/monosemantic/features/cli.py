@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic.bounds import check_float, check_int, check_seed
 from monosemantic.cli import RUN, _load_lm, _opt
 from monosemantic.config import AnalyzeConfig, load_stage, record_stage, resolve_device
 from monosemantic.errors import UserError
@@ -28,10 +29,11 @@ def _check_run(run: Path) -> None:
 
 
 def run_analyze(run: Path, cfg: AnalyzeConfig, force: bool = False) -> dict:
-    from monosemantic.features.analyze import analyze
+    from monosemantic.features.analyze import analyze, check_inputs
 
     _check_run(run)
     harvest = load_stage(run, "harvest")
+    check_inputs(run, cfg)  # before run.toml is written
     record_stage(run, "analyze", cfg, force=True)
     lm = _load_lm(harvest.model, cfg.device, harvest.dtype)
     summaries = analyze(run, cfg, lm, force=force, device=resolve_device(cfg.device))
@@ -123,6 +125,9 @@ def feature_cmd(
     from monosemantic.features.card import card
     from monosemantic.features.neighbors import neighbors_of
 
+    check_int("FEATURE", feature, 0)
+    check_int("--top", top, 0)
+    check_int("--neighbors", neighbors, 0)
     _check_run(run)
     con = db.open_db(run)
     try:
@@ -154,6 +159,9 @@ def family_cmd(
     from monosemantic.dictionary import load_dictionary
     from monosemantic.features.family import Node, family_tree
 
+    check_int("FEATURE", feature, 0)
+    check_int("--k", k, 1)
+    check_float("--min-cosine", min_cosine, -1.0, 1.0)
     _check_run(run)
     names = sorted(
         (p.parent.name for p in (run / "saes").glob(f"{arch}-*/sae.safetensors")),
@@ -224,6 +232,8 @@ def search_cmd(
     from monosemantic.features import db
     from monosemantic.features.search import fts_phrase, search
 
+    check_int("--top", top, 1)
+    check_int("--matches", matches, 0)
     _check_run(run)
     if not query.strip():
         raise UserError("the search query is empty: give some text, e.g. 'SQL injection'")
@@ -286,6 +296,8 @@ def explain_cmd(
 ) -> None:
     """Explain features from their top contexts and score each explanation by how well it tells
     held-out activating contexts from non-activating ones (detection AUC, balanced accuracy)."""
+    check_int("--features", features, 0, hint=" (0 = all)")
+    check_seed("--seed", seed)
     try:
         id_list = [int(x) for x in ids.split(",") if x.strip()]
     except ValueError as e:
@@ -358,6 +370,7 @@ def catalog_cmd(
 ) -> None:
     """Rank, for each labelled probe set (vulnerable vs safe code, biased vs neutral, deceptive vs
     honest, people, cities, languages), the features most specific to it; into the database."""
+    check_int("--top", top, 1)
     run_catalog(run, sae, probes, top)
 
 
