@@ -35,7 +35,7 @@ def test_lone_surrogate_in_jsonl(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 @pytest.mark.parametrize("name", ["bad.txt", "bad.txt.gz", "folder"])
 def test_undecodable_bytes_in_files_and_folders(tmp_path: Path, caplog, name: str) -> None:
-    raw = "w1 w2 ".encode() + b"\xff\xfe" + " w3 caf".encode() + b"\xc3" + b" \xe6\x93\x8d\xe4"
+    raw = b"w1 w2 " + b"\xff\xfe" + b" w3 caf" + b"\xc3" + b" \xe6\x93\x8d\xe4"
     if name == "folder":
         (tmp_path / "folder").mkdir()
         (tmp_path / "folder" / "a.txt").write_bytes(raw)

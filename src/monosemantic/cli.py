@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic.bounds import check_float
 from monosemantic.config import (
     AnalyzeConfig,
     EvalConfig,
@@ -26,7 +27,6 @@ from monosemantic.config import (
     record_stage,
     resolve_device,
 )
-from monosemantic.bounds import check_float
 from monosemantic.errors import UserError
 
 app = typer.Typer(
