@@ -199,9 +199,10 @@ def _snippet(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes]
     top = db.contexts(con, sae, feature, "top", words)[:1]
     if not top:
         return ""
-    c = top[0]
-    i = c.peak - c.start
-    left, peak, right = "".join(c.tokens[:i]), c.tokens[i], "".join(c.tokens[i + 1 :])
+    spans = top[0].spans()  # whole characters, where one is split over several tokens
+    i = next((k for k, (_, _, positions) in enumerate(spans) if top[0].peak in positions), 0)
+    texts = [t for t, _, _ in spans]
+    left, peak, right = "".join(texts[:i]), texts[i] if texts else "", "".join(texts[i + 1 :])
     text = f"{left[-(width // 2) :]}[{peak}]{right[: width // 3]}"
     return text.replace("\n", "⏎")
 
