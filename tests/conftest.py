@@ -81,7 +81,7 @@ def tiny_model(family: str) -> torch.nn.Module:
                 num_hidden_layers=4,
                 num_attention_heads=4,
                 num_key_value_heads=2,
-                max_position_embeddings=64,
+                max_position_embeddings=128,  # the default --seq-len (demo)
             )
         )
     if family == "bert":

@@ -90,14 +90,39 @@ def test_jsonl_and_jsonl_gz(tmp_path: Path) -> None:
         list(load_texts(str(tmp_path / "bad.jsonl")))
 
 
-def test_huge_file_is_cut_at_blank_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(corpus, "HUGE_CHARS", 1000)
-    monkeypatch.setattr(corpus, "DOC_CHARS", 300)
-    paras = [f"paragraph {i} " + "x" * 90 for i in range(30)]
-    (tmp_path / "big.txt").write_text("\n\n".join(paras))
-    docs = list(load_texts(str(tmp_path / "big.txt")))
-    assert len(docs) > 5
-    assert "\n\n".join(docs) == "\n\n".join(paras)
+def test_a_long_file_without_blank_lines_gives_both_splits(tmp_path: Path) -> None:
+    """Issue 18.5: 1.8 MB of prose with single newlines only was one document, all on one side."""
+    lines = [doc(*(((i * 7 + j) % 100) for j in range(12))) for i in range(38_000)]
+    (tmp_path / "big.txt").write_text("\n".join(lines))
+    assert (tmp_path / "big.txt").stat().st_size > 1_500_000
+    tok = word_tokenizer()
+    n_eval = sum(1 for _ in iter_sequences(load_texts(str(tmp_path / "big.txt")), tok, 128, split="eval"))
+    n_train = sum(1 for _ in iter_sequences(load_texts(str(tmp_path / "big.txt")), tok, 128, split="train"))
+    assert n_eval > 0 and n_train > 0
+    assert 0.03 < n_eval / (n_eval + n_train) < 0.08  # --eval-fraction 0.05
+
+
+@pytest.mark.parametrize("sep", ["\n", " ", ""])
+def test_a_long_document_is_cut_into_pieces_that_rebuild_it(sep: str) -> None:
+    text = sep.join(doc(i % 100) for i in range(15_000))  # no line breaks at all when sep is " "
+    pieces = list(corpus.split_document(text, 0.05))
+    assert "".join(p for p, _ in pieces) == text
+    assert len(pieces) >= 20 and max(len(p) for p, _ in pieces) <= corpus.PIECE_CHARS
+    held = [h for _, h in pieces]
+    assert any(held) and not all(held)
+    assert pieces == list(corpus.split_document(text, 0.05))  # the same on every run
+    if sep:
+        assert all(p.endswith(sep) for p, _ in pieces[:-1])  # cut at a boundary
+
+
+def test_two_sequences_of_one_document_give_both_splits_or_say_why() -> None:
+    tok = word_tokenizer()
+    text = doc(*(i % 100 for i in range(4_000)))  # ~20k characters, 4,000 tokens: 31 sequences
+    for split in ("train", "eval"):
+        assert list(iter_sequences([text], tok, 128, split=split, eval_fraction=0.05))
+    two = doc(*(i % 100 for i in range(257)))  # two sequences' worth: 5% of it is no sequence
+    with pytest.raises(UserError, match="larger --eval-fraction"):
+        list(iter_sequences([two], tok, 128, split="eval", eval_fraction=0.05))
 
 
 def test_missing_paths_raise_user_errors(tmp_path: Path) -> None:

@@ -26,14 +26,33 @@ from monosemantic.config import HarvestConfig, TrainConfig, resolve_device
 from monosemantic.corpus import load_texts, take_sequences
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path, read_json, write_json
-from monosemantic.models import LoadedModel, capture_residual, load_model
+from monosemantic.models import (
+    LoadedModel,
+    ModelInfo,
+    capture_residual,
+    check_seq_len,
+    load_model,
+    model_info,
+)
 from monosemantic.progress import Throughput, progress_bar
 
 MANIFEST = "manifest.json"
 
 
 def resolve_layer(lm: LoadedModel, layer: int) -> int:
-    return lm.check_layer(lm.n_layers // 2 if layer < 0 else layer)
+    """The block --layer names: -1 is the middle one; other negative values are refused."""
+    return lm.check_layer(lm.n_layers // 2 if layer == -1 else layer)
+
+
+def check_inputs(cfg: HarvestConfig) -> ModelInfo:
+    """What can be checked about a harvest (or on-the-fly training) before anything is written:
+    the model exists and its config fits --layer and --seq-len, the corpus exists. Raises
+    ``UserError``; reads the model's config only, not its weights."""
+    info = model_info(cfg.model)
+    info.check_layer(cfg.layer)
+    check_seq_len(info.name, info.max_positions, cfg.seq_len)
+    load_texts(cfg.corpus)
+    return info
 
 
 def normalization_scale(acts: Tensor) -> float:
@@ -44,16 +63,30 @@ def normalization_scale(acts: Tensor) -> float:
 def inlier_mask(acts: Tensor, ratio: float) -> Tensor:
     """(..., d) -> (...) bool: True where the norm is at most ``ratio`` x the median norm."""
     norms = acts.float().norm(dim=-1)
-    return norms <= ratio * norms.median()
+    return norms <= ratio * norms.nanmedian()  # NaN/Inf rows compare False: outliers
 
 
-def _check_finite(acts: Tensor, where: str) -> None:
-    if not torch.isfinite(acts).all():
-        bad = (~torch.isfinite(acts)).any(dim=-1).sum().item()
-        raise UserError(
-            f"{where}: {bad} activations are NaN/Inf: try --dtype float32 / --store-dtype float32, "
-            f"or delete the shard and rerun"
+def finite_rows(acts: Tensor, keep: Tensor, where: str, first_seq: int = 0, per_seq: int = 0) -> Tensor:
+    """``acts`` (N, d) with its masked (outlier) rows that are NaN/Inf set to zero, so that an
+    attention sink that overflows float16 cannot poison the shard it sits in; an unmasked non-finite
+    row is a ``UserError`` naming its sequence (rows run ``per_seq`` to a sequence, numbered from
+    ``first_seq``; ``per_seq`` 0 names the row instead)."""
+    bad = ~torch.isfinite(acts).all(dim=-1)
+    if not bad.any():
+        return acts
+    kept_bad = (bad & keep).nonzero().flatten()
+    if len(kept_bad):
+        row = int(kept_bad[0])
+        at = (
+            f"sequence {first_seq + row // per_seq}, position {row % per_seq + 1}"
+            if per_seq
+            else f"row {row}"
         )
+        raise UserError(
+            f"{where}: {len(kept_bad)} activations that are not outliers are NaN/Inf (the first at {at}): "
+            "use --store-dtype float32 (or --dtype float32) or a lower --outlier-ratio, and harvest again"
+        )
+    return acts.masked_fill(bad[:, None], 0.0)
 
 
 def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) -> dict[str, Any]:
@@ -62,6 +95,7 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
     store = run_dir / "activations"
     lm = lm or load_model(cfg.model, device=resolve_device(cfg.device), dtype=cfg.dtype)
     layer = resolve_layer(lm, cfg.layer)
+    lm.check_seq_len(cfg.seq_len)
     manifest: dict[str, Any] = (
         read_json(store / MANIFEST)
         if (store / MANIFEST).is_file()
@@ -99,14 +133,21 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
                 chunk = seqs[start : start + seqs_per_shard]
                 acts = _forward(lm, layer, chunk, cfg.batch_size, bar, task)
                 name = f"shard-{len(manifest['shards']):05d}.safetensors"
-                _check_finite(acts, f"shard {name} (model output)")
-                keep = inlier_mask(acts, cfg.outlier_ratio)
+                keep = inlier_mask(acts, cfg.outlier_ratio)  # NaN/Inf rows count as outliers
+                # checked after the cast: float16 overflows at ~65504, which a sink can exceed
+                stored = finite_rows(
+                    acts.to(getattr(torch, cfg.store_dtype)),
+                    keep,
+                    f"harvest {split}, shard {name} ({cfg.store_dtype})",
+                    first_seq=done + start,
+                    per_seq=per_seq,
+                )
                 if manifest["scale"] is None:
                     manifest["scale"] = normalization_scale(acts[keep])
                 with atomic_path(store / name) as tmp:
                     save_file(
                         {
-                            "acts": acts.to(getattr(torch, cfg.store_dtype)).contiguous(),
+                            "acts": stored.contiguous(),
                             "tokens": chunk.to(torch.int32).contiguous(),
                             "keep": keep.to(torch.uint8),
                         },
@@ -185,7 +226,7 @@ class ActivationStore:
             raise UserError(
                 f"{path} has shape {tuple(acts.shape)}, the manifest says {shard['n_tokens']}x{self.d_model}"
             )
-        _check_finite(acts, str(path))
+        acts = finite_rows(acts, keep, str(path))  # masked rows of stores written before that check
         return acts, tokens, keep
 
     def kept(self, shard: dict[str, Any]) -> Tensor:

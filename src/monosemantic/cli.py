@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 
 from monosemantic import terminal
+from monosemantic.bounds import check_float
 from monosemantic.config import (
     AnalyzeConfig,
     CatalogConfig,
@@ -24,7 +26,7 @@ from monosemantic.config import (
 )
 from monosemantic.errors import UserError
 from monosemantic.options import FORCE, OUT, RUN, ConfigOptions, config_options, parse_list
-from monosemantic.stages.common import load_lm, store_d_model
+from monosemantic.stages.common import store_d_model
 from monosemantic.stages.pipeline import run_evaluate, run_harvest, run_report, run_train
 from monosemantic.stages.scaling import run_recommend, run_scaling
 from monosemantic.terminal import console
@@ -103,11 +105,13 @@ def train_cmd(
         sizes = sizes_of(cfg["sizes"], store_d_model(out))
         result = run_train(cfg.build(sizes=sizes), out, force)
     else:
+        from monosemantic.models import model_info
+
         stream_cfg = stream.build(on_the_fly=True)
-        lm = load_lm(model, stream_cfg.device)
+        d_model = model_info(model).d_model  # the config alone: options are checked before loading
         # the stream never repeats a window: --tokens sets the budget, not --epochs
-        tcfg = cfg.build(sizes=sizes_of(cfg["sizes"], lm.d_model), epochs=1.0)
-        result = run_train(tcfg, out, force, stream_cfg, lm)
+        tcfg = cfg.build(sizes=sizes_of(cfg["sizes"], d_model), epochs=1.0)
+        result = run_train(tcfg, out, force, stream_cfg)
     if result.summary:
         console.print(result.summary)
 
@@ -145,6 +149,7 @@ def scaling_cmd(
     store, fit power laws for the optimal size, steps and learning rate, and plot them (resumes a
     killed sweep; under torchrun the points are shared among the ranks). With --recommend --flops F,
     print what the fits predict for a budget of F FLOPs."""
+    check_float("--flops", flops, 0.0)
     if recommend:
         terminal.recommendation(*run_recommend(run, flops), flops)
         return
@@ -173,9 +178,13 @@ def demo_cmd(
     features, report. (`harvest`, `train` and `analyze` take more settings.)"""
     default_eval = HarvestConfig().n_eval_tokens
     hcfg = harvest.build(n_eval_tokens=max(2_000, min(default_eval, harvest["n_tokens"] // 10)))
+    from monosemantic.models import model_info
+
+    # every setting is checked before the harvest starts
+    tcfg = train.build(sizes=sizes_of(train["sizes"], model_info(hcfg.model).d_model))
     manifest, lm = run_harvest(hcfg, out, force)
     terminal.harvest_done(out, manifest)
-    summary = run_train(train.build(sizes=sizes_of(train["sizes"], lm.d_model)), out, force).summary
+    summary = run_train(tcfg, out, force).summary
     console.print(summary)
     terminal.evaluate_done(*run_evaluate(out, EvalConfig(device=hcfg.device), lm, force))
     if features:
@@ -245,25 +254,41 @@ from monosemantic.features.cli import register as _register_feature_commands  # 
 _register_feature_commands(app)
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C inside a command, carried past click: click versions differ in what they make of a
+    KeyboardInterrupt (exit 130, or "Aborted!" and exit 1); this one is ours to report."""
+
+
+def _interruptible(callback: Any) -> Any:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            raise _Interrupted from e
+
+    return run
+
+
 def main() -> None:
     _setup_logging()
+    group = typer.main.get_command(app)
+    for command in getattr(group, "commands", {}).values():
+        if command.callback is not None:
+            command.callback = _interruptible(command.callback)
     try:
-        # Without standalone mode typer re-raises our errors; a Ctrl-C comes back as exit code 130.
-        code = app(standalone_mode=False)
+        # Standalone mode: the click that typer runs on (typer >= 0.29 vendors its own copy, whose
+        # exceptions `click.ClickException` does not catch) prints usage errors itself, in typer's
+        # short form with exit status 2, and turns --help and success into SystemExit.
+        group.main(prog_name="monosemantic")
     except UserError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        code = 130
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    if code == 130:
+    except (_Interrupted, KeyboardInterrupt):
         console.print(
             "[yellow]interrupted:[/] rerun the same command to resume where it stopped", soft_wrap=True
         )
-    if isinstance(code, int) and code:
-        sys.exit(code)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

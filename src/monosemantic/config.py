@@ -12,6 +12,7 @@ from typing import Any
 
 import tomli_w
 
+from monosemantic.bounds import MAX_INT, check_float, check_int, check_seed
 from monosemantic.errors import UserError
 from monosemantic.fsio import write_text
 
@@ -50,16 +51,17 @@ class HarvestConfig:
     dtype: str = _f("float32", "model dtype (bf16 matmuls are ~400x slower on CPUs: keep float32 there)")
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2:
-            raise UserError("--seq-len must be at least 2 (position 0 is excluded)")
-        if self.n_tokens <= 0 or self.n_eval_tokens < 0:
-            raise UserError("--tokens must be positive and --eval-tokens non-negative")
+        check_int("--layer", self.layer, -1, hint=" (a block index from 0, or -1 for the middle layer)")
+        check_int("--seq-len", self.seq_len, 2, hint=" (position 0 is excluded)")
+        check_int("--tokens", self.n_tokens, 1)
+        check_int("--eval-tokens", self.n_eval_tokens, 0)
         if self.on_the_fly and self.n_eval_tokens <= 0:
             raise UserError("on-the-fly training needs --eval-tokens > 0 (they also set the normalisation)")
-        if self.outlier_ratio <= 1.0:
-            raise UserError("--outlier-ratio must be above 1")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise UserError("--eval-fraction must be between 0 and 1")
+        check_float("--outlier-ratio", self.outlier_ratio, 1.0, lo_open=True)
+        check_float("--eval-fraction", self.eval_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_int("--batch-size", self.batch_size, 1)
+        check_int("--shard-tokens", self.shard_tokens, 1)
+        check_int("--window-seqs", self.window_seqs, 1)
         if self.store_dtype not in ("float16", "bfloat16", "float32"):
             raise UserError("--store-dtype must be float16, bfloat16 or float32")
 
@@ -143,18 +145,38 @@ class TrainConfig:
             )
         if self.resample_dead and self.feature_parallel:
             raise UserError("--resample-dead does not support --feature-parallel yet: drop one of them")
-        if not self.sizes or min(self.sizes) <= 0:
+        if not self.sizes or min(self.sizes) <= 0 or max(self.sizes) > MAX_INT:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr == 0:
             self.lr = DEFAULT_LR.get(self.arch, 3e-3)
-        if (
-            min(self.lr, self.batch_size, self.epochs, self.threshold_lr_scale) <= 0
-            or min(self.l1_coeff, self.preact_coeff) < 0
-        ):
-            raise UserError(
-                "--lr, --batch-size, --epochs and --threshold-lr-scale must be positive, --l1-coeff "
-                "and --preact-coeff non-negative"
-            )
+        check_float("--lr", self.lr, 0.0, lo_open=True)
+        check_int("--batch-size", self.batch_size, 1)
+        check_float("--epochs", self.epochs, 0.0, 1e6, lo_open=True)
+        check_float("--threshold-lr-scale", self.threshold_lr_scale, 0.0, lo_open=True)
+        check_float("--l1-coeff", self.l1_coeff, 0.0)
+        check_float("--preact-coeff", self.preact_coeff, 0.0)
+        # A TopK dictionary with k = 0 never fires; k above the size would keep every latent.
+        topk = self.arch in ("topk", "batchtopk")
+        check_int(
+            "--k",
+            self.k,
+            1,
+            min(self.sizes) if topk else MAX_INT,
+            hint=" (active features per token, at most the smallest of --sizes)" if topk else "",
+        )
+        check_int("--k-aux", self.k_aux, 0, hint=" (0 = d_model / 2)")
+        check_float("--aux-coeff", self.aux_coeff, 0.0)
+        check_float("--bandwidth", self.bandwidth, 0.0, lo_open=True)
+        check_float("--init-threshold", self.init_threshold, 0.0, lo_open=True)
+        check_int("--dead-window", self.dead_window, 0, hint=" (0 = 5% of the run)")
+        check_float("l1_warmup", self.l1_warmup, 0.0, 1.0, hi_open=True)
+        check_float("lr_decay", self.lr_decay, 0.0, 1.0)
+        check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
+        check_float("dec_init_norm", self.dec_init_norm, 0.0, lo_open=True)
+        check_seed("--seed", self.seed)
+        check_int("checkpoint_every", self.checkpoint_every, 1)
+        check_int("log_every", self.log_every, 1)
+        check_int("buffer_shards", self.buffer_shards, 1)
 
 
 @dataclass
@@ -162,6 +184,10 @@ class EvalConfig:
     loss_sequences: int = _f(32, "held-out sequences used for the spliced next-token loss")
     batch_size: int = _f(4096, "activations per evaluation batch")
     device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
+
+    def __post_init__(self) -> None:
+        check_int("--loss-sequences", self.loss_sequences, 0, hint=" (0 skips the spliced loss)")
+        check_int("batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -185,14 +211,19 @@ class ScalingConfig:
     device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
 
     def __post_init__(self) -> None:
-        if self.levels < 2 or self.decades <= 0:
-            raise UserError("--levels must be at least 2 and --decades positive: a law needs a span")
-        if self.sizes_per_level < 3:
-            raise UserError("--sizes-per-level must be at least 3 to locate a minimum")
-        if min(self.budget, self.lr, self.batch_size, self.eval_tokens) <= 0 or self.lr_factor <= 1:
-            raise UserError(
-                "--budget, --lr, --batch-size, --eval-tokens must be positive, --lr-factor above 1"
-            )
+        check_int("--levels", self.levels, 2, 50, hint=" (a law needs a span)")
+        check_float("--decades", self.decades, 0.0, 15.0, lo_open=True)
+        check_int("--sizes-per-level", self.sizes_per_level, 3, 40, hint=" (to locate a minimum)")
+        check_float("--min-flops", self.min_flops, 0.0, 1e30, hint=" (0 = automatic)")
+        check_float("--budget", self.budget, 0.0, 1e15, lo_open=True)
+        check_float("--lr", self.lr, 0.0, lo_open=True)
+        check_float("--lr-factor", self.lr_factor, 1.0, lo_open=True)
+        check_float("--l1-coeff", self.l1_coeff, 0.0)
+        check_int("--k", self.k, 1, hint=" (active features per token)")
+        check_int("--max-extend", self.max_extend, 0, 20)
+        check_int("--batch-size", self.batch_size, 1)
+        check_int("--eval-tokens", self.eval_tokens, 1)
+        check_seed("--seed", self.seed)
 
 
 @dataclass
@@ -224,10 +255,16 @@ class AnalyzeConfig:
     device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
 
     def __post_init__(self) -> None:
-        if min(self.top_k, self.n_samples, self.n_bands, self.batch_size, self.checkpoint_every) <= 0:
-            raise UserError("--top-k, --samples, --quantiles and --batch-size must be positive")
-        if self.n_random < 0 or self.before < 0 or self.after < 0 or self.n_tokens < 0:
-            raise UserError("--random, --before, --after and --tokens must not be negative")
+        check_int("--tokens", self.n_tokens, 0, hint=" (0 = the whole store)")
+        check_int("--top-k", self.top_k, 1)
+        check_int("--samples", self.n_samples, 1)
+        check_int("--quantiles", self.n_bands, 1)
+        check_int("--random", self.n_random, 0)
+        check_int("--before", self.before, 0, 4096)
+        check_int("--after", self.after, 0, 4096)
+        check_int("--batch-size", self.batch_size, 1)
+        check_int("--checkpoint-every", self.checkpoint_every, 1)
+        check_seed("--seed", self.seed)
 
 
 @dataclass
@@ -245,8 +282,10 @@ class ExplainConfig:
 
     def __post_init__(self) -> None:
         self.ids = [int(i) for i in self.ids]
-        if self.n_features < 0 or min(self.ids, default=0) < 0:
-            raise UserError("--features and --ids must not be negative")
+        check_int("--features", self.n_features, 0, hint=" (0 = all)")
+        for i in self.ids:
+            check_int("--ids", i, 0)
+        check_seed("--seed", self.seed)
 
 
 @dataclass
@@ -256,8 +295,7 @@ class CatalogConfig:
     top: int = _f(10, "features kept per probe set")
 
     def __post_init__(self) -> None:
-        if self.top <= 0:
-            raise UserError("--top must be positive")
+        check_int("--top", self.top, 1)
 
 
 @dataclass
@@ -272,6 +310,7 @@ class ImportConfig:
     name: str = _f("", "name of the dictionary in the run (saes/NAME); default: <arch>-<n_features>")
 
     def __post_init__(self) -> None:
+        check_int("--layer", self.layer, -1, hint=" (-1 = from the source's hook name)")
         formats = ("auto", "saelens", "sparsify", "dictionary_learning")
         if self.format not in formats:
             raise UserError(f"unknown --format {self.format!r}: choose one of {', '.join(formats)}")

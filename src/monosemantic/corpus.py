@@ -14,6 +14,8 @@ import glob
 import gzip
 import hashlib
 import json
+import logging
+import math
 import re
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -30,12 +32,15 @@ if TYPE_CHECKING:
 DEFAULT_CORPUS = "default"
 DEFAULT_PATH = Path(__file__).parent / "data" / "corpus.jsonl.gz"
 SPLITS = ("train", "eval", "all")
-# A file larger than this is cut into documents at blank lines: the held-out split works per
-# document, and one huge document would land wholly on one side.
-HUGE_CHARS = 1_000_000
-DOC_CHARS = 20_000  # size of the documents a huge file is cut into
+# The held-out split works per document, and one long document (a book as one .txt file with no
+# blank lines, one huge jsonl row) would land wholly on one side: documents longer than this are
+# cut into pieces for the assignment, whatever their line structure.
+PIECE_CHARS = 20_000
+MIN_PIECE_CHARS = 2_000  # a long document is cut into at least 1/eval_fraction pieces, none shorter
+_SURROGATE = re.compile("[\ud800-\udfff]")
 TOKENIZE_BATCH = 64
 _FILE_SUFFIXES = (".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".gz", ".csv", ".html", ".xml")
+log = logging.getLogger(__name__)
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -52,35 +57,73 @@ def load_texts(
                 f"the bundled corpus {DEFAULT_PATH} is missing: reinstall monosemantic, "
                 "or rebuild it with scripts/build_corpus.py"
             )
-        return _nonempty(_jsonl_texts(DEFAULT_PATH, "text"))
+        return _clean(_jsonl_texts(DEFAULT_PATH, "text"), "the bundled corpus")
     if spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
-        return _nonempty(_hub_texts(name, config or None, hf_split, text_field))
+        return _clean(_hub_texts(name, config or None, hf_split, text_field), spec)
     path = Path(spec).expanduser()
     if path.is_file():
-        return _nonempty(_file_texts(path, text_field))
+        return _clean(_file_texts(path, text_field), spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
-        return _nonempty(_files_texts(files, text_field))
+        return _clean(_files_texts(files, text_field), spec)
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise UserError(
                 f"corpus glob {spec!r} matches no files: check the pattern (quote it in the shell)"
             )
-        return _nonempty(_files_texts(files, text_field))
+        return _clean(_files_texts(files, text_field), spec)
     if _looks_like_hub_name(spec):
-        return _nonempty(_hub_texts(spec, None, hf_split, text_field))
+        return _clean(_hub_texts(spec, None, hf_split, text_field), spec)
     raise UserError(
         f"corpus {spec!r} not found: give an existing file, folder, glob or .jsonl file, "
         f"{DEFAULT_CORPUS!r}, or a Hugging Face dataset as hf:NAME"
     )
 
 
+def _hash01(text: str) -> float:
+    # surrogatepass: a text that did not come through load_texts may hold lone surrogates
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def is_heldout(text: str, fraction: float) -> bool:
     """Whether a document belongs to the eval side; a stable hash of its text, same on every run."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-    return h < fraction * 2**64
+    return _hash01(text) < fraction
+
+
+def split_document(text: str, fraction: float) -> Iterator[tuple[str, bool]]:
+    """(piece, held out) for the pieces of one document, in order.
+
+    A document up to ``PIECE_CHARS`` long (and any shorter than two ``MIN_PIECE_CHARS`` pieces) is
+    one piece, held out by the hash of its text. A longer one is cut, at line breaks where it has
+    them, else at spaces, into at least ``1 / fraction`` pieces (none under ``MIN_PIECE_CHARS``,
+    none over ``PIECE_CHARS``), held out systematically from a phase its hash sets: piece j goes
+    to eval when floor((j + 1) f + u) > floor(j f + u), so that a document of n pieces gives the
+    eval side floor(n f + u) of them, at least one once n f >= 1."""
+    spread = math.ceil(1 / fraction) if fraction > 0 else 1
+    n = max(math.ceil(len(text) / PIECE_CHARS), min(spread, len(text) // MIN_PIECE_CHARS))
+    if n <= 1:
+        yield text, is_heldout(text, fraction)
+        return
+    u = _hash01(text)
+    for j, piece in enumerate(_cut(text, n)):
+        yield piece, math.floor((j + 1) * fraction + u) > math.floor(j * fraction + u)
+
+
+def _cut(text: str, n: int) -> Iterator[str]:
+    """``text`` in ``n`` consecutive pieces of about equal length, cut after a newline when one is
+    in the second half of a piece, else after a space, else anywhere."""
+    size = len(text) / n
+    start = 0
+    for k in range(1, n):
+        end = round(k * size)
+        lo = max(start + 1, round(end - size / 2))
+        cut = text.rfind("\n", lo, end) + 1 or text.rfind(" ", lo, end) + 1 or end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def iter_sequences(
@@ -100,7 +143,22 @@ def iter_sequences(
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, not {seq_len}")
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    docs = (t for t in texts if split == "all" or is_heldout(t, eval_fraction) == (split == "eval"))
+    seen = [0, 0]  # pieces of the corpus, pieces of this split
+
+    def pieces() -> Iterator[str]:
+        for text in texts:
+            if split == "all":
+                seen[0] += 1
+                seen[1] += 1
+                yield text
+                continue
+            for piece, held in split_document(text, eval_fraction):
+                seen[0] += 1
+                if held == (split == "eval"):
+                    seen[1] += 1
+                    yield piece
+
+    docs = pieces()
     buf: list[int] = []
     first, n_tokens, n_yielded = True, 0, 0
     while batch := list(islice(docs, TOKENIZE_BATCH)):
@@ -116,10 +174,11 @@ def iter_sequences(
             n_yielded += n_full
             del buf[: n_full * seq_len]
     if n_yielded == 0:
+        held = "" if split == "all" else f" of {seen[0]} documents/pieces, --eval-fraction {eval_fraction}"
         raise UserError(
             f"{name} is empty or shorter than one sequence of {seq_len} tokens in its {split!r} "
-            f"split ({n_tokens} tokens, eval_fraction={eval_fraction}): use more text or a "
-            "smaller sequence length"
+            f"split ({n_tokens} tokens from {seen[1]}{held}): use more text or a smaller --seq-len"
+            + ("" if split == "all" else ", or a larger --eval-fraction if the 'eval' split is the short one")
         )
 
 
@@ -145,8 +204,35 @@ def take_sequences(
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _nonempty(texts: Iterator[str]) -> Iterator[str]:
-    return (t for t in texts if t and not t.isspace())
+def clean_text(text: str) -> tuple[str, int]:
+    """``text`` with every lone surrogate (an undecodable byte read with surrogateescape, or a
+    ``\\ud83d`` escape cut from its pair in JSON) replaced by U+FFFD, and how many were replaced."""
+    if _SURROGATE.search(text) is None:
+        return text, 0
+    return _SURROGATE.subn("\ufffd", text)
+
+
+def _clean(texts: Iterable[Any], name: str) -> Iterator[str]:
+    """The non-empty documents, invalid Unicode replaced by U+FFFD; the count is logged once, when
+    the stream ends or is dropped."""
+    replaced = docs = 0
+    try:
+        for t in texts:
+            if not isinstance(t, str) or not t or t.isspace():
+                continue
+            t, n = clean_text(t)
+            if n:
+                replaced, docs = replaced + n, docs + 1
+            yield t
+    finally:
+        if replaced:
+            log.warning(
+                "%s: replaced %d invalid characters (undecodable bytes or lone surrogates) in %d "
+                "documents with U+FFFD",
+                name,
+                replaced,
+                docs,
+            )
 
 
 def _hidden(rel: Path) -> bool:
@@ -163,9 +249,10 @@ def _looks_like_hub_name(spec: str) -> bool:
 
 
 def _open_text(path: Path) -> IO[str]:
+    # surrogateescape keeps an undecodable byte as a lone surrogate, which _clean counts and replaces
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
 
 
 def _is_jsonl(path: Path) -> bool:
@@ -193,20 +280,7 @@ def _file_texts(path: Path, text_field: str) -> Iterator[str]:
         yield from _jsonl_texts(path, text_field)
         return
     with _open_text(path) as f:
-        text = f.read()
-    if len(text) <= HUGE_CHARS:
-        yield text
-        return
-    doc: list[str] = []
-    size = 0
-    for para in re.split(r"\n\s*\n", text):
-        doc.append(para)
-        size += len(para)
-        if size >= DOC_CHARS:
-            yield "\n\n".join(doc)
-            doc, size = [], 0
-    if doc:
-        yield "\n\n".join(doc)
+        yield f.read()  # a long file is cut into pieces for the held-out split by split_document
 
 
 def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:

@@ -42,6 +42,7 @@ class LoadedModel:
     blocks: nn.ModuleList  # the transformer blocks, in order
     d_model: int
     is_causal: bool  # True when ``model(input_ids).logits`` predicts the next token
+    max_positions: int | None = None  # longest input its position embeddings allow; None = no limit known
 
     @property
     def n_layers(self) -> int:
@@ -57,12 +58,69 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
     def check_layer(self, layer: int) -> int:
-        if not 0 <= layer < self.n_layers:
-            raise UserError(
-                f"layer {layer} is out of range for {self.name}: choose --layer between 0 and "
-                f"{self.n_layers - 1} (it has {self.n_layers} blocks; the middle is {self.n_layers // 2})"
-            )
-        return layer
+        return _check_layer(self.name, self.n_layers, layer)
+
+    def check_seq_len(self, seq_len: int) -> int:
+        return check_seq_len(self.name, self.max_positions, seq_len)
+
+
+# What model configs call their context limit (GPT-2 n_positions / n_ctx, Llama/NeoX/BERT/OPT
+# max_position_embeddings, others max_sequence_length, seq_length, max_seq_len).
+_POSITION_KEYS = (
+    "n_positions",
+    "max_position_embeddings",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+    "max_seq_len",
+)
+# RoBERTa-style position ids start after the padding index, so two of the table's rows are unusable.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest input a transformers config allows (see _POSITION_KEYS), None when it names none."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in _POSITION_KEYS:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(text, "model_type", "") in _OFFSET_POSITIONS:
+                value -= (getattr(text, "pad_token_id", None) or 0) + 1
+            return value
+    return None
+
+
+def check_seq_len(name: str, limit: int | None, seq_len: int) -> int:
+    """``seq_len`` if the model's position limit allows it, else a ``UserError`` naming the limit."""
+    if limit is not None and seq_len > limit:
+        raise UserError(
+            f"--seq-len {seq_len} is longer than {name} allows ({limit} positions): "
+            f"pass --seq-len {limit} or less"
+        )
+    return seq_len
+
+
+@dataclass
+class ModelInfo:
+    """What a model's config says, read without loading its weights."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    max_positions: int | None
+
+    def check_layer(self, layer: int) -> int:
+        """The block index --layer names (-1 = the middle), or a ``UserError``."""
+        return _check_layer(self.name, self.n_layers, self.n_layers // 2 if layer == -1 else layer)
+
+
+def _check_layer(name: str, n_layers: int, layer: int) -> int:
+    if not 0 <= layer < n_layers:
+        raise UserError(
+            f"layer {layer} is out of range for {name}: choose --layer between 0 and "
+            f"{n_layers - 1}, or -1 for the middle ({n_layers // 2}; it has {n_layers} blocks)"
+        )
+    return layer
 
 
 def cache_dir() -> Path:
@@ -145,9 +203,8 @@ def _resolve_source(spec: str) -> tuple[str, dict[str, Any]]:
     return spec, {}
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load ``spec`` (default / local folder / .gguf file / hub id) in eval mode on ``device``."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+def _load_config(spec: str) -> tuple[str, dict[str, Any], Any]:
+    from transformers import AutoConfig
 
     source, kwargs = _resolve_source(spec)
     try:
@@ -157,6 +214,22 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "
             f"cannot load model {spec!r}: not a local folder, and not found on the Hugging Face hub "
             f"(or no network): pass an existing folder or a .gguf file"
         ) from e
+    return source, kwargs, config
+
+
+def model_info(spec: str = DEFAULT_MODEL) -> ModelInfo:
+    """Layers, width and context limit of ``spec`` from its config alone (no weights loaded), so
+    that a stage can check its settings before it writes anything."""
+    _, _, config = _load_config(spec)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return ModelInfo(spec or DEFAULT_MODEL, text.num_hidden_layers, text.hidden_size, max_positions(config))
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load ``spec`` (default / local folder / .gguf file / hub id) in eval mode on ``device``."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    source, kwargs, config = _load_config(spec)
     is_causal = config.model_type not in _ENCODER_TYPES
     auto = AutoModelForCausalLM if is_causal else AutoModel
     torch_dtype = getattr(torch, dtype)
@@ -175,6 +248,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "
         blocks=find_blocks(model, n_layers),
         d_model=text_config.hidden_size,
         is_causal=is_causal,
+        max_positions=max_positions(config),
     )
 
 
@@ -223,6 +297,7 @@ def capture_residual(lm: LoadedModel, layer: int, input_ids: Tensor) -> Tensor:
 
     Equals ``output_hidden_states=True``'s ``hidden_states[layer]`` but stops the forward pass
     there, so blocks ``layer..n-1`` (and the unembedding) never run."""
+    lm.check_seq_len(input_ids.shape[-1])
     captured: list[Tensor] = []
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -245,6 +320,7 @@ def next_token_loss(lm: LoadedModel, input_ids: Tensor, *, skip_first: int = 1) 
     the first ``skip_first`` positions (position 0 is never edited or trained on)."""
     if not lm.is_causal:
         raise UserError(f"{lm.name} is not a causal language model: next-token loss is undefined")
+    lm.check_seq_len(input_ids.shape[-1])
     input_ids = input_ids.to(lm.device)
     logits = lm.model(input_ids=input_ids, use_cache=False).logits[:, skip_first:-1].float()
     targets = input_ids[:, skip_first + 1 :]

@@ -19,7 +19,7 @@ from itertools import islice
 import torch
 from torch import Tensor
 
-from monosemantic.activations import inlier_mask, normalization_scale
+from monosemantic.activations import finite_rows, inlier_mask, normalization_scale
 from monosemantic.corpus import iter_sequences, load_texts
 from monosemantic.distributed import DistContext
 from monosemantic.errors import UserError
@@ -39,7 +39,9 @@ def window_activations(
     if dist is not None:  # gathered on the model's device: NCCL only moves GPU tensors
         acts = dist.gather_rows(acts, n_total=len(seqs))
     acts = acts.reshape(-1, acts.shape[-1]).cpu()
-    return acts[inlier_mask(acts, outlier_ratio)]
+    keep = inlier_mask(acts, outlier_ratio)  # NaN/Inf rows (a float16 model's overflow) count as outliers
+    finite_rows(acts, keep, f"layer {layer} activations", per_seq=seqs.shape[1] - 1)
+    return acts[keep]
 
 
 class ActivationStream:

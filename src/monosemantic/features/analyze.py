@@ -26,6 +26,7 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.config import AnalyzeConfig
+from monosemantic.corpus import load_texts
 from monosemantic.dictionary import load_dictionary
 from monosemantic.errors import UserError
 from monosemantic.features import db
@@ -94,11 +95,25 @@ class _Job:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def check_inputs(run_dir: Path, cfg: AnalyzeConfig) -> ActivationStore:
+    """What can be checked before anything is written (run.toml, the database): the store exists,
+    the dictionaries exist, the context window fits the sequences, a --corpus exists. Raises ``UserError``."""
+    store = ActivationStore(run_dir)
+    sae_dirs(run_dir, cfg.sae)
+    seq_len = int(store.manifest["seq_len"])
+    width = cfg.before + cfg.after + 1
+    if width > seq_len:
+        raise UserError(f"--before + --after + 1 = {width} exceeds the sequence length {seq_len}")
+    if cfg.corpus != "store":
+        load_texts(cfg.corpus)
+    return store
+
+
 def analyze(
     run_dir: Path, cfg: AnalyzeConfig, lm: LoadedModel, *, force: bool = False, device: str = "cpu"
 ) -> dict[str, dict[str, Any]]:
     """Analyse the dictionaries ``cfg.sae`` of ``run_dir``; returns per dictionary its summary."""
-    store = ActivationStore(run_dir)
+    store = check_inputs(run_dir, cfg)
     layer, seq_len = int(store.manifest["layer"]), int(store.manifest["seq_len"])
     dirs = sae_dirs(run_dir, cfg.sae)
     con = db.open_db(run_dir, create=True)
@@ -124,8 +139,6 @@ def _analyze(
     ccfg = CollectorConfig(
         cfg.top_k, cfg.n_samples, cfg.n_bands, cfg.n_random, cfg.before, cfg.after, cfg.seed
     )
-    if ccfg.width > seq_len:
-        raise UserError(f"--before + --after + 1 = {ccfg.width} exceeds the sequence length {seq_len}")
     base_settings = {k: v for k, v in asdict(cfg).items() if k in _RESULT_KEYS}
     with db.transaction(con):
         db.set_vocab(con, words)
@@ -138,7 +151,8 @@ def _analyze(
         row = db.analysis(con, d.name)
         settings = {**base_settings, "corpus": spec, "dictionary": file_digest(d / "sae.safetensors")}
         if row is not None and (force or json.loads(row["config"]) != settings):
-            if not force:
+            # an analysis that stopped before its first batch (a bad --corpus) binds nothing
+            if not force and (row["finished"] or row["seqs_done"]):
                 old = json.loads(row["config"])
                 key = next(k for k in settings if old.get(k) != settings[k])
                 what = "was retrained" if key == "dictionary" else f"was analysed with {key}={old.get(key)!r}"

@@ -40,13 +40,13 @@ def highlight(ctx: db.Context, scale: float) -> Text:
     """The context with each token's background as strong as its activation relative to ``scale``
     (the feature's maximum); the peak token is underlined."""
     out = Text()
-    for i, (tok, a) in enumerate(zip(ctx.tokens, ctx.acts, strict=True)):
+    for tok, a, positions in ctx.spans():  # characters split over tokens show whole, at their max
         style = ""
         if a > 0:
             level = min(1.0, a / scale) if scale > 0 else 1.0
             g = int(235 - 155 * level)
             style = f"black on rgb(255,{g},{int(g * 0.8)})"
-        if ctx.start + i == ctx.peak and ctx.kind != "random":
+        if ctx.peak in positions and ctx.kind != "random":
             style += " underline"
         out.append(_token_text(tok), style=style.strip() or None)
     return out

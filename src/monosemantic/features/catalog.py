@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from monosemantic.corpus import clean_text
 from monosemantic.errors import UserError
 from monosemantic.models import LoadedModel, capture_residual
 from monosemantic.sae import SparseAutoencoder
@@ -50,12 +51,13 @@ def load_probes(path: Path = DEFAULT_PROBES) -> list[ProbeSet]:
     if not path.is_file():
         raise UserError(f"probe file {path} does not exist")
     sets: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text, _ = clean_text(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            sets[str(row["set"])][0 if int(row["label"]) else 1].append(str(row["text"]))
+            sets[str(row["set"])][0 if int(row["label"]) else 1].append(clean_text(str(row["text"]))[0])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}:{n} must be {{'set': ..., 'label': 0 or 1, 'text': ...}} ({e})") from e
     out = [ProbeSet(name, pos, neg) for name, (pos, neg) in sets.items()]

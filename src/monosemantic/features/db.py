@@ -25,14 +25,14 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from monosemantic.errors import UserError
-from monosemantic.features.tokens import decode_tokens
+from monosemantic.features.tokens import decode_tokens, window_text
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite"
@@ -90,11 +90,31 @@ class Context:
     peak: int
     """Position (in the sequence) of the largest activation."""
     tokens: list[str]
+    """Display text per token, at character boundaries: a character split over several tokens
+    shows at the one holding its last byte, the others show "" (``tokens.window_text``)."""
     acts: list[float]
+    """The feature's activation on each token."""
+    shown_acts: list[float] = field(default_factory=list)
+    """The activation to show with each token's text: the largest over the tokens that hold bytes
+    of the characters it shows (equal to ``acts`` where no character is split)."""
 
     @property
     def text(self) -> str:
         return "".join(self.tokens)
+
+    def spans(self) -> list[tuple[str, float, list[int]]]:
+        """(text, activation to show, sequence positions of its tokens) per displayed piece: the
+        tokens that show "" (earlier bytes of a split character) join the next token with text."""
+        shown = self.shown_acts or self.acts
+        out, pending = [], []
+        for i, (tok, a) in enumerate(zip(self.tokens, shown, strict=True)):
+            pending.append(self.start + i)
+            if tok:
+                out.append((tok, max(a, *(self.acts[j - self.start] for j in pending)), pending))
+                pending = []
+        if pending and out:
+            out[-1][2].extend(pending)
+        return out
 
 
 def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
@@ -264,7 +284,8 @@ def contexts(con: sqlite3.Connection, sae: str, feature: int, kind: str, words: 
     out = []
     for r in rows:
         acts = np.frombuffer(r["acts"], dtype=np.float16).astype(float)
-        toks = np.frombuffer(r["seq_tokens"], dtype=np.int32)[r["start"] : r["start"] + len(acts)]
+        seq = np.frombuffer(r["seq_tokens"], dtype=np.int32)
+        texts, shown = window_text([words[t] for t in seq], r["start"], r["start"] + len(acts), acts.tolist())
         out.append(
             Context(
                 kind=kind,
@@ -274,8 +295,9 @@ def contexts(con: sqlite3.Connection, sae: str, feature: int, kind: str, words: 
                 seq=r["seq_index"],
                 start=r["start"],
                 peak=r["peak"],
-                tokens=decode_tokens([words[t] for t in toks]),
+                tokens=texts,
                 acts=acts.tolist(),
+                shown_acts=shown,
             )
         )
     return out

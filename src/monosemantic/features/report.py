@@ -34,12 +34,13 @@ def _e(x: object) -> str:
 
 def context_html(c: db.Context, scale: float) -> str:
     spans = []
-    for i, (tok, a) in enumerate(zip(c.tokens, c.acts, strict=True)):
+    for tok, a, positions in c.spans():  # characters split over tokens show whole, at their max
         alpha = min(1.0, a / scale) if scale > 0 and a > 0 else 0.0
         style = f"background:rgba(255,120,40,{alpha:.2f})" + (
-            ";text-decoration:underline" if c.start + i == c.peak else ""
+            ";text-decoration:underline" if c.peak in positions else ""
         )
-        spans.append(f'<span style="{style}" title="{a:.3g}">{_e(tok).replace(chr(10), "⏎")}</span>')
+        title = " ".join(f"{c.acts[p - c.start]:.3g}" for p in positions)  # per token
+        spans.append(f'<span style="{style}" title="{title}">{_e(tok).replace(chr(10), "⏎")}</span>')
     return f'<div class="ctx"><span class="note">{c.activation:.3g}</span> {"".join(spans)}</div>'
 
 

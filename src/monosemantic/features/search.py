@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from monosemantic.corpus import clean_text
 from monosemantic.features import db
 from monosemantic.features.tokens import decode_tokens
 from monosemantic.models import LoadedModel, capture_residual
@@ -192,6 +193,7 @@ def search(
     texts: Iterable[str] = (),
 ) -> tuple[list[Hit], list[Occurrence]]:
     """The ``top`` features for ``query`` (see the module docstring) and the occurrences used."""
+    query, _ = clean_text(query)  # a shell argument may carry undecodable bytes (surrogateescape)
     row = db.analysis(con, sae_name)
     assert row is not None
     words = db.vocab(con)

@@ -62,3 +62,55 @@ def decode_tokens(chunks: list[bytes]) -> list[str]:
     out = [dec.decode(c) for c in chunks]
     out[-1:] = [out[-1] + dec.decode(b"", final=True)] if out else []
     return out
+
+
+def _utf8_length(lead: int) -> int:
+    """Bytes in the UTF-8 character that starts with byte ``lead``; 0 when it cannot start one."""
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead < 0xE0:
+        return 2
+    if 0xE0 <= lead < 0xF0:
+        return 3
+    if 0xF0 <= lead < 0xF5:
+        return 4
+    return 0
+
+
+def window_text(
+    chunks: list[bytes], start: int, end: int, acts: list[float] | None = None
+) -> tuple[list[str], list[float]]:
+    """Display text and activation of tokens ``start .. end`` of a sequence whose tokens have the
+    bytes ``chunks``, at character boundaries.
+
+    A character split over several byte-level tokens shows once, at the token of the window that
+    holds its last byte (at the window's last token when it ends after the window), including bytes
+    that lie before the window, so that the window never starts or ends with U+FFFD; the tokens
+    holding only its earlier bytes show "". The activation shown with a token's text is the
+    largest of the window's tokens that hold bytes of it (``acts``: per token of the window; the
+    per-token values stay the caller's). Bytes that are not UTF-8 show as U+FFFD, one per byte."""
+    acts = list(acts) if acts is not None else [0.0] * (end - start)
+    lo, hi = max(0, start - 4), min(len(chunks), end + 4)  # a character has at most 4 bytes
+    data = b"".join(chunks[lo:hi])
+    owner = [k for k in range(lo, hi) for _ in chunks[k]]  # token of each byte
+    texts = [""] * (end - start)
+    shown = list(acts)
+    p = 0
+    while p < len(data):
+        n = _utf8_length(data[p])
+        char = "\ufffd"
+        if n and p + n <= len(data):
+            try:
+                char = data[p : p + n].decode("utf-8")
+            except UnicodeDecodeError:
+                n = 1
+        else:
+            n = 1
+        first, last = owner[p], owner[p + n - 1]
+        p += n
+        if last < start or first >= end:
+            continue
+        at = min(last, end - 1) - start
+        texts[at] += char
+        shown[at] = max([shown[at], *acts[max(first, start) - start : at + 1]])
+    return texts, shown

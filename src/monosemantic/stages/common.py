@@ -48,6 +48,12 @@ def clear_for_force(out: Path, force: bool) -> None:
         (out / "run.toml").unlink(missing_ok=True)
 
 
+def harvested(out: Path) -> bool:
+    """Whether a harvest wrote its manifest: until then its run.toml entry binds nothing, so a
+    failed start can be rerun with other settings without --force."""
+    return (out / "activations" / "manifest.json").is_file()
+
+
 class RunDictionary(NamedTuple):
     """A trained dictionary of a run, with what it needs to meet the model."""
 

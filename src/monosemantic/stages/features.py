@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from monosemantic.bounds import check_float, check_int
 from monosemantic.config import (
     AnalyzeConfig,
     CatalogConfig,
@@ -27,10 +28,11 @@ def run_analyze(run: Path, cfg: AnalyzeConfig, force: bool = False) -> dict[str,
     """Analyse the run's dictionaries into features.sqlite (see ``features.analyze``); returns
     dictionary name -> summary (n_features, n_tokens, dead_fraction, tokens_per_s, seconds,
     peak_rss_mb)."""
-    from monosemantic.features.analyze import analyze
+    from monosemantic.features.analyze import analyze, check_inputs
 
     check_run(run)
     harvest = load_stage(run, "harvest")  # before run.toml is touched: no harvest, no analysis
+    check_inputs(run, cfg)
     record_stage(run, "analyze", cfg, force=True)
     lm = load_lm(harvest.model, cfg.device, harvest.dtype)
     return analyze(run, cfg, lm, force=force, device=resolve_device(cfg.device))
@@ -47,6 +49,9 @@ def feature_card(run: Path, feature: int, sae: str = "", top: int = 8, neighbors
     from monosemantic.features.card import card
     from monosemantic.features.neighbors import neighbors_of
 
+    check_int("FEATURE", feature, 0)
+    check_int("--top", top, 0)
+    check_int("--neighbors", neighbors, 0)
     check_run(run)
     con = db.open_db(run)
     try:
@@ -71,6 +76,9 @@ def run_family(run: Path, feature: int, sae: str, arch: str, k: int, min_cosine:
     from monosemantic.dictionary import load_dictionary
     from monosemantic.features.family import family_tree
 
+    check_int("FEATURE", feature, 0)
+    check_int("--k", k, 1)
+    check_float("--min-cosine", min_cosine, -1.0, 1.0)
     check_run(run)
     names = sorted(
         (p.parent.name for p in (run / "saes").glob(f"{arch}-*/sae.safetensors")),
@@ -99,9 +107,10 @@ def snippet(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes],
     top = db.contexts(con, sae, feature, "top", words)[:1]
     if not top:
         return ""
-    c = top[0]
-    i = c.peak - c.start
-    left, peak, right = "".join(c.tokens[:i]), c.tokens[i], "".join(c.tokens[i + 1 :])
+    spans = top[0].spans()  # whole characters, where one is split over several tokens
+    i = next((k for k, (_, _, positions) in enumerate(spans) if top[0].peak in positions), 0)
+    texts = [t for t, _, _ in spans]
+    left, peak, right = "".join(texts[:i]), texts[i] if texts else "", "".join(texts[i + 1 :])
     text = f"{left[-(width // 2) :]}[{peak}]{right[: width // 3]}"
     return text.replace("\n", "⏎")
 
@@ -142,6 +151,8 @@ def run_search(
     from monosemantic.features import db
     from monosemantic.features.search import fts_phrase, search
 
+    check_int("--top", top, 1)
+    check_int("--matches", matches, 0)
     check_run(run)
     if not query.strip():
         raise UserError("the search query is empty: give some text, e.g. 'SQL injection'")

@@ -16,7 +16,7 @@ from monosemantic.config import (
     resolve_device,
 )
 from monosemantic.errors import UserError
-from monosemantic.stages.common import clear_for_force, load_lm
+from monosemantic.stages.common import clear_for_force, harvested, load_lm
 
 
 class HarvestResult(NamedTuple):
@@ -33,15 +33,16 @@ def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> HarvestResult:
         UserError: under torchrun (harvest runs in one process), or a setting differs from the
             run's earlier harvest without ``force``.
     """
-    from monosemantic.activations import harvest
+    from monosemantic.activations import check_inputs, harvest
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError(
             "harvest runs in one process (ranks would write the same shards): run it without "
             "torchrun, or train on the fly under torchrun with `train --model ...`"
         )
+    check_inputs(cfg)  # before anything is written: a failed start must not need --force
     clear_for_force(out, force)
-    record_stage(out, "harvest", cfg, force=force)
+    record_stage(out, "harvest", cfg, force=force or not harvested(out))
     lm = load_lm(cfg.model, cfg.device, cfg.dtype)
     return HarvestResult(harvest(cfg, out, lm), lm)
 
@@ -58,7 +59,7 @@ def run_train(
 ) -> TrainResult:
     """Train from the run's activation store, or on the fly from the model when ``stream`` is given
     (under torchrun, data- or feature-parallel either way)."""
-    from monosemantic.activations import ActivationStore, harvest
+    from monosemantic.activations import ActivationStore, check_inputs, harvest
     from monosemantic.dictionary import sae_name
     from monosemantic.distributed import init_from_env, local_device
     from monosemantic.train import train
@@ -67,17 +68,20 @@ def run_train(
     dist = init_from_env(device)
     main = dist is None or dist.is_main
     dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
+    if stream is not None:
+        check_inputs(stream)
     if stream is not None and lm is None:
         lm = load_lm(stream.model, device, stream.dtype)
     if main:
         if stream is not None:  # the held-out store: evaluation data and the normalisation scale
             clear_for_force(out, force)
-            record_stage(out, "harvest", stream, force=force)
+            record_stage(out, "harvest", stream, force=force or not harvested(out))
             harvest(stream, out, lm)
         if force:
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
-        record_stage(out, f"train.{cfg.arch}", cfg, force=force)
+        started = any((d / "state.pt").is_file() or (d / "sae.safetensors").is_file() for d in dirs)
+        record_stage(out, f"train.{cfg.arch}", cfg, force=force or not started)
     if dist is not None:
         dist.barrier()  # the other ranks read the store and checkpoints only once rank 0 has set them up
     store = ActivationStore(out)
