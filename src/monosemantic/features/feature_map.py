@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path
+from monosemantic.plots import save_png
 
 
 def embed_2d(directions: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -50,10 +51,10 @@ def plot_map(
     path: Path,
     title: str,
     labels: dict[int, str] | None = None,
-) -> Path:
+) -> str:
     """Scatter of the features, coloured by log10 firing frequency (dead features grey); features
-    with a catalog label are drawn on top, coloured by label."""
-    fig = Figure(figsize=(8, 7), dpi=110)
+    with a catalog label are drawn on top, coloured by label. Returns the PNG's file name."""
+    fig = Figure(figsize=(8, 7))
     ax = fig.add_subplot()
     live = freq > 0
     ax.scatter(coords[~live, 0], coords[~live, 1], s=2, c="#cccccc", label="dead", linewidths=0)
@@ -78,6 +79,4 @@ def plot_map(
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
+    return save_png(fig, path, crop=True)
