@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -13,8 +14,7 @@ from safetensors.torch import load_file
 import monosemantic.stream as stream_mod
 from monosemantic.models import load_model
 from monosemantic.stream import ActivationStream
-from tests.conftest import assert_same_saes, run_torchrun
-from tests.test_cli import cli, tiny_io
+from tests.helpers import assert_same_saes, cli, run_cli, run_torchrun, tiny_io
 
 
 def otf_args(model: Path, corpus: Path, out: Path) -> list[str]:
@@ -51,12 +51,20 @@ def test_stream_batches_depend_only_on_the_step(tiny_llama_dir: Path, tiny_corpu
     assert not torch.equal(first[0], first[5])  # a new window after 5 batches
 
 
+@pytest.fixture(scope="module")
+def on_the_fly(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path) -> Path:
+    """A run trained on the fly in this process, once for the tests that compare against it."""
+    out = tmp_path_factory.mktemp("on-the-fly") / "full"
+    code, err = run_cli(*otf_args(tiny_llama_dir, tiny_corpus, out))
+    assert code == 0, err
+    return out
+
+
 def test_on_the_fly_train_evaluate_and_resume(
-    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, on_the_fly: Path, tmp_path
 ) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
-    code, err = cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, full))
-    assert code == 0, err
+    shutil.copytree(on_the_fly, full)
     assert not any(
         s["split"] == "train"
         for s in __import__("json").loads((full / "activations" / "manifest.json").read_text())["shards"]
@@ -84,9 +92,9 @@ def test_on_the_fly_train_evaluate_and_resume(
             assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2])
-def test_on_the_fly_under_torchrun(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path, world) -> None:
-    one, many = tmp_path / "one", tmp_path / "many"
-    assert cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, one))[0] == 0
+def test_on_the_fly_under_torchrun(tiny_llama_dir, tiny_corpus, on_the_fly: Path, tmp_path, world) -> None:
+    one, many = on_the_fly, tmp_path / "many"
     run_torchrun(*otf_args(tiny_llama_dir, tiny_corpus, many), nproc=world)
     assert_same_saes(one, many, ["relu-16", "relu-64"])
