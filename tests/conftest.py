@@ -54,6 +54,4 @@ def harvested(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, ti
 @pytest.fixture
 def run(harvested: Path, tmp_path: Path) -> Path:
     """A run directory of its own holding a harvested store of the tiny Llama (3,000 + 600 activations)."""
-    out = tmp_path / "run"
-    shutil.copytree(harvested, out)
-    return out
+    return shutil.copytree(harvested, tmp_path / "run")

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -101,29 +102,18 @@ def tiny_model(family: str) -> torch.nn.Module:
     v = 64
     if family == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=4, n_head=4))
+    dims = dict(
+        vocab_size=v,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
     if family == "llama":
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=v,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-            )
-        )
+        return LlamaForCausalLM(LlamaConfig(**dims, num_key_value_heads=2))
     if family == "bert":
-        return BertModel(
-            BertConfig(
-                vocab_size=v,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                max_position_embeddings=64,
-            )
-        )
+        return BertModel(BertConfig(**dims))
     raise ValueError(family)
 
 
@@ -186,6 +176,19 @@ def one_line_error(code: int, err: str, pattern: str) -> None:
     assert code == 2, err
     assert pattern in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def sigint_at(batches: Callable[..., Iterator[Any]], at: int) -> Callable[..., Iterator[Any]]:
+    """A stand-in for a ``batches`` method that sends this process a real SIGINT (what Ctrl-C
+    sends) when it is about to yield batch ``at`` (counted from 0), then goes on."""
+
+    def wrapped(self: Any, *a: Any, **k: Any) -> Iterator[Any]:
+        for i, x in enumerate(batches(self, *a, **k)):
+            if i == at:
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-run
+            yield x
+
+    return wrapped
 
 
 def run_torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import monosemantic.activations as activations
-from tests.helpers import cli, harvest_args, needs_minilm, one_line_error
+from tests.helpers import cli, harvest_args, needs_minilm, one_line_error, sigint_at
 
 TRAIN = ["--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2", "--l1-coeff", "1"]
 
@@ -88,14 +86,7 @@ def test_train_resumes_after_ctrl_c_to_the_same_weights(capsys, monkeypatch, run
     shutil.copytree(run, other)
     assert cli(capsys, monkeypatch, "train", "--out", run, *TRAIN)[0] == 0
     real_batches = activations.ActivationStore.batches
-
-    def batches_then_sigint(self, *a, **k):
-        for i, x in enumerate(real_batches(self, *a, **k)):
-            if i == 5:
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-run
-            yield x
-
-    monkeypatch.setattr(activations.ActivationStore, "batches", batches_then_sigint)
+    monkeypatch.setattr(activations.ActivationStore, "batches", sigint_at(real_batches, 5))
     code, err = cli(capsys, monkeypatch, "train", "--out", other, *TRAIN)
     assert code == 130 and "resume" in err
     assert torch.load(other / "saes" / "relu-16" / "state.pt", weights_only=True)["step"] == 6

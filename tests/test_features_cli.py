@@ -34,9 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, harvested: Path) -> Path:
 
 @pytest.fixture
 def run(trained: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    return out
+    return shutil.copytree(trained, tmp_path / "run")
 
 
 def analyze(capsys, monkeypatch, run: Path, *extra: str) -> tuple[int, str]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from safetensors.torch import load_file
 import monosemantic.stream as stream_mod
 from monosemantic.models import load_model
 from monosemantic.stream import ActivationStream
-from tests.helpers import assert_same_saes, cli, run_cli, run_torchrun, tiny_io
+from tests.helpers import assert_same_saes, cli, run_cli, run_torchrun, sigint_at, tiny_io
 
 
 def otf_args(model: Path, corpus: Path, out: Path) -> list[str]:
@@ -73,14 +71,7 @@ def test_on_the_fly_train_evaluate_and_resume(
     assert code == 0, err
 
     real = stream_mod.ActivationStream.batches
-
-    def sigint_at_5(self, *a, **k):
-        for i, x in enumerate(real(self, *a, **k)):
-            if i == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield x
-
-    monkeypatch.setattr(stream_mod.ActivationStream, "batches", sigint_at_5)
+    monkeypatch.setattr(stream_mod.ActivationStream, "batches", sigint_at(real, 5))
     code, err = cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, cut))
     assert code == 130, err
     assert torch.load(cut / "saes" / "relu-16" / "state.pt", weights_only=True)["step"] == 6
