@@ -14,10 +14,11 @@ import torch
 from tests.helpers import WORDS, harvest_args, run_cli, save_tiny
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     # The test matrices are tiny: a second OpenMP thread only adds synchronisation, and when the
-    # cores are shared with other jobs its spin-waits made each training step ~100x slower.
+    # cores are shared with other jobs its spin-waits made each training step ~100x slower. Set
+    # before every test: a library may have changed it during the one before.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from monosemantic.errors import UserError
@@ -22,7 +23,13 @@ def embed_2d(directions: np.ndarray, seed: int = 0) -> np.ndarray:
         raise UserError("the feature map needs umap-learn: pip install umap-learn") from e
     n = len(directions)
     reducer = umap.UMAP(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, n_jobs=1)
-    return np.asarray(reducer.fit_transform(directions))
+    threads = torch.get_num_threads()
+    try:
+        return np.asarray(reducer.fit_transform(directions))
+    finally:
+        # UMAP's first fit (numba) sets the OpenMP threads that torch shares to the core count;
+        # training later in the same process then ran ~20x slower on a shared 2-core machine.
+        torch.set_num_threads(threads)
 
 
 def cached_embed_2d(directions: np.ndarray, cache_dir: Path, seed: int = 0) -> np.ndarray:
