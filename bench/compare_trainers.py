@@ -53,7 +53,9 @@ import torch
 from torch import Tensor
 
 from monosemantic.activations import ActivationStore
-from monosemantic.train import lr_at
+from monosemantic.config import TrainConfig
+from monosemantic.fsio import write_text
+from monosemantic.train import dead_window, lr_at
 
 DEFAULT_TRAINERS = ("ours-relu", "ours-topk", "saelens-standard", "saelens-topk", "sparsify-topk")
 EXTRA_TRAINERS = ("saelens-topk-sparse", "sparsify-topk-signum")
@@ -98,7 +100,6 @@ class Trainer:
 
 
 def ours(job: Job, d: int, arch: str) -> Trainer:
-    from monosemantic.config import TrainConfig
     from monosemantic.train import make_states, train_step
 
     cfg = TrainConfig(
@@ -410,12 +411,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, align, *body])
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/demo", help="monosemantic run with a store")
@@ -448,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
         job = Job(**json.loads(args.worker))
-        write_atomic(Path(job.out), json.dumps(run_job(job)))
+        write_text(Path(job.out), json.dumps(run_job(job)))
         return
     trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
     unknown = sorted(set(trainers) - set(BUILDERS))
@@ -459,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     store = ActivationStore(Path(args.run_dir))  # fails early, with a clear message, on a bad run dir
     sizes = [int(s) for s in args.sizes.split(",")]
     n_steps = max(1, args.tokens // args.batch_size)
-    window = args.dead_window or max(args.batch_size, min(10_000_000, n_steps * args.batch_size // 20))
+    window = dead_window(TrainConfig(batch_size=args.batch_size, dead_window=args.dead_window), n_steps)
     load_before = os.getloadavg()
     started, rows = time.perf_counter(), []
     for n in sizes:
@@ -515,8 +510,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{store.n_tokens('eval'):,} held-out tokens; {env['cpu']}, {env['cpu_count']} cores, "
         f"{args.threads} torch threads.\n\n{versions}\n\n{table}\n"
     )
-    write_atomic(out_dir / f"compare-{date}.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out_dir / f"compare-{date}.md", md)
+    write_text(out_dir / f"compare-{date}.json", json.dumps(report, indent=2) + "\n")
+    write_text(out_dir / f"compare-{date}.md", md)
     print()
     print(table)
     print(f"\nwrote {out_dir / f'compare-{date}.json'} and .md ({report['total_seconds']:.0f} s)")

@@ -1,107 +1,28 @@
-"""Shared fixtures: tiny randomly initialised transformers saved as real model folders."""
+"""Shared fixtures: a tiny randomly initialised Llama saved as a real model folder, a corpus in its
+vocabulary, and a run directory harvested from them (once per session, copied for each test)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    BertConfig,
-    BertModel,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
 
-WORDS = [
-    "the",
-    "a",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
-    "it",
-    "that",
-    "this",
-    "paris",
-    "einstein",
-    "code",
-    "sql",
-    "select",
-    "where",
-    "buffer",
-    "overflow",
-    "shell",
-    "python",
-    "def",
-    "return",
-    "import",
-    "class",
-    "if",
-    "else",
-    "while",
-]
+from tests.helpers import WORDS, harvest_args, run_cli, save_tiny
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
-
-
-def tiny_model(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    v = 64
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=v, n_positions=64, n_embd=32, n_layer=4, n_head=4))
-    if family == "llama":
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=v,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=128,  # the default --seq-len (demo)
-            )
-        )
-    if family == "bert":
-        return BertModel(
-            BertConfig(
-                vocab_size=v,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                max_position_embeddings=64,
-            )
-        )
-    raise ValueError(family)
-
-
-def save_tiny(family: str, path: Path) -> Path:
-    tiny_model(family).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # The test matrices are tiny: a second OpenMP thread only adds synchronisation, and when the
+    # cores are shared with other jobs its spin-waits made each training step ~100x slower. Set
+    # before every test: a library may have changed it during the one before.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +35,6 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A text corpus of many short documents in the tiny tokenizer's vocabulary."""
     g = torch.Generator().manual_seed(1)
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    import json
-
     with open(path, "w") as f:
         for _ in range(400):
             n = int(torch.randint(20, 80, (1,), generator=g))
@@ -124,34 +43,16 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc-per-node N -m monosemantic ARGS`, one thread per rank; must succeed."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", str(nproc), "-m", "monosemantic", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def assert_same_saes(a: Path, b: Path, names: list[str], rtol: float = 1e-4, atol: float = 1e-5) -> None:
-    """The saved dictionaries ``names`` of runs a and b hold the same weights (within tolerance)."""
-    for name in names:
-        wa = load_file(str(a / "saes" / name / "sae.safetensors"))
-        wb = load_file(str(b / "saes" / name / "sae.safetensors"))
-        for k in wa:
-            torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=atol, msg=f"{name} {k}")
+@pytest.fixture(scope="session")
+def harvested(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path) -> Path:
+    """The tiny Llama's store harvested through the CLI, once per session; tests use copies (``run``)."""
+    out = tmp_path_factory.mktemp("harvested") / "run"
+    code, err = run_cli(*harvest_args(tiny_llama_dir, tiny_corpus, out))
+    assert code == 0, err
+    return out
 
 
 @pytest.fixture
-def run(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> Path:
-    """A run directory holding a harvested store of the tiny Llama (3,000 + 600 activations)."""
-    from tests.test_cli import cli, harvest_args
-
-    out = tmp_path / "run"
-    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, out))[0] == 0
-    return out
+def run(harvested: Path, tmp_path: Path) -> Path:
+    """A run directory of its own holding a harvested store of the tiny Llama (3,000 + 600 activations)."""
+    return shutil.copytree(harvested, tmp_path / "run")

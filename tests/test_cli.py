@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,41 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import monosemantic.activations as activations
-import monosemantic.activations as store_mod
-from monosemantic.cli import main
-
-TRAIN = ["--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2", "--l1-coeff", "1"]
-
-
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["monosemantic", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
-def tiny_io(model: Path, corpus: Path, out: Path) -> list[str]:
-    """Options every command on the tiny model shares: run dir, model, corpus, sequence length, layer."""
-    return [
-        "--out",
-        str(out),
-        "--model",
-        str(model),
-        "--corpus",
-        str(corpus),
-        "--seq-len",
-        "16",
-        "--layer",
-        "2",
-    ]
-
-
-def harvest_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
-    sizes = ["--tokens", "3000", "--eval-tokens", "600", "--shard-tokens", "600"]
-    return ["harvest", *tiny_io(model, corpus, out), *sizes, *extra]
+from tests.helpers import TRAIN, cli, harvest_args, needs_minilm, one_line_error, sigint_at
 
 
 def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
@@ -85,10 +49,11 @@ def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
     assert "relu-64" in (run / "report" / "index.html").read_text()
 
 
-def test_harvest_resumes_after_interrupt(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, full))[0] == 0
-    real_save, calls = store_mod.save_file, []
+def test_harvest_resumes_after_interrupt(
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, run, tmp_path
+) -> None:
+    full, cut = run, tmp_path / "cut"  # full: harvested without interruption
+    real_save, calls = activations.save_file, []
 
     def flaky_save(*a, **k):
         calls.append(1)
@@ -96,12 +61,12 @@ def test_harvest_resumes_after_interrupt(capsys, monkeypatch, tiny_llama_dir, ti
             raise KeyboardInterrupt
         return real_save(*a, **k)
 
-    monkeypatch.setattr(store_mod, "save_file", flaky_save)
+    monkeypatch.setattr(activations, "save_file", flaky_save)
     code, err = cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))
     assert code == 130 and "resume" in err
     assert len(json.loads((cut / "activations" / "manifest.json").read_text())["shards"]) == 2
     assert not list((cut / "activations").glob(".*tmp"))
-    monkeypatch.setattr(store_mod, "save_file", real_save)
+    monkeypatch.setattr(activations, "save_file", real_save)
     assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))[0] == 0
     a = json.loads((full / "activations" / "manifest.json").read_text())
     b = json.loads((cut / "activations" / "manifest.json").read_text())
@@ -119,14 +84,7 @@ def test_train_resumes_after_ctrl_c_to_the_same_weights(capsys, monkeypatch, run
     shutil.copytree(run, other)
     assert cli(capsys, monkeypatch, "train", "--out", run, *TRAIN)[0] == 0
     real_batches = activations.ActivationStore.batches
-
-    def batches_then_sigint(self, *a, **k):
-        for i, x in enumerate(real_batches(self, *a, **k)):
-            if i == 5:
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-run
-            yield x
-
-    monkeypatch.setattr(activations.ActivationStore, "batches", batches_then_sigint)
+    monkeypatch.setattr(activations.ActivationStore, "batches", sigint_at(real_batches, 5))
     code, err = cli(capsys, monkeypatch, "train", "--out", other, *TRAIN)
     assert code == 130 and "resume" in err
     assert torch.load(other / "saes" / "relu-16" / "state.pt", weights_only=True)["step"] == 6
@@ -137,12 +95,6 @@ def test_train_resumes_after_ctrl_c_to_the_same_weights(capsys, monkeypatch, run
         b = load_file(str(other / "saes" / f"relu-{n}" / "sae.safetensors"))
         for k in a:
             assert torch.equal(a[k], b[k]), k
-
-
-def one_line_error(code: int, err: str, pattern: str) -> None:
-    assert code == 2, err
-    assert pattern in err, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bad_model_and_layer(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
@@ -224,6 +176,8 @@ def test_console_script_prints_one_line_without_traceback(tmp_path) -> None:
     one_line_error(proc.returncode, proc.stderr, "does not exist")
 
 
+@pytest.mark.slow
+@needs_minilm
 def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
     out = tmp_path / "demo"
     code, err = cli(

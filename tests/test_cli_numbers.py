@@ -18,7 +18,7 @@ import monosemantic.scaling
 import monosemantic.train
 from monosemantic.cli import app, main
 from monosemantic.errors import UserError
-from tests.test_cli import cli, harvest_args, one_line_error
+from tests.helpers import cli, harvest_args, one_line_error
 
 
 def _numeric_params() -> list[tuple[str, str, str, type]]:

@@ -9,8 +9,7 @@ import pytest
 from transformers import GPT2Config, OPTConfig
 
 from monosemantic.models import max_positions
-from tests.conftest import save_tiny
-from tests.test_cli import cli, harvest_args, one_line_error
+from tests.helpers import cli, harvest_args, one_line_error, save_tiny
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from monosemantic import corpus
 from monosemantic.corpus import (
@@ -22,18 +20,9 @@ from monosemantic.corpus import (
     take_sequences,
 )
 from monosemantic.errors import UserError
+from tests.helpers import word_tokenizer
 
 SOURCES = {"wordnet", "factbook", "cwe", "python-src", "python-docs", "udhr", "debian-handbook"}
-
-
-def word_tokenizer(eos: bool = True, bos: bool = False) -> PreTrainedTokenizerFast:
-    """Words w0..w99 get ids 0..99, so a text's token ids can be read off its words."""
-    vocab = {f"w{i}": i for i in range(100)} | {"[UNK]": 100, "[EOS]": 101, "[BOS]": 102}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    special = {"eos_token": "[EOS]"} if eos else {}
-    special |= {"bos_token": "[BOS]"} if bos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
 
 
 def doc(*ids: int) -> str:

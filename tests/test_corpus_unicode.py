@@ -11,7 +11,7 @@ import pytest
 
 from monosemantic import corpus
 from monosemantic.corpus import iter_sequences, load_texts
-from tests.test_corpus import word_tokenizer
+from tests.helpers import word_tokenizer
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

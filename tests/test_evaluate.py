@@ -16,8 +16,7 @@ from monosemantic.evaluate import MIN_ABLATION_GAP, loss_recovered, spliced_loss
 from monosemantic.models import LoadedModel, edit_residual, find_blocks
 from monosemantic.report import build_report
 from monosemantic.sae import ForwardOutput
-from tests.conftest import tiny_model, tiny_tokenizer
-from tests.test_cli import cli, harvest_args
+from tests.helpers import cli, harvest_args, tiny_model, tiny_tokenizer
 
 
 def test_loss_recovered_is_na_when_zero_ablation_is_not_worse() -> None:

@@ -3,15 +3,12 @@ and its checkpoints must resume unsharded and the reverse."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from monosemantic.config import TrainConfig
 from monosemantic.distributed import DistContext, init_from_env
@@ -19,9 +16,7 @@ from monosemantic.errors import UserError
 from monosemantic.feature_parallel import FeatureShard, global_topk_mask
 from monosemantic.fsio import read_jsonl
 from monosemantic.sae import ReluSAE
-from tests.conftest import assert_same_saes, run_torchrun
-from tests.test_cli import cli, harvest_args
-from tests.test_distributed import train_until
+from tests.helpers import assert_same_saes, cli, on_ranks, run_torchrun, train_until
 
 # grad_clip below the gradient norms seen here, so that the global norm decides every step
 BASE = dict(
@@ -59,27 +54,29 @@ def _train(run_dir: Path, arch: str, feature_parallel: bool, stop_at: int | None
     train_until(config(arch, feature_parallel), run_dir, stop_at)
 
 
-def _spawned(rank: int, world: int, init_file: str, fn: Any, *args: Any) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    fn(*args)
-    dist.barrier()  # tear down together: a rank leaving early aborts its peer's gloo threads
-    dist.destroy_process_group()
-
-
-def on_two_ranks(tmp_path: Path, fn: Any, *args: Any) -> None:
-    init = tmp_path / f"init-{len(list(tmp_path.glob('init-*')))}"
-    mp.spawn(_spawned, args=(2, str(init), fn, *args), nprocs=2, join=True)
-
-
 def train_as(
     sharded: bool, run_dir: Path, tmp_path: Path, arch: str = "relu", stop_at: int | None = None
 ) -> None:
     if sharded:
-        on_two_ranks(tmp_path, _train, run_dir, arch, True, stop_at)
+        on_ranks(2, tmp_path, _train, run_dir, arch, True, stop_at)
     else:
         _train(run_dir, arch, False, stop_at)
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``unsharded(arch)``: the run directory of the architecture trained unsharded in this
+    process, trained once for every test that compares against it."""
+    done: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in done:
+            out = tmp_path_factory.mktemp(f"unsharded-{arch}") / "single"
+            train_as(False, out, out.parent, arch)
+            done[arch] = out
+        return done[arch]
+
+    return get
 
 
 def assert_same_weights(a: Path, b: Path, arch: str) -> None:
@@ -87,14 +84,15 @@ def assert_same_weights(a: Path, b: Path, arch: str) -> None:
     assert_same_saes(a, b, [f"{arch}-{n}" for n in config(arch, False).sizes], **tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_feature_parallel_equals_unsharded(tmp_path: Path, arch: str) -> None:
-    train_as(False, tmp_path / "single", tmp_path, arch)
+def test_feature_parallel_equals_unsharded(unsharded: Any, tmp_path: Path, arch: str) -> None:
     train_as(True, tmp_path / "sharded", tmp_path, arch)
-    assert_same_weights(tmp_path / "single", tmp_path / "sharded", arch)
+    assert_same_weights(unsharded(arch), tmp_path / "sharded", arch)
     n = max(config(arch, False).sizes)
     single, sharded = (
-        read_jsonl(tmp_path / run / "saes" / f"{arch}-{n}" / "log.jsonl") for run in ("single", "sharded")
+        read_jsonl(run / "saes" / f"{arch}-{n}" / "log.jsonl")
+        for run in (unsharded(arch), tmp_path / "sharded")
     )
     assert len(sharded) == len(single) == 4  # rank 0 alone writes
     for a, b in zip(single, sharded, strict=True):  # the logged statistics are global
@@ -104,10 +102,10 @@ def test_feature_parallel_equals_unsharded(tmp_path: Path, arch: str) -> None:
         assert any(row["aux"] > 0 and row["dead_fraction"] > 0 for row in single)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_sharded", [True, False])
-def test_checkpoint_resumes_in_the_other_mode(tmp_path: Path, first_sharded: bool) -> None:
+def test_checkpoint_resumes_in_the_other_mode(unsharded: Any, tmp_path: Path, first_sharded: bool) -> None:
     arch = "topk"  # Adam moments, dead-feature counters and AuxK all carry over
-    train_as(False, tmp_path / "reference", tmp_path, arch)
     run = tmp_path / "run"
     train_as(first_sharded, run, tmp_path, arch, stop_at=8)  # stops after the step-5 checkpoint
     state = torch.load(run / "saes" / f"{arch}-32" / "state.pt", weights_only=True)
@@ -115,7 +113,7 @@ def test_checkpoint_resumes_in_the_other_mode(tmp_path: Path, first_sharded: boo
     assert state["sae"]["W_dec"].shape == (32, 32) and state["opt"]["state"][0]["exp_avg"].shape == (32, 32)
     assert not (run / "saes" / f"{arch}-32" / "sae.safetensors").exists()
     train_as(not first_sharded, run, tmp_path, arch)
-    assert_same_weights(tmp_path / "reference", run, arch)
+    assert_same_weights(unsharded(arch), run, arch)
 
 
 def _check_topk_ties() -> None:
@@ -136,8 +134,9 @@ def _check_topk_ties() -> None:
         assert torch.equal(got, expected[:, d.rank * 6 : (d.rank + 1) * 6]), k
 
 
+@pytest.mark.slow
 def test_global_topk_breaks_ties_by_lowest_feature(tmp_path: Path) -> None:
-    on_two_ranks(tmp_path, _check_topk_ties)
+    on_ranks(2, tmp_path, _check_topk_ties)
 
 
 def test_sizes_must_divide_among_ranks() -> None:
@@ -151,11 +150,11 @@ def test_resample_dead_is_refused() -> None:
         TrainConfig(resample_dead=True, feature_parallel=True)
 
 
+@pytest.mark.slow
 def test_torchrun_cli_feature_parallel_matches_single_process(
-    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path
+    capsys, monkeypatch, run: Path, tmp_path
 ) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, one))[0] == 0
+    one, two = run, tmp_path / "two"
     shutil.copytree(one, two)
     args = ["--arch", "topk", "--k", "4", "--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2"]
     assert cli(capsys, monkeypatch, "train", "--out", str(one), *args)[0] == 0

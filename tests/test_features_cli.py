@@ -15,37 +15,26 @@ import torch
 import monosemantic.features.analyze as analyze_mod
 import monosemantic.features.feature_map as feature_map_mod
 from monosemantic.activations import ActivationStore
-from monosemantic.config import HarvestConfig, TrainConfig
+from monosemantic.config import TrainConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features import db
-from monosemantic.stages.pipeline import run_harvest, run_train
-from tests.test_cli import cli, one_line_error
+from monosemantic.stages.pipeline import run_train
+from tests.helpers import cli, fake_llm_server, needs_minilm, one_line_error, tiny_tokenizer
 
 WINDOW = ["--before", "6", "--after", "3"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, harvested: Path) -> Path:
     out = tmp_path_factory.mktemp("features") / "run"
-    hcfg = HarvestConfig(
-        model=str(tiny_llama_dir),
-        corpus=str(tiny_corpus),
-        seq_len=16,
-        layer=2,
-        n_tokens=3000,
-        n_eval_tokens=600,
-        shard_tokens=600,
-    )
-    run_harvest(hcfg, out, False)
+    shutil.copytree(harvested, out)
     run_train(TrainConfig(sizes=[16, 64], batch_size=256, epochs=2), out, False)
     return out
 
 
 @pytest.fixture
 def run(trained: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    return out
+    return shutil.copytree(trained, tmp_path / "run")
 
 
 def analyze(capsys, monkeypatch, run: Path, *extra: str) -> tuple[int, str]:
@@ -174,8 +163,6 @@ def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
     model's layer-2 residual separates token identities linearly)."""
     from safetensors.torch import load_file, save_file
 
-    from tests.conftest import tiny_tokenizer
-
     store = ActivationStore(run)
     acts = torch.cat([store.load(s)[0] for s in store.manifest["shards"]])
     toks = torch.cat([store.load(s)[1][:, 1:].reshape(-1) for s in store.manifest["shards"]])
@@ -234,9 +221,8 @@ def test_search_does_not_rank_an_almost_dead_feature() -> None:
     assert rank(acts, [1, 1], stats, {}, top=3)[0].feature == 0
 
 
+@needs_minilm
 def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path) -> None:
-    from tests.test_features_explain import FakeLLM
-
     plant_feature(run, "relu-64", 7, "paris")
     assert analyze(capsys, monkeypatch, run, "--sae", "relu-64")[0] == 0
     code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "7")
@@ -245,17 +231,10 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
         run, "SELECT explanation, explainer, score_auc FROM features WHERE id = 7"
     )[0]
     assert text.startswith('fires on " paris" (100%)') and "MiniLM" in explainer and 0 <= score <= 1
-    server = __import__("http.server").server.HTTPServer(("127.0.0.1", 0), FakeLLM)
-    import threading
-
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with fake_llm_server() as url:
         code, err = cli(
             capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "7", "--explainer-url", url
         )
-    finally:
-        server.shutdown()
     assert code == 0, err
     row = table(run, "SELECT explanation, explainer, score_auc, score_bacc FROM features WHERE id = 7")[0]
     # the fake LLM marks exactly the excerpts containing "paris": the planted feature's held-out
@@ -296,6 +275,7 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
     )
 
 
+@pytest.mark.slow  # its report runs UMAP, whose first fit in a process compiles numba kernels (~20 s)
 def test_catalog_ranks_the_planted_feature_for_its_probe_set(
     capsys, monkeypatch, run: Path, tmp_path
 ) -> None:

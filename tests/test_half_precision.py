@@ -13,7 +13,7 @@ import torch
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features.logits import direct_logit_effects
 from monosemantic.models import capture_residual, edit_residual, load_model, to_model
-from tests.test_cli import cli, harvest_args
+from tests.helpers import cli, harvest_args
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -15,8 +15,8 @@ from monosemantic.interop import detect_format, read_dictionary, saelens, sparsi
 from monosemantic.interop import dictionary_learning as dl
 from monosemantic.interop.base import ExportMeta
 from monosemantic.interop.hooks import check_layer, layer_of_hook, module_hook, saelens_hook
-from monosemantic.sae import ARCHITECTURES, BatchTopKSAE, JumpReLUSAE, SparseAutoencoder
-from tests.test_cli import cli
+from monosemantic.sae import SparseAutoencoder
+from tests.helpers import cli, harvest_opts, random_sae
 
 WRITERS = {"saelens": saelens, "sparsify": sparsify, "dictionary_learning": dl}
 
@@ -60,20 +60,6 @@ def test_last_block_output_and_layer_zero_are_refused() -> None:
     assert layer_of_hook(saelens_hook(5)) == 5 and layer_of_hook(module_hook(5)) == 5
     with pytest.raises(UserError, match="embeddings"):
         module_hook(0)
-
-
-def random_sae(arch: str, d: int = 16, n: int = 48, seed: int = 0) -> SparseAutoencoder:
-    g = torch.Generator().manual_seed(seed)
-    kwargs = {"k": 6} if arch in ("topk", "batchtopk") else {}
-    sae = ARCHITECTURES[arch](d, n, **kwargs)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        if isinstance(sae, JumpReLUSAE):
-            sae.log_threshold.copy_(torch.rand(n, generator=g).mul(0.3).log())
-        if isinstance(sae, BatchTopKSAE):
-            sae.threshold.fill_(0.2)
-    return sae.eval().requires_grad_(False)
 
 
 def same(a: SparseAutoencoder, b: SparseAutoencoder, x: torch.Tensor) -> None:
@@ -199,10 +185,6 @@ def test_bad_folders_and_files_get_one_line(tmp_path: Path) -> None:
     (tmp_path / "dl" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="'GatedAutoEncoder' has no equivalent"):
         read_dictionary(tmp_path / "dl")
-
-
-def harvest_opts(corpus: Path) -> list[str]:
-    return ["--corpus", str(corpus), "--seq-len", "16", "--tokens", "3000", "--eval-tokens", "600"]
 
 
 def test_import_runs_through_evaluate_analyze_search_and_exports_back(

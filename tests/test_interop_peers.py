@@ -17,8 +17,7 @@ from monosemantic.interop import dictionary_learning as dl
 from monosemantic.interop import read_dictionary, saelens, sparsify
 from monosemantic.interop.base import ExportMeta
 from monosemantic.models import capture_residual, load_model
-from tests.test_cli import cli
-from tests.test_interop import harvest_opts, random_sae
+from tests.helpers import cli, harvest_opts, random_sae
 
 X = torch.randn(64, 16, generator=torch.Generator().manual_seed(5))
 TOL = {"rtol": 1e-4, "atol": 1e-4}

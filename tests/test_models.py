@@ -14,7 +14,7 @@ from monosemantic.models import (
     load_model,
     next_token_loss,
 )
-from tests.conftest import save_tiny, tiny_model, tiny_tokenizer
+from tests.helpers import save_tiny, tiny_model, tiny_tokenizer
 
 
 def _loaded(family: str) -> LoadedModel:

@@ -26,14 +26,13 @@ def test_loss_matches_hand_computation() -> None:
     out = sae(x)
     lam = 3.0
     total = 0.0
-    torch.set_grad_enabled(False)
-    for b in range(5):
-        f = [max(0.0, float(sae.W_enc[i] @ x[b] + sae.b_enc[i])) for i in range(16)]
-        xhat = [float(sae.b_dec[j] + sum(f[i] * sae.W_dec[j, i] for i in range(16))) for j in range(8)]
-        err = sum((x[b, j].item() - xhat[j]) ** 2 for j in range(8))
-        pen = sum(f[i] * math.sqrt(sum(float(sae.W_dec[j, i]) ** 2 for j in range(8))) for i in range(16))
-        total += err + lam * pen
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        for b in range(5):
+            f = [max(0.0, float(sae.W_enc[i] @ x[b] + sae.b_enc[i])) for i in range(16)]
+            xhat = [float(sae.b_dec[j] + sum(f[i] * sae.W_dec[j, i] for i in range(16))) for j in range(8)]
+            err = sum((x[b, j].item() - xhat[j]) ** 2 for j in range(8))
+            pen = sum(f[i] * math.sqrt(sum(float(sae.W_dec[j, i]) ** 2 for j in range(8))) for i in range(16))
+            total += err + lam * pen
     lo = relu_sae_loss(x, out, sae.decoder_norms(), lam)
     assert lo.loss.item() == pytest.approx(total / 5, rel=1e-5)
     assert (lo.mse + lam * lo.sparsity).item() == pytest.approx(lo.loss.item(), rel=1e-6)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,7 @@ from monosemantic.sae import (
 from monosemantic.sae.jumprelu import jumprelu, step
 from monosemantic.sae.topk import auxk_loss, sparse_decode, topk_per_row
 from monosemantic.train import build_sae, train
-from tests.test_train import planted
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # These matrices are tiny: a second OpenMP thread only adds synchronisation, and when the
-    # 2 cores are shared with other jobs its spin-waits made each training step ~100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.helpers import planted
 
 
 def _perturbed(sae: SparseAutoencoder, seed: int = 0) -> SparseAutoencoder:
@@ -336,6 +325,7 @@ def test_topk_defaults_k_aux_to_half_the_width() -> None:
 # --- training ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arch", "settings", "steps"),
     [

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from monosemantic.scaling import PowerLaw, fit_sweep, parabola_min, profile_sizes, recommend
-from tests.conftest import run_torchrun
-from tests.test_cli import cli
+from tests.helpers import cli, run_cli, run_torchrun
 
 A_N, A_LR = 0.45, -0.3  # the planted exponents of N_opt and LR_opt
 
@@ -106,8 +105,20 @@ def _trained(err: str) -> int:
     return sum(1 for line in err.splitlines() if line.startswith("level ") and "finished earlier" not in line)
 
 
-def test_scaling_cli_sweeps_fits_resumes_and_recommends(capsys, monkeypatch, run: Path) -> None:
-    code, err = cli(capsys, monkeypatch, "scaling", run, *SWEEP)
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, harvested: Path) -> tuple[Path, int, str]:
+    """The sweep run in this process, once for the tests that look at it: (run directory, exit
+    code, stderr)."""
+    out = tmp_path_factory.mktemp("swept") / "run"
+    shutil.copytree(harvested, out)
+    return (out, *run_cli("scaling", out, *SWEEP))
+
+
+@pytest.mark.slow  # the sweep trains a dozen dictionaries
+def test_scaling_cli_sweeps_fits_resumes_and_recommends(capsys, monkeypatch, swept, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(swept[0], run)
+    code, err = swept[1:]
     assert code == 0, err
     fits = json.loads((run / "scaling" / "fits.json").read_text())
     results = sorted((run / "scaling" / "points").glob("*/result.json"))
@@ -143,10 +154,10 @@ def test_scaling_refuses_bad_input(capsys, monkeypatch, run: Path, tmp_path: Pat
     assert code == 2 and "--levels" in err
 
 
-def test_scaling_under_torchrun_deals_points_to_ranks(capsys, monkeypatch, run: Path, tmp_path: Path) -> None:
-    single = tmp_path / "single"
-    shutil.copytree(run, single)
-    assert cli(capsys, monkeypatch, "scaling", single, *SWEEP)[0] == 0
+@pytest.mark.slow
+def test_scaling_under_torchrun_deals_points_to_ranks(run: Path, swept) -> None:
+    single = swept[0]
+    assert swept[1] == 0
     proc = run_torchrun("scaling", str(run), *SWEEP)
     assert "level 1" in proc.stderr
     a = json.loads((single / "scaling" / "fits.json").read_text())

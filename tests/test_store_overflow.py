@@ -11,8 +11,7 @@ import torch
 
 from monosemantic.activations import finite_rows
 from monosemantic.errors import UserError
-from tests.conftest import tiny_model, tiny_tokenizer
-from tests.test_cli import TRAIN, cli, harvest_args, one_line_error
+from tests.helpers import TRAIN, cli, harvest_args, one_line_error, tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

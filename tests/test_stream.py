@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from safetensors.torch import load_file
 import monosemantic.stream as stream_mod
 from monosemantic.models import load_model
 from monosemantic.stream import ActivationStream
-from tests.conftest import assert_same_saes, run_torchrun
-from tests.test_cli import cli, tiny_io
+from tests.helpers import assert_same_saes, cli, run_cli, run_torchrun, sigint_at, tiny_io
 
 
 def otf_args(model: Path, corpus: Path, out: Path) -> list[str]:
@@ -51,12 +49,20 @@ def test_stream_batches_depend_only_on_the_step(tiny_llama_dir: Path, tiny_corpu
     assert not torch.equal(first[0], first[5])  # a new window after 5 batches
 
 
+@pytest.fixture(scope="module")
+def on_the_fly(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path) -> Path:
+    """A run trained on the fly in this process, once for the tests that compare against it."""
+    out = tmp_path_factory.mktemp("on-the-fly") / "full"
+    code, err = run_cli(*otf_args(tiny_llama_dir, tiny_corpus, out))
+    assert code == 0, err
+    return out
+
+
 def test_on_the_fly_train_evaluate_and_resume(
-    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, on_the_fly: Path, tmp_path
 ) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
-    code, err = cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, full))
-    assert code == 0, err
+    shutil.copytree(on_the_fly, full)
     assert not any(
         s["split"] == "train"
         for s in __import__("json").loads((full / "activations" / "manifest.json").read_text())["shards"]
@@ -65,14 +71,7 @@ def test_on_the_fly_train_evaluate_and_resume(
     assert code == 0, err
 
     real = stream_mod.ActivationStream.batches
-
-    def sigint_at_5(self, *a, **k):
-        for i, x in enumerate(real(self, *a, **k)):
-            if i == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield x
-
-    monkeypatch.setattr(stream_mod.ActivationStream, "batches", sigint_at_5)
+    monkeypatch.setattr(stream_mod.ActivationStream, "batches", sigint_at(real, 5))
     code, err = cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, cut))
     assert code == 130, err
     assert torch.load(cut / "saes" / "relu-16" / "state.pt", weights_only=True)["step"] == 6
@@ -84,9 +83,9 @@ def test_on_the_fly_train_evaluate_and_resume(
             assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2])
-def test_on_the_fly_under_torchrun(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path, world) -> None:
-    one, many = tmp_path / "one", tmp_path / "many"
-    assert cli(capsys, monkeypatch, *otf_args(tiny_llama_dir, tiny_corpus, one))[0] == 0
+def test_on_the_fly_under_torchrun(tiny_llama_dir, tiny_corpus, on_the_fly: Path, tmp_path, world) -> None:
+    one, many = on_the_fly, tmp_path / "many"
     run_torchrun(*otf_args(tiny_llama_dir, tiny_corpus, many), nproc=world)
     assert_same_saes(one, many, ["relu-16", "relu-64"])

@@ -1,34 +1,23 @@
+"""Training on planted data: recovery of the planted directions, resume to the same weights, and
+per-architecture defaults."""
+
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor
 
 from monosemantic.config import TrainConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.train import train
+from tests.helpers import planted
 
 
-def planted(n_dirs: int = 64, d: int = 32, active: int = 3, seed: int = 0) -> tuple[Tensor, callable]:
-    """Activations that are sparse non-negative combinations of known unit directions."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(n_dirs, d, generator=g)
-    dirs /= dirs.norm(dim=1, keepdim=True)
-
-    def batches_from(step: int, batch: int = 512) -> Iterator[Tensor]:
-        while True:
-            gs = torch.Generator().manual_seed(seed * 100_003 + step)
-            idx = torch.rand(batch, n_dirs, generator=gs).argsort(dim=1)[:, :active]
-            coef = torch.zeros(batch, n_dirs).scatter_(1, idx, torch.rand(batch, active, generator=gs) + 0.5)
-            yield coef @ dirs
-            step += 1
-
-    return dirs, batches_from
-
-
+@pytest.mark.slow
 def test_planted_dictionary_is_recovered(tmp_path: Path) -> None:
     dirs, batches_from = planted()
     cfg = TrainConfig(

@@ -14,7 +14,7 @@ from monosemantic.errors import UserError
 from monosemantic.features.logits import direct_logit_effects, top_logit_effects
 from monosemantic.models import LoadedModel, edit_residual, find_blocks, to_model
 from monosemantic.unembed import output_path_mismatch, residual_to_logits
-from tests.conftest import tiny_tokenizer
+from tests.helpers import tiny_tokenizer
 
 V, D = 64, 64
 _COMMON = {"vocab_size": V, "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 64}
@@ -154,7 +154,7 @@ def test_analyze_a_tiny_opt_with_a_projected_unembedding(capsys, monkeypatch, ti
 
     from monosemantic.dictionary import load_dictionary
     from monosemantic.models import load_model
-    from tests.test_cli import cli, harvest_args
+    from tests.helpers import cli, harvest_args
 
     model_dir = tmp_path / "opt"
     cfg, cls = _config("opt")

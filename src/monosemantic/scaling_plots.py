@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from monosemantic.report import _save
+from monosemantic.plots import save_png
 from monosemantic.scaling import load_law
 
 
@@ -48,7 +48,7 @@ def plot_loss_vs_compute(rows: list[dict[str, Any]], fits: dict[str, Any], path:
     )
     ax.set_title("Loss vs compute: every run, and the loss-optimal frontier")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_isoflops(rows: list[dict[str, Any]], fits: dict[str, Any], path: Path) -> str:
@@ -72,7 +72,7 @@ def plot_isoflops(rows: list[dict[str, Any]], fits: dict[str, Any], path: Path) 
     ax.set(xscale="log", yscale="log", xlabel="dictionary size n (features)", ylabel="held-out loss")
     ax.set_title("IsoFLOP profiles (★ fitted optimum)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_optima(fits: dict[str, Any], path: Path) -> str:
@@ -92,7 +92,7 @@ def plot_optima(fits: dict[str, Any], path: Path) -> str:
         ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel=f"{name} ({unit})")
         ax.legend(fontsize=7)
     fig.suptitle("Loss-optimal size, steps and learning rate vs compute")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def scaling_figures(rows: list[dict[str, Any]], fits: dict[str, Any], out_dir: Path) -> list[tuple[str, str]]:

@@ -7,10 +7,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path
+from monosemantic.plots import save_png
 
 
 def embed_2d(directions: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -21,7 +23,13 @@ def embed_2d(directions: np.ndarray, seed: int = 0) -> np.ndarray:
         raise UserError("the feature map needs umap-learn: pip install umap-learn") from e
     n = len(directions)
     reducer = umap.UMAP(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, n_jobs=1)
-    return np.asarray(reducer.fit_transform(directions))
+    threads = torch.get_num_threads()
+    try:
+        return np.asarray(reducer.fit_transform(directions))
+    finally:
+        # UMAP's first fit (numba) sets the OpenMP threads that torch shares to the core count;
+        # training later in the same process then ran ~20x slower on a shared 2-core machine.
+        torch.set_num_threads(threads)
 
 
 def cached_embed_2d(directions: np.ndarray, cache_dir: Path, seed: int = 0, write: bool = True) -> np.ndarray:
@@ -53,10 +61,10 @@ def plot_map(
     path: Path,
     title: str,
     labels: dict[int, str] | None = None,
-) -> Path:
+) -> str:
     """Scatter of the features, coloured by log10 firing frequency (dead features grey); features
-    with a catalog label are drawn on top, coloured by label."""
-    fig = Figure(figsize=(8, 7), dpi=110)
+    with a catalog label are drawn on top, coloured by label. Returns the PNG's file name."""
+    fig = Figure(figsize=(8, 7))
     ax = fig.add_subplot()
     live = freq > 0
     ax.scatter(coords[~live, 0], coords[~live, 1], s=2, c="#cccccc", label="dead", linewidths=0)
@@ -81,6 +89,4 @@ def plot_map(
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
+    return save_png(fig, path, crop=True)

