@@ -122,7 +122,12 @@ def test_core_metrics_equal_saelens_evals(
             compute_featurewise_density_statistics=True,
         )
         theirs, per_feature = run_evals(
-            sae, source, model, ActivationScaler(), everything, exclude_special_tokens=ignore  # type: ignore[arg-type]
+            sae,
+            source,
+            model,
+            ActivationScaler(),
+            everything,
+            exclude_special_tokens=ignore,  # type: ignore[arg-type]
         )
         flat = {k: v for group in theirs.values() for k, v in group.items()}
         for key in (

@@ -24,10 +24,9 @@ class CoreReconstruction:
 
     def __init__(self, n_features: int, device: str | torch.device = "cpu") -> None:
         self.n = 0
-        self.sums: dict[str, float] = dict.fromkeys(
-            ("sq_norm", "sq_resid", "cossim", "l0", "l1", "norm_in", "norm_out", "l2_ratio", "xhat_sq", "dot"),
-            0.0,
-        )
+        keys = ["sq_norm", "sq_resid", "cossim", "l0", "l1", "norm_in", "norm_out", "l2_ratio"]
+        keys += ["xhat_sq", "dot"]
+        self.sums: dict[str, float] = dict.fromkeys(keys, 0.0)
         self.sum_x: Tensor | None = None
         self.fires = torch.zeros(n_features, dtype=torch.long, device=device)
 
