@@ -5,6 +5,8 @@ a planted dictionary."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,20 @@ def test_hyperparameters_rebuild_the_dictionary(arch: str) -> None:
     clone.load_state_dict(sae.state_dict(), strict=True)
     x = _randn(10, 8, seed=13)
     torch.testing.assert_close(clone(x).recon, sae(x).recon, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_from_config_passes_every_constructor_setting(arch: str) -> None:
+    """``from_config`` is the written contract between TrainConfig and an architecture: each
+    constructor keyword is a TrainConfig field, and it is passed on."""
+    cls = ARCHITECTURES[arch]
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # after self, d_model, n_features
+    keywords = {p.name: p.default for p in params}
+    assert set(keywords) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(keywords) == set(NON_DEFAULT[arch])
+    assert all(NON_DEFAULT[arch][name] != default for name, default in keywords.items())
+    cfg = TrainConfig(arch=arch, **NON_DEFAULT[arch])
+    assert cls.from_config(8, 32, cfg).hyperparameters() == {name: getattr(cfg, name) for name in keywords}
 
 
 def test_topk_defaults_k_aux_to_half_the_width() -> None:

@@ -225,6 +225,25 @@ def export_cmd(cfg: ConfigOptions[ExportConfig], run: Path = RUN) -> None:
     terminal.export_done(run_export(run, cfg.build()))
 
 
+@app.command("serve")
+def serve_cmd(
+    runs: list[Path] = typer.Argument(..., help="run directories to serve"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="interface to listen on (beyond loopback: needs --token, or makes one)",
+    ),
+    token: str = typer.Option("", "--token", help="every route needs this token (?token=, cookie or Bearer)"),
+    open_browser: bool = typer.Option(False, "--open", help="open the browser on the first page"),
+) -> None:
+    """Browse the runs' features in a web browser: overview, feature pages, search, map, catalog,
+    steering, and a JSON API under /api/ (read-only; the model is loaded when a page needs it)."""
+    from monosemantic.stages.serve import run_serve
+
+    run_serve(runs, host, port, token, open_browser, on_ready=lambda p: terminal.serving(len(runs), p))
+
+
 # The feature commands (analyze, feature, search, ...) are declared beside their stages' docs.
 from monosemantic.features.cli import register as _register_feature_commands  # noqa: E402
 

@@ -2,9 +2,11 @@
 
 Every rank holds a full copy of each dictionary and takes its own disjoint slice of every global
 batch; gradients are averaged before the optimizer step, so N ranks with a global batch B follow
-the same trajectory as one process with batch B. Rank 0 alone writes files. (Feature-parallel
-training, which shards the dictionary instead of the batch, builds on these collectives: see
-``feature_parallel.py``.)
+the same trajectory as one process with batch B. Rank 0 alone writes files.
+
+The trainer sees each dictionary through a ``Layout``: ``Whole`` here (one process, or a copy per
+data-parallel rank) or ``feature_parallel.FeatureShard`` (one rank's slice of the features, which
+builds on these collectives). Everything the training step does across ranks goes through it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from monosemantic.errors import UserError
+from monosemantic.sae import SparseAutoencoder
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,114 @@ class DistContext:
         """Leave the process group together (a rank leaving early aborts its peers' gloo threads)."""
         dist.barrier()
         dist.destroy_process_group()
+
+
+class Layout(Protocol):
+    """One dictionary as this process trains it: the module, and what the training step and the
+    checkpoints do across ranks. ``Whole`` and ``feature_parallel.FeatureShard`` implement it."""
+
+    sae: SparseAutoencoder
+    """This process's module: the whole dictionary, or its slice of the features."""
+    n_features: int
+    """The whole dictionary's number of features."""
+    n_local: int
+    """The features this process holds (the length of its firing records)."""
+
+    @property
+    def checkpoint_device(self) -> torch.device:
+        """Where a checkpoint is loaded before ``load`` takes what this process holds."""
+        ...
+
+    def local_batch(self, batch: Tensor) -> Tensor:
+        """What this process trains on of a global batch (B, d)."""
+        ...
+
+    def sync_gradients(self) -> None:
+        """Make the gradients after backward those of the global batch and loss."""
+        ...
+
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
+        """Scale the gradients so that the whole dictionary's norm is at most ``max_norm``."""
+        ...
+
+    def sync_step(self, fired: Tensor, values: Tensor, batch: int) -> tuple[Tensor, Tensor, int]:
+        """After the optimizer step: (which of this process's features fired (n_local,) bool,
+        the batch statistics, the tokens of the global batch) from this process's (fired, values,
+        rows of its batch); keeps updated buffers identical on every rank."""
+        ...
+
+    def sum_over_features(self, values: Tensor) -> Tensor:
+        """Counts over this process's features -> over the whole dictionary's."""
+        ...
+
+    def gather(self, opt: torch.optim.Optimizer, since_fired: Tensor) -> tuple[Any, Any, Tensor] | None:
+        """(state_dict, optimizer state_dict, tokens since each feature fired (n,)) of the whole
+        dictionary, or None on a rank that does not get it; every rank must call it."""
+        ...
+
+    def load(
+        self,
+        sae: dict[str, Tensor],
+        opt_state: dict[str, Any],
+        since_fired: Tensor,
+        opt: torch.optim.Optimizer,
+    ) -> Tensor:
+        """Take what this process holds of a whole dictionary's checkpoint into ``sae`` and ``opt``;
+        returns its firing records."""
+        ...
+
+    def whole(self) -> SparseAutoencoder | None:
+        """The whole dictionary (None on a rank that does not get it; every rank must call it)."""
+        ...
+
+
+class Whole:
+    """A whole dictionary: alone, or (with ``dist``) one data-parallel rank's copy of it, trained
+    on this rank's slice of each global batch."""
+
+    def __init__(self, sae: SparseAutoencoder, dist: DistContext | None = None) -> None:
+        self.sae, self.dist = sae, dist
+        self.n_features = self.n_local = sae.n_features
+
+    @property
+    def checkpoint_device(self) -> torch.device:
+        return self.sae.W_dec.device
+
+    def local_batch(self, batch: Tensor) -> Tensor:
+        return batch if self.dist is None else self.dist.shard(batch)
+
+    def sync_gradients(self) -> None:
+        if self.dist is not None:
+            self.dist.average_gradients(self.sae)
+
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
+        return torch.nn.utils.clip_grad_norm_(self.sae.parameters(), max_norm)
+
+    def sync_step(self, fired: Tensor, values: Tensor, batch: int) -> tuple[Tensor, Tensor, int]:
+        if self.dist is None:
+            return fired, values, batch
+        self.dist.average_buffers(self.sae)
+        return self.dist.any(fired), self.dist.mean(values), batch * self.dist.world
+
+    def sum_over_features(self, values: Tensor) -> Tensor:
+        return values
+
+    def gather(self, opt: torch.optim.Optimizer, since_fired: Tensor) -> tuple[Any, Any, Tensor] | None:
+        return self.sae.state_dict(), opt.state_dict(), since_fired
+
+    def load(
+        self,
+        sae: dict[str, Tensor],
+        opt_state: dict[str, Any],
+        since_fired: Tensor,
+        opt: torch.optim.Optimizer,
+    ) -> Tensor:
+        self.sae.load_state_dict(sae)
+        opt.load_state_dict(opt_state)
+        return since_fired
+
+    def whole(self) -> SparseAutoencoder:
+        return self.sae
 
 
 def init_from_env(device: str) -> DistContext | None:

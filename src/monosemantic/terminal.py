@@ -68,7 +68,7 @@ def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None
             f"{first['loss_zero']:.3f}; KL(clean ‖ spliced) in nats per token"
         )
     table.caption = caption
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)  # nine columns: names stay whole
     for why, names in notes.items():
         Console().print(f"loss recovered n/a for {', '.join(names)}: {why}")
     if len(reused) == len(metrics):
@@ -235,3 +235,10 @@ def import_done(out: Path, result: Any) -> None:
 def export_done(result: Any) -> None:
     """The files an ``ExportResult`` wrote."""
     say(f"export: {result.sae} as {result.format} in {result.dest} ({len(result.files)} files)")
+
+
+def serving(n_runs: int, plan: Any) -> None:
+    """A ``stages.serve.ServePlan``: where the browser is, with a warning when others can reach it."""
+    if plan.warning:
+        console.print(f"[bold yellow]warning:[/] {plan.warning}", soft_wrap=True)
+    console.print(f"serving {n_runs} run(s) at {plan.url} (Ctrl-C stops)", soft_wrap=True, highlight=False)

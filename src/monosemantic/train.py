@@ -3,14 +3,14 @@
 The trainer knows nothing about the language model: it takes an iterator of (B, d) batches. Every
 size sees every batch (each batch is read once for all sizes), has its own Adam, and checkpoints to
 its own ``state.pt``; a rerun resumes each size from its last checkpoint. Under torchrun the ranks
-split each batch (data parallel, ``distributed.py``) or, with ``feature_parallel``, each dictionary's
-features (``feature_parallel.py``); checkpoints hold the whole dictionary either way.
+split each batch (data parallel, ``distributed.Whole``) or, with ``feature_parallel``, each
+dictionary's features (``feature_parallel.FeatureShard``); the training step sees either through the
+one ``distributed.Layout`` interface, and checkpoints hold the whole dictionary either way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import signal
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from monosemantic.config import TrainConfig
 from monosemantic.dictionary import sae_name, save_dictionary
-from monosemantic.distributed import DistContext
+from monosemantic.distributed import DistContext, Layout, Whole
 from monosemantic.errors import UserError
 from monosemantic.feature_parallel import FeatureShard
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
@@ -74,26 +74,28 @@ def variance_explained(x: Tensor, recon: Tensor) -> float:
 
 @dataclass
 class SizeState:
-    """One dictionary being trained: its module (or this rank's shard of it), optimizer, progress
-    and folder."""
+    """One dictionary being trained: its layout (the module, whole or this rank's slice of its
+    features), optimizer, progress and folder."""
 
-    sae: SparseAutoencoder | FeatureShard
+    layout: Layout
     opt: torch.optim.Adam
     out_dir: Path
     step: int = 0
-    since_fired: Tensor | None = None  # (n,) tokens since each feature (of this shard) last fired
+    since_fired: Tensor | None = None  # (n_local,) tokens since each feature (of this slice) last fired
+
+    @property
+    def sae(self) -> SparseAutoencoder:
+        """The module this process trains (the whole dictionary unless feature parallel)."""
+        return self.layout.sae
 
     def checkpoint(self, cfg: dict[str, Any], write: bool = True) -> None:
-        """Write state.pt, holding the whole dictionary. A feature shard gathers it first: every
+        """Write state.pt, holding the whole dictionary (a feature shard gathers it first): every
         rank calls this, and only the one with ``write`` (rank 0) writes."""
-        if isinstance(self.sae, FeatureShard):
-            assert self.since_fired is not None
-            sae, opt = self.sae.gather_state(), self.sae.gather_optimizer_state(self.opt)
-            since_fired = self.sae.gather_features(self.since_fired)
-        else:
-            sae, opt, since_fired = self.sae.state_dict(), self.opt.state_dict(), self.since_fired
-        if not write:
+        assert self.since_fired is not None
+        whole = self.layout.gather(self.opt, self.since_fired)
+        if not write or whole is None:
             return
+        sae, opt, since_fired = whole
         state = {"step": self.step, "sae": sae, "opt": opt, "since_fired": since_fired, "cfg": cfg}
         with atomic_path(self.out_dir / "state.pt") as tmp:
             torch.save(state, tmp)
@@ -103,11 +105,8 @@ class SizeState:
         path = self.out_dir / "state.pt"
         if not path.is_file():
             return
-        shard = self.sae if isinstance(self.sae, FeatureShard) else None
-        device = self.sae.local.W_dec.device if isinstance(self.sae, FeatureShard) else self.sae.W_dec.device
         try:
-            # a shard slices on the CPU rather than holding the whole dictionary on its device
-            state = torch.load(path, map_location="cpu" if shard else device, weights_only=True)
+            state = torch.load(path, map_location=self.layout.checkpoint_device, weights_only=True)
         except Exception as e:  # torch raises several types for a truncated or foreign file
             raise UserError(
                 f"checkpoint {path} is corrupt ({type(e).__name__}): delete it to restart this size"
@@ -117,17 +116,10 @@ class SizeState:
                 f"checkpoint {path} was written with another configuration: delete it, or rerun with --force"
             )
         try:
-            if shard is None:
-                self.sae.load_state_dict(state["sae"])
-                self.opt.load_state_dict(state["opt"])
-                since_fired = state["since_fired"]
-            else:
-                shard.local.load_state_dict(shard.slice_state(state["sae"]))
-                self.opt.load_state_dict(shard.slice_optimizer_state(state["opt"]))
-                since_fired = shard.feature_slice(state["since_fired"]).to(device)
+            since_fired = self.layout.load(state["sae"], state["opt"], state["since_fired"], self.opt)
         except (RuntimeError, ValueError, KeyError, IndexError) as e:
             raise UserError(
-                f"checkpoint {path} does not match a {self.sae.n_features}-feature dictionary: delete it"
+                f"checkpoint {path} does not match a {self.layout.n_features}-feature dictionary: delete it"
             ) from e
         self.step, self.since_fired = int(state["step"]), since_fired
 
@@ -150,36 +142,30 @@ def deferred_interrupt() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
-def train_step(
-    st: SizeState, x: Tensor, cfg: TrainConfig, total: int, dist: DistContext | None = None
-) -> dict[str, float]:
-    """One Adam step on this rank's batch x (B, d); returns the batch's statistics (over all ranks).
+def train_step(st: SizeState, x: Tensor, cfg: TrainConfig, total: int) -> dict[str, float]:
+    """One Adam step on this process's batch x (B, d) (``st.layout.local_batch`` of the global
+    batch); returns the batch's statistics (over all ranks).
 
-    Data parallel (``dist`` with a whole dictionary): the gradients, buffers and firing records are
-    synchronised. Feature parallel (a ``FeatureShard``): every rank has the whole batch, and the
-    shard's loss is already global; the gradient norm and the statistics are reduced over ranks,
-    while the firing records stay per shard."""
+    Data parallel (``distributed.Whole`` under torchrun): the layout synchronises the gradients,
+    buffers and firing records. Feature parallel (``feature_parallel.FeatureShard``): every rank has
+    the whole batch and the module's loss is already global; the layout reduces the gradient norm
+    and the counts over features, while the firing records stay per slice."""
     lr, l1 = lr_at(st.step, total, cfg.lr, cfg.lr_decay), l1_at(st.step, total, cfg.l1_coeff, cfg.l1_warmup)
     assert st.since_fired is not None
-    shard = st.sae if isinstance(st.sae, FeatureShard) else None
-    data_parallel = dist if shard is None else None
-    out = st.sae(x)
+    sae, layout = st.sae, st.layout
+    out = sae(x)
     window = dead_window(cfg, total)
-    lo = st.sae.loss(x, out, LossContext(l1, dead=st.since_fired >= window))
+    lo = sae.loss(x, out, LossContext(l1, dead=st.since_fired >= window))
     st.opt.zero_grad(set_to_none=True)
     lo.loss.backward()
-    if data_parallel is not None:
-        data_parallel.average_gradients(st.sae)
-    st.sae.before_optimizer_step()
-    if shard is None:
-        torch.nn.utils.clip_grad_norm_(st.sae.parameters(), cfg.grad_clip)
-    else:
-        shard.clip_grad_norm_(cfg.grad_clip)
+    layout.sync_gradients()
+    sae.before_optimizer_step()
+    layout.clip_grad_norm_(cfg.grad_clip)
     for group in st.opt.param_groups:
         group["lr"] = lr * group["lr_scale"]
     st.opt.step()
     with torch.no_grad():
-        st.sae.after_optimizer_step(out)
+        sae.after_optimizer_step(out)
         fired = (out.feats > 0).any(0)
         values = torch.stack(
             [
@@ -191,14 +177,11 @@ def train_step(
                 torch.tensor(variance_explained(x, out.recon), device=x.device),
             ]
         ).detach()
-        if data_parallel is not None:
-            data_parallel.average_buffers(st.sae)
-            fired, values = data_parallel.any(fired), data_parallel.mean(values)
-        st.since_fired += x.shape[0] * (data_parallel.world if data_parallel else 1)
+        fired, values, tokens = layout.sync_step(fired, values, x.shape[0])
+        st.since_fired += tokens
         st.since_fired[fired] = 0
-        counts = torch.stack([values[4], (st.since_fired >= window).sum().float()])
-        if shard is not None:  # the loss terms are global already; counts over features are not
-            counts = shard.sum_over_features(counts)
+        # the loss terms are global already; counts over features are not
+        counts = layout.sum_over_features(torch.stack([values[4], (st.since_fired >= window).sum().float()]))
         loss, mse, sparsity, aux, _, ve = values.tolist()
         l0, n_dead = counts.tolist()
         stats = {
@@ -210,7 +193,7 @@ def train_step(
             "variance_explained": ve,
             "lr": lr,
             "l1_coeff": l1,
-            "dead_fraction": n_dead / st.sae.n_features,
+            "dead_fraction": n_dead / layout.n_features,
         }
     st.step += 1
     if not math.isfinite(stats["loss"]):
@@ -219,15 +202,13 @@ def train_step(
 
 
 def build_sae(cfg: TrainConfig, d_model: int, n_features: int) -> SparseAutoencoder:
-    """An untrained dictionary of ``cfg.arch``, given the config fields its constructor takes."""
-    cls = ARCHITECTURES[cfg.arch]
-    wanted = inspect.signature(cls.__init__).parameters
-    return cls(d_model, n_features, **{k: v for k, v in asdict(cfg).items() if k in wanted and k != "self"})
+    """An untrained dictionary of ``cfg.arch`` with the settings its ``from_config`` reads."""
+    return ARCHITECTURES[cfg.arch].from_config(d_model, n_features, cfg)
 
 
 def param_groups(module: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Adam's parameter groups, each with the multiplier ``lr_scale`` of the scheduled LR: JumpReLU's
-    thresholds (``log_threshold``, also inside a feature shard) take ``cfg.threshold_lr_scale``."""
+    thresholds (``log_threshold``) take ``cfg.threshold_lr_scale``."""
     # The thresholds come last in every module, so the groups keep named_parameters' order, which
     # FeatureShard relies on to map optimizer state indices to parameter names.
     named = list(module.named_parameters())
@@ -247,32 +228,18 @@ def make_states(
     for n in cfg.sizes:
         sae = build_sae(cfg, d_model, n)
         sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
-        module = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else sae
-        module.to(device)
-        n_mine = module.n_local if isinstance(module, FeatureShard) else n
-        opt = torch.optim.Adam(param_groups(module, cfg), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        layout = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else Whole(sae, dist)
+        layout.sae.to(device)
+        opt = torch.optim.Adam(param_groups(layout.sae, cfg), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
         states.append(
             SizeState(
-                module,
+                layout,
                 opt,
                 run_dir / "saes" / sae_name(cfg.arch, n),
-                since_fired=torch.zeros(n_mine, dtype=torch.long, device=device),
+                since_fired=torch.zeros(layout.n_local, dtype=torch.long, device=device),
             )
         )
     return states
-
-
-def whole_dictionary(st: SizeState, cfg: TrainConfig) -> SparseAutoencoder | None:
-    """The dictionary being trained, whole: a feature shard gathers it onto rank 0 (every rank must
-    call this; the others get None)."""
-    if not isinstance(st.sae, FeatureShard):
-        return st.sae
-    state = st.sae.gather_state()
-    if state is None:
-        return None
-    sae = build_sae(cfg, st.sae.d_model, st.sae.n_features)
-    sae.load_state_dict(state)
-    return sae
 
 
 def train(
@@ -296,7 +263,6 @@ def train(
     rank 0 writes. ``meta`` (model, layer, ...) goes into each cfg.json. ``on_log(name, row)`` is
     called on rank 0 with each row written to a dictionary's log.jsonl (experiment tracking)."""
     main = dist is None or dist.is_main
-    feature_parallel = cfg.feature_parallel and dist is not None
     total = max(1, int(cfg.epochs * n_train_tokens) // cfg.batch_size)
     ckpt_cfg = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKPOINTED}
     ckpt_cfg |= {"sizes": list(cfg.sizes), "device": None, "n_steps": total}
@@ -322,7 +288,8 @@ def train(
         )
         while step < total and not _stop(interrupted, dist):
             batch = next(batches)
-            x = (dist.shard(batch) if dist and not feature_parallel else batch).to(device, non_blocking=True)
+            # every size is laid out alike: the first says which rows this process trains on
+            x = states[0].layout.local_batch(batch).to(device, non_blocking=True)
             # the global batch's mean, identical on every rank: fresh sizes start centred on it
             mean = batch.to(device).float().mean(0) if step == 0 and cfg.b_dec_init == "mean" else None
             for st in states:
@@ -332,8 +299,8 @@ def train(
                     st.sae.center_on(mean)
                 if cfg.resample_dead and step in resample_at:
                     # Every rank resamples identically: the global batch and a (seed, step) generator.
+                    # (A whole dictionary: TrainConfig refuses resampling with feature parallelism.)
                     assert st.since_fired is not None
-                    assert not isinstance(st.sae, FeatureShard)  # TrainConfig refuses the pair
                     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
                     dead = st.since_fired >= dead_window(cfg, total)
                     stats_resampled = resample_dead(st.sae, st.opt, dead, batch.to(device), g)
@@ -341,7 +308,7 @@ def train(
                         append_jsonl(
                             st.out_dir / "log.jsonl", {"step": st.step, "resampled": stats_resampled}
                         )
-                stats = train_step(st, x, cfg, total, dist)
+                stats = train_step(st, x, cfg, total)
                 if main and (st.step % cfg.log_every == 0 or st.step == total):
                     row = {
                         "step": st.step,
@@ -367,9 +334,9 @@ def train(
                 st.checkpoint(ckpt_cfg, write=main)
             raise KeyboardInterrupt
     for st in states:
-        whole = whole_dictionary(st, cfg)
+        whole = st.layout.whole()
         if whole is not None and main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
-            flops = train_flops_per_token(d_model, st.sae.n_features, cfg.arch, cfg.k)
+            flops = train_flops_per_token(d_model, whole.n_features, cfg.arch, cfg.k)
             save_dictionary(
                 whole,
                 st.out_dir,

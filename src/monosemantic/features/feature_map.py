@@ -24,10 +24,11 @@ def embed_2d(directions: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(reducer.fit_transform(directions))
 
 
-def cached_embed_2d(directions: np.ndarray, cache_dir: Path, seed: int = 0) -> np.ndarray:
+def cached_embed_2d(directions: np.ndarray, cache_dir: Path, seed: int = 0, write: bool = True) -> np.ndarray:
     """``embed_2d``, computed once per set of directions: the coordinates are kept in
     ``cache_dir`` under a hash of the directions and the seed (UMAP of 16k features takes over a
-    minute; a report rebuilt after ``explain`` or ``catalog`` reuses them)."""
+    minute; a report rebuilt after ``explain`` or ``catalog`` reuses them). With ``write`` False
+    the cache is only read (the web server never writes into a run)."""
     data = np.ascontiguousarray(directions, dtype=np.float32)
     key = hashlib.sha256(data.tobytes() + f"{data.shape}/{seed}".encode()).hexdigest()[:20]
     path = cache_dir / f"umap-{key}.npy"
@@ -39,6 +40,8 @@ def cached_embed_2d(directions: np.ndarray, cache_dir: Path, seed: int = 0) -> n
         except (OSError, ValueError):
             pass  # a damaged cache is recomputed
     coords = embed_2d(data, seed)
+    if not write:
+        return coords
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, coords)
     return coords

@@ -1,5 +1,7 @@
 """What every dictionary architecture shares: parameters, encode/decode, scale folding, and the
 hooks the trainer calls. Subclasses define the activation function and the loss; all pure math.
+A module may hold one slice of a dictionary's features (feature-parallel training): what crosses
+features then goes through its ``collectives`` (``sae/collectives.py``).
 
     pre = W_enc x + b_enc         (..., n)
     f   = activation(pre)         (..., n), f ≥ 0 and sparse
@@ -8,10 +10,17 @@ hooks the trainer calls. Subclasses define the activation function and the loss;
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from monosemantic.sae.collectives import LOCAL, Collectives
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from monosemantic.config import TrainConfig
 
 
 class ForwardOutput(NamedTuple):
@@ -50,6 +59,13 @@ def mse_loss(x: Tensor, recon: Tensor) -> Tensor:
 
 class SparseAutoencoder(nn.Module):
     arch: ClassVar[str] = ""
+    feature_dims: ClassVar[dict[str, int | None]] = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "b_dec": None}
+    """The dimension along which each parameter and buffer runs over features, None where one
+    value is shared by all features: feature-parallel training splits the former, copies the latter."""
+    collectives: Collectives = LOCAL
+    """What crosses features: local for a whole dictionary, over ranks for a slice of one
+    (feature-parallel training sets it). An architecture does every sum, count, minimum or top-k
+    over features through it, so that its own forward and loss also train a slice."""
 
     def __init__(self, d_model: int, n_features: int) -> None:
         super().__init__()
@@ -58,6 +74,11 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_features))
         self.W_dec = nn.Parameter(torch.empty(d_model, n_features))
         self.b_dec = nn.Parameter(torch.zeros(d_model))
+
+    @classmethod
+    def from_config(cls, d_model: int, n_features: int, cfg: TrainConfig) -> Self:
+        """An untrained dictionary with the settings of ``cfg`` that this architecture reads."""
+        return cls(d_model, n_features)
 
     def hyperparameters(self) -> dict[str, Any]:
         """Constructor keywords beyond (d_model, n_features), saved in cfg.json to rebuild it."""
@@ -97,7 +118,7 @@ class SparseAutoencoder(nn.Module):
 
     def decode(self, feats: Tensor) -> Tensor:
         """feats (..., n) -> x̂ (..., d)."""
-        return feats @ self.W_dec.T + self.b_dec
+        return self.collectives.sum(feats @ self.W_dec.T) + self.b_dec
 
     def forward(self, x: Tensor) -> ForwardOutput:
         pre, feats = self.encode(x)

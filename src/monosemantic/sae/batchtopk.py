@@ -21,11 +21,13 @@ import torch
 from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput
-from monosemantic.sae.topk import Active, TopKSAE
+from monosemantic.sae.sparse import Active
+from monosemantic.sae.topk import TopKSAE
 
 
 class BatchTopKSAE(TopKSAE):
     arch = "batchtopk"
+    feature_dims = {**TopKSAE.feature_dims, "threshold": None}
     threshold_decay: ClassVar[float] = 0.99
     threshold: Tensor
 
@@ -41,22 +43,24 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.fill_(-1.0)
 
     def select(self, pre: Tensor) -> Active:
-        """Training: the k·B largest entries of pre (B, n); eval: the entries above θ and 0."""
+        """Training: the k·B largest entries of pre (B, n) (over every slice of a split dictionary);
+        eval: the entries above θ and 0."""
         n = pre.shape[1]
         if self.training:
-            flat = pre.reshape(-1)
+            flat = pre.reshape(1, -1)
             # sorted flat indices are row-major, the order the sparse decoder reads
-            idx = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False).indices.sort().values
-            return Active(idx // n, idx % n, torch.relu(flat[idx]))
+            idx = self.collectives.top_k(flat, self.k * pre.shape[0]).cols.sort().values
+            return Active(idx // n, idx % n, torch.relu(flat[0, idx]))
         rows, cols = ((pre > self.threshold) & (pre > 0)).nonzero(as_tuple=True)
         return Active(rows, cols, pre[rows, cols])
 
     @torch.no_grad()
     def after_optimizer_step(self, out: ForwardOutput) -> None:
-        """Renormalise the decoder, then fold this batch's smallest kept activation into θ."""
+        """Renormalise the decoder, then fold this batch's smallest kept activation (over every
+        slice of a split dictionary) into θ."""
         super().after_optimizer_step(out)
         feats = out.feats.detach()
-        smallest = feats.masked_fill(feats <= 0, float("inf")).amin()
+        smallest = self.collectives.min(feats.masked_fill(feats <= 0, float("inf")).amin())
         moved = torch.where(
             self.threshold < 0, smallest, torch.lerp(self.threshold, smallest, 1 - self.threshold_decay)
         )

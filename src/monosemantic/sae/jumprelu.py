@@ -24,12 +24,17 @@ it cut JumpReLU-16384's dead features from 40.5% to 12.6% at the same L0 and var
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from monosemantic.config import TrainConfig
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -90,6 +95,7 @@ def jumprelu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
 
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
+    feature_dims = {**SparseAutoencoder.feature_dims, "log_threshold": 0}
 
     def __init__(
         self,
@@ -103,6 +109,16 @@ class JumpReLUSAE(SparseAutoencoder):
         self.bandwidth, self.init_threshold, self.preact_coeff = bandwidth, init_threshold, preact_coeff
         # learnt in log space so that θ stays positive
         self.log_threshold = nn.Parameter(torch.full((n_features,), math.log(init_threshold)))
+
+    @classmethod
+    def from_config(cls, d_model: int, n_features: int, cfg: TrainConfig) -> Self:
+        return cls(
+            d_model,
+            n_features,
+            bandwidth=cfg.bandwidth,
+            init_threshold=cfg.init_threshold,
+            preact_coeff=cfg.preact_coeff,
+        )
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -124,10 +140,12 @@ class JumpReLUSAE(SparseAutoencoder):
         return jumprelu(torch.relu(pre), self.thresholds(), self.bandwidth)
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
+        """The terms beside the MSE are sums over features: over every slice of a split dictionary."""
         mse = mse_loss(x, out.recon)
         l0 = step(torch.relu(out.pre_acts), self.thresholds(), self.bandwidth).sum(-1).mean()
+        l0 = self.collectives.sum(l0)
         preact = x.new_zeros(())
         if self.preact_coeff > 0:
             short = torch.relu(self.thresholds() - out.pre_acts)
-            preact = (short * self.decoder_norms()).sum(-1).mean()
+            preact = self.collectives.sum((short * self.decoder_norms()).sum(-1).mean())
         return LossOutput(mse + ctx.sparsity_coeff * l0 + self.preact_coeff * preact, mse, l0, preact)

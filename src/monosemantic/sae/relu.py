@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
+from monosemantic.sae.collectives import LOCAL, Collectives
 
 
 class ReluSAE(SparseAutoencoder):
@@ -23,13 +24,19 @@ class ReluSAE(SparseAutoencoder):
         return torch.relu(pre)
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
-        return relu_sae_loss(x, out, self.decoder_norms(), ctx.sparsity_coeff)
+        return relu_sae_loss(x, out, self.decoder_norms(), ctx.sparsity_coeff, self.collectives)
 
 
 def relu_sae_loss(
-    x: Tensor, out: ForwardOutput, decoder_norms: Tensor, l1_coeff: float | Tensor
+    x: Tensor,
+    out: ForwardOutput,
+    decoder_norms: Tensor,
+    l1_coeff: float | Tensor,
+    collectives: Collectives = LOCAL,
 ) -> LossOutput:
-    """Anthropic's loss for a batch x (B, d): ‖x − x̂‖² + λ Σ_i f_i ‖W_dec[:, i]‖₂, batch-averaged."""
+    """Anthropic's loss for a batch x (B, d): ‖x − x̂‖² + λ Σ_i f_i ‖W_dec[:, i]‖₂, batch-averaged.
+    With a slice of the features (``collectives`` over ranks), out.recon is the whole dictionary's
+    and the penalty's sum over features runs over every slice."""
     mse = mse_loss(x, out.recon)
-    sparsity = (out.feats * decoder_norms).sum(dim=-1).mean()
+    sparsity = collectives.sum((out.feats * decoder_norms).sum(dim=-1).mean())
     return LossOutput(mse + l1_coeff * sparsity, mse, sparsity, torch.zeros((), device=x.device))

@@ -10,56 +10,25 @@ are kept at unit norm: the gradient component along each column is removed befor
 step and the columns are renormalised after it. AuxK revives dead latents by asking the k_aux
 largest dead pre-activations to reconstruct what the live ones missed.
 
-The decoder runs sparse (``F.embedding_bag`` over the k active columns per token); ``decode`` is
-the dense reference it is tested against. Forward + backward of the decoder at B=512, d=576, k=32
-on a 2-core CPU: 12 ms sparse vs 27 ms dense at n=2048, 90 ms vs 216 ms at n=16384 (the whole
-dictionary: 24 vs 38 ms, 260 vs 372 ms), and a tie at toy sizes, so ``forward`` always runs sparse.
+The decoder runs sparse (``sae/sparse.py``); ``decode`` is the dense reference it is tested against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
+from monosemantic.sae.sparse import Active, sparse_decode
+from monosemantic.sae.sparse import topk_per_row as topk_per_row  # re-exported: its home before sparse.py
 
+if TYPE_CHECKING:
+    from typing import Self
 
-class Active(NamedTuple):
-    """The nonzero entries of a (B, n) activation matrix in row-major order (M entries)."""
-
-    rows: Tensor
-    """(M,) long, non-decreasing: the batch row of each entry."""
-    cols: Tensor
-    """(M,) long: the feature of each entry."""
-    values: Tensor
-    """(M,) the activation of each entry (≥ 0)."""
-
-    def dense(self, batch: int, n_features: int) -> Tensor:
-        """The (B, n) activation matrix, zero outside the entries."""
-        zeros = self.values.new_zeros(batch, n_features)
-        return zeros.index_put((self.rows, self.cols), self.values)
-
-
-def sparse_decode(W_dec: Tensor, active: Active, batch: int) -> Tensor:
-    """W_dec f without the bias, reading only the active columns: W_dec (d, n) -> (B, d).
-    Equals ``active.dense(B, n) @ W_dec.T`` at a cost of M·d instead of B·n·d."""
-    offsets = torch.searchsorted(active.rows, torch.arange(batch, device=active.rows.device))
-    # embedding_bag gathers rows of its table; rows of the strided view W_dec.T are scattered over
-    # memory, which made it 2-5x slower than copying the table to a contiguous block first.
-    table = W_dec.T.contiguous()
-    return F.embedding_bag(active.cols, table, offsets, per_sample_weights=active.values, mode="sum")
-
-
-def topk_per_row(pre: Tensor, k: int) -> Active:
-    """ReLU of the k largest entries of each row of pre (B, n)."""
-    batch, n = pre.shape
-    values, cols = pre.topk(min(k, n), dim=-1, sorted=False)
-    rows = torch.arange(batch, device=pre.device).repeat_interleave(values.shape[1])
-    return Active(rows, cols.reshape(-1), torch.relu(values).reshape(-1))
+    from monosemantic.config import TrainConfig
 
 
 def auxk_loss(
@@ -102,6 +71,10 @@ class TopKSAE(SparseAutoencoder):
         self.k_aux = k_aux or d_model // 2
         self.aux_coeff = aux_coeff
 
+    @classmethod
+    def from_config(cls, d_model: int, n_features: int, cfg: TrainConfig) -> Self:
+        return cls(d_model, n_features, k=cfg.k, k_aux=cfg.k_aux, aux_coeff=cfg.aux_coeff)
+
     def hyperparameters(self) -> dict[str, Any]:
         return {"k": self.k, "k_aux": self.k_aux, "aux_coeff": self.aux_coeff}
 
@@ -111,8 +84,9 @@ class TopKSAE(SparseAutoencoder):
         super().initialize(generator, dec_norm=1.0)
 
     def select(self, pre: Tensor) -> Active:
-        """The active features of pre (B, n)."""
-        return topk_per_row(pre, self.k)
+        """The active features of pre (B, n): the k largest of each row (over every slice of a
+        split dictionary)."""
+        return self.collectives.top_k(pre, self.k)
 
     def activation(self, pre: Tensor) -> Tensor:
         flat = pre.reshape(-1, self.n_features)
@@ -122,11 +96,14 @@ class TopKSAE(SparseAutoencoder):
         pre = x @ self.W_enc.T + self.b_enc
         flat = pre.reshape(-1, self.n_features)
         active = self.select(flat)
-        recon = sparse_decode(self.W_dec, active, flat.shape[0]) + self.b_dec
+        recon = self.collectives.sum(sparse_decode(self.W_dec, active, flat.shape[0])) + self.b_dec
         return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x))
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
-        n_dead = 0 if ctx.dead is None else int(ctx.dead.sum())
+        """MSE and AuxK; with a slice of the features, AuxK's top-k_aux runs over the dead latents
+        of every slice and their decoded sum over the slices."""
+        collectives = self.collectives
+        n_dead = 0 if ctx.dead is None else int(collectives.count(ctx.dead.sum()))
         batch = x.shape[0]
         aux = auxk_loss(
             x,
@@ -135,8 +112,8 @@ class TopKSAE(SparseAutoencoder):
             ctx.dead,
             n_dead,
             self.k_aux,
-            topk_per_row,
-            lambda active: sparse_decode(self.W_dec, active, batch),
+            collectives.top_k,
+            lambda active: collectives.sum(sparse_decode(self.W_dec, active, batch)),
         )
         return self.combine(x, mse_loss(x, out.recon), aux)
 

@@ -7,4 +7,5 @@ these never print (progress bars and the logger aside) and never call each other
 - ``pipeline``: harvest, train, evaluate, report
 - ``scaling``: the scaling-law sweep and recommendations
 - ``features``: analyze, feature cards, search, family, explain, catalog
+- ``serve``: the feature browser (``monosemantic.web``) under uvicorn
 """

@@ -130,8 +130,11 @@ class SearchResult(NamedTuple):
     """(feature, explanation) whose explanation matches the query"""
 
 
-def run_search(run: Path, query: str, sae: str = "", top: int = 10, matches: int = 32) -> SearchResult:
-    """Features that fire strongly and specifically on ``query`` (see ``features.search``).
+def run_search(
+    run: Path, query: str, sae: str = "", top: int = 10, matches: int = 32, lm: Any = None
+) -> SearchResult:
+    """Features that fire strongly and specifically on ``query`` (see ``features.search``);
+    ``lm``: the run's model when the caller holds it loaded (the web app), else loaded here.
 
     Raises:
         UserError: empty query, no such run or analysed dictionary.
@@ -146,7 +149,7 @@ def run_search(run: Path, query: str, sae: str = "", top: int = 10, matches: int
     try:
         name = pick_sae(con, run, sae)
         d = load_run_dictionary(run, name)
-        lm = load_run_lm(run)
+        lm = lm if lm is not None else load_run_lm(run)
         texts = _corpus_texts(con, name, load_stage(run, "harvest").corpus)
         hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=top, texts=texts)
         words = db.vocab(con)

@@ -1,0 +1,105 @@
+"""The server-rendered pages: each calls the same function as its ``/api/`` twin and renders it
+with a Jinja2 template (autoescaped). They read without JavaScript; ``static/app.js`` adds the
+token tooltips, the interactive map and the steering stream."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from monosemantic.web import api, queries
+from monosemantic.web.app import html_page
+from monosemantic.web.state import ServedRun
+
+router = APIRouter(include_in_schema=False)
+
+OptionalText = Annotated[str, Query(max_length=api.MAX_QUERY)]
+
+
+def _default_sae(r: ServedRun, sae: str) -> str:
+    """The dictionary asked for, else the largest analysed one ('' when none is)."""
+    if sae:
+        return sae
+    with r.connect() as con:
+        names = list(r.saes(con))
+    return names[-1] if names else ""
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request) -> Response:
+    runs = api.served(request).runs
+    if len(runs) == 1:
+        return RedirectResponse(f"/run/{next(iter(runs))}", status_code=307)
+    return html_page(request, "home.html", runs=list(runs.values()))
+
+
+@router.get("/run/{run}", response_class=HTMLResponse)
+def overview(request: Request, run: api.RunName) -> Response:
+    return html_page(request, "overview.html", run=run, o=queries.overview(api.get_run(request, run)))
+
+
+@router.get("/run/{run}/plot/{name}")
+def plot(request: Request, run: api.RunName, name: api.RunName) -> Response:
+    return FileResponse(queries.plot_path(api.get_run(request, run), name), media_type="image/png")
+
+
+@router.get("/run/{run}/catalog", response_class=HTMLResponse)
+def catalog(request: Request, run: api.RunName) -> Response:
+    with api.get_run(request, run).connect() as con:
+        rows = queries.catalog(con)
+    return html_page(request, "catalog.html", run=run, rows=rows)
+
+
+@router.get("/run/{run}/{sae}/features", response_class=HTMLResponse)
+def feature_list(
+    request: Request,
+    run: api.RunName,
+    sae: api.SaeName,
+    page: api.Page = 0,
+    order: Literal["id", "freq", "max_act", "score"] = "score",
+) -> Response:
+    r = api.get_run(request, run)
+    with r.connect() as con:
+        listing = queries.feature_list(r, con, sae, page, 50, order)
+    return html_page(request, "features.html", run=run, sae=sae, l=listing)
+
+
+@router.get("/run/{run}/{sae}/feature/{feature}", response_class=HTMLResponse)
+def feature(request: Request, run: api.RunName, sae: api.SaeName, feature: api.FeatureId) -> Response:
+    r = api.get_run(request, run)
+    with r.connect() as con:
+        f = queries.feature(r, con, sae, feature)
+    return html_page(request, "feature.html", run=run, sae=sae, f=f)
+
+
+@router.get("/run/{run}/{sae}/map", response_class=HTMLResponse)
+def feature_map(request: Request, run: api.RunName, sae: api.SaeName) -> Response:
+    r = api.get_run(request, run)
+    with r.connect() as con:
+        r.check_sae(con, sae)
+    return html_page(request, "map.html", run=run, sae=sae)
+
+
+@router.get("/run/{run}/search", response_class=HTMLResponse)
+def search(
+    request: Request,
+    run: api.RunName,
+    q: OptionalText = "",
+    sae: Annotated[str, Query(max_length=200)] = "",
+    mode: Literal["text", "concept"] = "text",
+    page: api.Page = 0,
+) -> Response:
+    r = api.get_run(request, run)
+    sae = _default_sae(r, sae)
+    result: dict[str, Any] | None = None
+    if q.strip() and sae:
+        if mode == "concept":
+            result = api.concept_search(request, run, sae, q)
+        else:
+            with r.connect() as con:
+                result = queries.text_search(r, con, sae, q, page, 20)
+    with r.connect() as con:
+        saes = list(r.saes(con))
+    return html_page(request, "search.html", run=run, sae=sae, saes=saes, q=q, mode=mode, result=result)

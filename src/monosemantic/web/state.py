@@ -1,0 +1,150 @@
+"""What the app holds between requests: the served runs (by name, so that no request names a
+path), a read-only connection per request, per-run caches of small tables, and the language model
+with its dictionaries, loaded once and used by one request at a time."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from monosemantic.errors import UserError
+from monosemantic.features import db
+
+T = TypeVar("T")
+
+
+class NotFound(UserError):
+    """A run, dictionary, feature or file that the request names does not exist (HTTP 404)."""
+
+
+@dataclass
+class ServedRun:
+    """One run directory under a URL-safe name; small tables are read once and kept."""
+
+    name: str
+    path: Path
+    _cache: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    @property
+    def has_db(self) -> bool:
+        return (self.path / db.DB_NAME).is_file()
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection (SQLite refuses any write through it), closed afterwards.
+
+        Raises:
+            NotFound: the run has no feature database.
+        """
+        if not self.has_db:
+            raise NotFound(f"{self.name} has no feature database: run `monosemantic analyze {self.path}`")
+        uri = f"file:{quote(str((self.path / db.DB_NAME).resolve()))}?mode=ro"
+        con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        con.row_factory = sqlite3.Row
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def cached(self, key: str, make: Callable[[], T]) -> T:
+        """``make()`` once per run and key (vocabulary, histogram edges, dictionary sizes, map);
+        one lock per key, so that a slow one (a map's UMAP) holds up no other."""
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def words(self, con: sqlite3.Connection) -> list[bytes]:
+        return self.cached("words", lambda: db.vocab(con))
+
+    def edges(self, con: sqlite3.Connection) -> list[float]:
+        return self.cached("edges", lambda: json.loads(db.get_meta(con, "hist_edges") or "[]"))
+
+    def saes(self, con: sqlite3.Connection) -> dict[str, int]:
+        """Analysed dictionary -> number of features, smallest first."""
+
+        def make() -> dict[str, int]:
+            sizes = {
+                name: int(con.execute("SELECT count(*) FROM features WHERE sae = ?", (name,)).fetchone()[0])
+                for name in db.analysed_saes(con)
+            }
+            return dict(sorted(sizes.items(), key=lambda kv: (kv[1], kv[0])))
+
+        return self.cached("saes", make)
+
+    def check_sae(self, con: sqlite3.Connection, sae: str) -> int:
+        """The number of features of the analysed dictionary ``sae``.
+
+        Raises:
+            NotFound: it is not analysed in this run.
+        """
+        sizes = self.saes(con)
+        if sae not in sizes:
+            raise NotFound(f"{self.name} has no analysed dictionary {sae!r} (it has: {', '.join(sizes)})")
+        return sizes[sae]
+
+
+def run_names(paths: list[Path]) -> dict[str, Path]:
+    """URL names for the served runs: each directory's name, numbered when two share one.
+
+    Raises:
+        UserError: a path is not a run directory.
+    """
+    out: dict[str, Path] = {}
+    for p in paths:
+        if not p.is_dir():
+            raise UserError(f"run directory {p} does not exist: give the --out of an earlier harvest/train")
+        base = "".join(c if c.isalnum() or c in "-_." else "-" for c in p.resolve().name) or "run"
+        name, i = base, 2
+        while name in out:
+            name, i = f"{base}-{i}", i + 1
+        out[name] = p.resolve()
+    return out
+
+
+class ModelHolder:
+    """The run's language model, loaded on first use; ``use`` holds a lock, so that concurrent
+    requests that need the model queue behind one load and then take turns (one forward pass at
+    a time: the CPU is shared anyway, and steering hooks must not see another request's tokens)."""
+
+    def __init__(self, load: Callable[[Path], Any]):
+        self._load = load
+        self._models: dict[Path, Any] = {}
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def use(self, run: Path) -> Iterator[Any]:
+        with self.lock:
+            if run not in self._models:
+                self._models[run] = self._load(run)
+            yield self._models[run]
+
+    def loaded(self, run: Path) -> bool:
+        return run in self._models
+
+
+class Served:
+    """Every run the app serves, with the model holder they share."""
+
+    def __init__(self, paths: list[Path], load_lm: Callable[[Path], Any] | None = None):
+        from monosemantic.stages.common import load_run_lm
+
+        self.runs = {name: ServedRun(name, path) for name, path in run_names(paths).items()}
+        self.models = ModelHolder(load_lm or load_run_lm)
+
+    def run(self, name: str) -> ServedRun:
+        """Raises NotFound for a name that is not served."""
+        if name not in self.runs:
+            raise NotFound(f"no run named {name!r} is served (served: {', '.join(self.runs)})")
+        return self.runs[name]

@@ -1,0 +1,116 @@
+"""The feature browser in a real browser: Playwright driving Debian's chromium, headless, against
+the app served by uvicorn. Every page loads without console errors; search, a feature page, the
+token tooltip, the map and the family tree work."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monosemantic.web.app import create_app
+from monosemantic.web.live import live_server
+from monosemantic.web.state import Served
+from tests.web_run import EXPLAINED, SCRIPT, make_analysed_run
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path
+) -> Iterator[str]:
+    run = make_analysed_run(tmp_path_factory.mktemp("web") / "tiny", tiny_llama_dir, tiny_corpus)
+    with live_server(create_app(Served([run]))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page that records console errors and failed requests; the test fails on any."""
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))  # an injected alert() would show
+    yield pg
+    pg.close()
+    assert errors == []
+
+
+def test_every_page_loads(page: Any, base_url: str) -> None:
+    for path, heading in [
+        ("/", "Run tiny"),
+        ("/run/tiny/search", "Search"),
+        ("/run/tiny/catalog", "Catalog"),
+        ("/run/tiny/relu-64/features", "relu-64: features"),
+        ("/run/tiny/relu-64/feature/0", "relu-64 feature #0"),
+        ("/run/tiny/relu-64/map", "relu-64: feature map"),
+    ]:
+        response = page.goto(base_url + path)
+        assert response.status == 200, path
+        assert heading in page.inner_text("h1"), path
+
+
+def test_search_then_open_a_feature_and_hover_a_token(page: Any, base_url: str) -> None:
+    page.goto(base_url + "/run/tiny/search")
+    page.fill("input[name=q]", "code")
+    page.select_option("select[name=sae]", "relu-64")
+    page.click("form.search button")
+    page.wait_for_selector("table.results a")
+    assert "code" in page.inner_text("h2")
+    page.click(f"a[href='/run/tiny/relu-64/feature/{EXPLAINED}']")
+    page.wait_for_selector("#top .tok")
+    assert page.inner_text("#explanation").startswith(SCRIPT)  # shown as text, never run
+    token = page.locator("#top .tok[style]").first
+    token.hover()
+    tip = page.locator("#tip")
+    tip.wait_for(state="visible")
+    assert tip.inner_text() == "activation " + token.get_attribute("data-act")
+
+
+def test_concept_search(page: Any, base_url: str) -> None:
+    page.goto(base_url + "/run/tiny/search?mode=concept&sae=relu-64&q=sql+select")
+    assert "Features that fire on" in page.inner_text("main h2")
+
+
+def test_map_hover_and_click_open_a_feature(page: Any, base_url: str) -> None:
+    page.goto(base_url + "/run/tiny/relu-16/map")
+    page.wait_for_selector("#map[data-ready]", timeout=120_000)
+    assert page.inner_text("#map-status") == "16 features"
+    box = page.locator("#map").bounding_box()
+    assert box is not None
+    page.select_option("#map-colour", "label")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -200)  # zoom in, then out: no error
+    page.mouse.wheel(0, 200)
+    # hover over the canvas until the tooltip names a feature, then click there
+    for fx in [i / 20 for i in range(1, 20)]:
+        for fy in [i / 20 for i in range(1, 20)]:
+            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+            if page.locator("#tip").is_visible() and page.inner_text("#tip").startswith("#"):
+                page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+                page.wait_for_url("**/run/tiny/relu-16/feature/*")
+                return
+    pytest.fail("no point of the map answered a hover")
+
+
+def test_family_tree_loads_on_demand(page: Any, base_url: str) -> None:
+    page.goto(base_url + "/run/tiny/relu-16/feature/0")
+    page.click("#family-button")
+    page.wait_for_selector("#family ul.tree, #family p.note", timeout=60_000)
