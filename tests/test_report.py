@@ -63,7 +63,9 @@ def _write_sae(run_dir: Path, name: str, n: int, l0: float, ve: float, dead: flo
          "dense_fraction": 0.0009, "n_eval_tokens": 1_048_576,
          "density_histogram": {"bin_edges": edges, "counts": counts, "n_dead": round(dead * n)},
          "loss_clean": 3.112, "loss_spliced": 3.112 + (1 - rec) * 7.0, "loss_zero": 10.112,
-         "loss_recovered": rec},
+         "loss_recovered": rec,
+         "core": {"ce_loss_score": rec, "kl_div_score": 0.875, "explained_variance": ve, "cossim": 0.9,
+                  "relative_reconstruction_bias": 0.96, "l0": l0, "l1": 12.5, "frac_alive": 1 - dead}},
     )  # fmt: skip
 
 
@@ -109,6 +111,8 @@ def test_full_report(tmp_path: Path) -> None:
         assert f"{rec:.1%}" in row and "3.112" in row
     assert 'class="miss"' in page and 'class="ok"' in page
     assert "<details>" in page and "layer = 15" in page
+    core = page[page.index("Core metrics (SAELens / SAEBench definitions)") :].split("</table>")[0]
+    assert core.count("<tr>") == 1 + len(SIZES) and "0.875" in core and "0.960" in core
 
 
 def test_report_before_training(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from monosemantic.config import (
     HarvestConfig,
     ImportConfig,
     ScalingConfig,
+    TrackingConfig,
     TrainConfig,
 )
 from monosemantic.errors import UserError
@@ -85,9 +86,11 @@ def harvest_cmd(cfg: ConfigOptions[HarvestConfig], out: Path = OUT, force: bool 
 @app.command("train")
 @config_options(HarvestConfig, "stream", only=STREAM_FIELDS)
 @config_options(TrainConfig)
+@config_options(TrackingConfig, "tracking")
 def train_cmd(
     cfg: ConfigOptions[TrainConfig],
     stream: ConfigOptions[HarvestConfig],
+    tracking: ConfigOptions[TrackingConfig],
     out: Path = OUT,
     model: str | None = typer.Option(
         None,
@@ -103,7 +106,7 @@ def train_cmd(
     --feature-parallel each rank holds a slice of every dictionary's features."""
     if model is None:
         sizes = sizes_of(cfg["sizes"], store_d_model(out))
-        result = run_train(cfg.build(sizes=sizes), out, force)
+        result = run_train(cfg.build(sizes=sizes), out, force, tracking=tracking.build())
     else:
         from monosemantic.models import model_info
 
@@ -111,7 +114,7 @@ def train_cmd(
         d_model = model_info(model).d_model  # the config alone: options are checked before loading
         # the stream never repeats a window: --tokens sets the budget, not --epochs
         tcfg = cfg.build(sizes=sizes_of(cfg["sizes"], d_model), epochs=1.0)
-        result = run_train(tcfg, out, force, stream_cfg)
+        result = run_train(tcfg, out, force, stream_cfg, tracking=tracking.build())
     if result.summary:
         console.print(result.summary)
 
@@ -136,8 +139,10 @@ def report_cmd(run: Path = RUN) -> None:
 
 @app.command("scaling")
 @config_options(ScalingConfig)
+@config_options(TrackingConfig, "tracking")
 def scaling_cmd(
     cfg: ConfigOptions[ScalingConfig],
+    tracking: ConfigOptions[TrackingConfig],
     run: Path = RUN,
     recommend: bool = typer.Option(
         False, "--recommend", help="print the settings the fits predict for --flops"
@@ -153,7 +158,7 @@ def scaling_cmd(
     if recommend:
         terminal.recommendation(*run_recommend(run, flops), flops)
         return
-    fits = run_scaling(run, cfg.build(), force, on_point=terminal.scaling_point)
+    fits = run_scaling(run, cfg.build(), force, on_point=terminal.scaling_point, tracking=tracking.build())
     if fits is not None:
         terminal.scaling_fits(fits)
         console.print(f"report: {run / 'report' / 'index.html'}")

@@ -331,6 +331,23 @@ class ExportConfig:
             raise UserError(f"unknown --format {self.format!r}: choose one of {', '.join(formats)}")
 
 
+@dataclass
+class TrackingConfig:
+    """Experiment tracking of train and scaling (``tracking.py``); not recorded in run.toml: it
+    changes nothing on disk but the trackers' own files."""
+
+    tensorboard: bool = _f(
+        False,
+        "also write the training log to TensorBoard event files under RUN/tensorboard/ "
+        "(pip install tensorboard: the 'tensorboard' extra)",
+    )
+    wandb: str = _f(
+        "",
+        "also log to this Weights & Biases project (pip install wandb: the 'wandb' extra; "
+        "WANDB_MODE=offline keeps the run under RUN/wandb/)",
+    )
+
+
 STAGES: dict[str, type] = {
     "harvest": HarvestConfig,
     "train": TrainConfig,

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from monosemantic.activations import ActivationStore, inlier_mask
 from monosemantic.config import EvalConfig
+from monosemantic.core_metrics import CORE_DEFINITIONS, CoreDownstream, CoreReconstruction
 from monosemantic.dictionary import load_dictionary
 from monosemantic.errors import UserError
 from monosemantic.fsio import file_digest, fingerprint, read_json, write_json
@@ -26,9 +27,10 @@ from monosemantic.sae import SparseAutoencoder
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens is "dense"
 DEAD_MIN_TOKENS = 1_000_000
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 """Part of each metrics.json's key: a metrics.json written before a metric was added (version 2:
-KL divergence, loss recovered n/a when undefined) is measured again rather than kept."""
+KL divergence, loss recovered n/a when undefined; 3: the SAELens/SAEBench core metrics) is
+measured again rather than kept."""
 
 
 @torch.no_grad()
@@ -36,14 +38,17 @@ def reconstruction_metrics(
     sae: SparseAutoencoder, store: ActivationStore, batch_size: int, device: str
 ) -> dict[str, Any]:
     """L0, variance explained and MSE over every held-out activation. ``sae`` acts on raw
-    activations (scale folded in); errors are reported on the training scale."""
+    activations (scale folded in); errors are reported on the training scale. ``core`` holds the
+    SAELens/SAEBench reconstruction and sparsity metrics of the same activations (raw scale)."""
     n, sq_err, l0_sum = 0, 0.0, 0.0
+    core = CoreReconstruction(sae.n_features, device)
     s1 = torch.zeros(sae.d_model, dtype=torch.float64, device=device)
     s2 = torch.zeros((), dtype=torch.float64, device=device)
     for acts in store.iter_split("eval"):
         for i in range(0, len(acts), batch_size):
             x = acts[i : i + batch_size].to(device)
             out = sae(x)
+            core.add(x, out.feats, out.recon)
             l0_sum += (out.feats > 0).sum().item()
             sq_err += ((out.recon - x) * store.scale).double().pow(2).sum().item()
             xs = (x * store.scale).double()
@@ -59,6 +64,7 @@ def reconstruction_metrics(
         "l0": l0_sum / n,
         "variance_explained": 1.0 - sq_err / total_var,
         "mse": sq_err / n,
+        "core": {"definitions": CORE_DEFINITIONS, **core.result()},
     }
 
 
@@ -147,9 +153,9 @@ def loss_recovered(clean: float, spliced: float, zero: float, gap_se: float) -> 
 
 
 def _log_probs(lm: LoadedModel, ids: Tensor) -> Tensor:
-    """(B, T) -> (B, T-2, vocab) float32 next-token log-probabilities at positions 1..T-2 (those
-    ``next_token_loss`` scores: position 0 is never edited)."""
-    return torch.log_softmax(lm.model(input_ids=ids, use_cache=False).logits[:, 1:-1].float(), -1)
+    """(B, T) -> (B, T-1, vocab) float32 next-token log-probabilities at positions 1..T-1 (position 0
+    is never edited; ``next_token_loss`` scores 1..T-2, the SAELens KL also T-1)."""
+    return torch.log_softmax(lm.model(input_ids=ids, use_cache=False).logits[:, 1:].float(), -1)
 
 
 @torch.no_grad()
@@ -166,32 +172,44 @@ def spliced_losses(
     not outliers (the positions the store trains on; the others keep their clean value); and the
     KL divergence KL(P_clean ‖ P_edited) of the next-token distributions, in nats, averaged over
     the same predictions (as SAELens's ``kl_div_with_sae``). The dictionary computes in float32
-    whatever the model's dtype; its output is cast back by ``edit_residual``."""
+    whatever the model's dtype; its output is cast back by ``edit_residual``. Each result's
+    ``core`` holds SAELens's CE-loss and KL-divergence scores (``core_metrics.CoreDownstream``:
+    token-pooled, zero-ablation of every position)."""
     if not lm.is_causal:
         raise UserError(f"{lm.name} is not a causal language model: next-token loss is undefined")
+    kept: list[Tensor] = []  # the last batch's kept positions, (B, T-1): the same in every pass
 
     def keep_first(fn: Any) -> Any:
         def edit(h: Tensor) -> Tensor:
             rest = h[:, 1:].float()
-            keep = inlier_mask(rest, outlier_ratio).unsqueeze(-1)
-            return torch.cat([h[:, :1], torch.where(keep, fn(rest), rest).to(h.dtype)], dim=1)
+            keep = inlier_mask(rest, outlier_ratio)
+            kept[:] = [keep]
+            return torch.cat([h[:, :1], torch.where(keep.unsqueeze(-1), fn(rest), rest).to(h.dtype)], dim=1)
 
         return edit
 
     edits = {"zero": keep_first(torch.zeros_like)}
     edits |= {name: keep_first(lambda h, sae=sae: sae(h).recon) for name, sae in saes.items()}
+    edits["zero_all"] = torch.zeros_like  # SAELens's ablation: every position, 0 included
     ce: dict[str, list[Tensor]] = {k: [] for k in ("clean", *edits)}  # per sequence, (B,)
     kl: dict[str, list[Tensor]] = {k: [] for k in edits}
+    core = CoreDownstream()
     for i in range(0, len(seqs), batch_size):
         ids = seqs[i : i + batch_size].to(lm.device)
         targets = ids[:, 2:].unsqueeze(-1)
         clean = _log_probs(lm, ids)
-        ce["clean"].append(-clean.gather(-1, targets).squeeze(-1).mean(1).cpu())
+        ce["clean"].append(-clean[:, :-1].gather(-1, targets).squeeze(-1).mean(1).cpu())
         for key, edit in edits.items():
             with edit_residual(lm, layer, edit):
                 lp = _log_probs(lm, ids)
-            ce[key].append(-lp.gather(-1, targets).squeeze(-1).mean(1).cpu())
-            kl[key].append((clean.exp() * (clean - lp)).sum(-1).mean(1).cpu())
+            ce[key].append(-lp[:, :-1].gather(-1, targets).squeeze(-1).mean(1).cpu())
+            kl[key].append((clean.exp() * (clean - lp))[:, :-1].sum(-1).mean(1).cpu())
+            if key == "zero":  # the first edit: it has recorded this batch's kept positions
+                keep = kept[0]
+                core.add_tokens(keep)
+                core.add("clean", keep, clean, clean, targets)
+            else:
+                core.add(key, keep, clean, lp, targets)
     per_seq = {k: torch.cat(v).double() for k, v in ce.items()}
     gap = per_seq["zero"] - per_seq["clean"]
     gap_se = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
@@ -209,6 +227,7 @@ def spliced_losses(
             **({"loss_recovered_na": why} if recovered is None else {}),
             "kl_spliced": kl_mean[name],
             "kl_zero": kl_mean["zero"],
+            "core": core.result(name),
         }
     return out
 
@@ -288,6 +307,7 @@ def _measure(
     if lm is not None and lm.is_causal and cfg.loss_sequences > 0:
         seqs = eval_sequences(store, cfg.loss_sequences)
         for name, losses in spliced_losses(lm, layer, saes, seqs, store.outlier_ratio).items():
+            results[name]["core"].update(losses.pop("core"))
             results[name].update(losses, n_loss_sequences=len(seqs))
     for d in sae_dirs:
         results[d.name]["evaluate"] = meter.as_dict()

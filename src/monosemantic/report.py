@@ -281,6 +281,46 @@ def _metrics_table(saes: list[SaeRun]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+CORE_COLUMNS = (
+    ("ce_loss_score", "CE loss score", "{:.3f}"),
+    ("kl_div_score", "KL div. score", "{:.3f}"),
+    ("explained_variance", "explained variance", "{:.1%}"),
+    ("mse", "MSE (raw)", "{:.4g}"),
+    ("cossim", "cos(x, x̂)", "{:.3f}"),
+    ("relative_reconstruction_bias", "rel. reconstruction bias", "{:.3f}"),
+    ("l2_ratio", "‖x̂‖/‖x‖", "{:.3f}"),
+    ("l0", "L0", "{:.1f}"),
+    ("l1", "L1", "{:.3g}"),
+    ("frac_alive", "alive", "{:.1%}"),
+    ("freq_over_1_percent", "density > 1%", "{:.1%}"),
+)
+"""The columns of the core-metrics table: metrics.json "core" key, heading, format."""
+
+
+def _core_table(saes: list[SaeRun]) -> str:
+    """The SAELens/SAEBench core metrics of each evaluated dictionary (docs/metrics.md), or ''."""
+    rows = []
+    for s in saes:
+        core = s.metrics.get("core") or {}
+        if core:
+            cells = "".join(_cell(_num(core, k), fmt) for k, _, fmt in CORE_COLUMNS)
+            rows.append(f"<tr><td>{html.escape(s.name)}</td>{cells}</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("SAE", *(h for _, h, _ in CORE_COLUMNS)))
+    note = (
+        '<p class="note">The same dictionaries measured with the definitions of SAELens '
+        "(<code>sae_lens.evals.run_evals</code>) and SAEBench's core evaluation, for comparison with "
+        "published numbers: raw activation scale, token-pooled means, zero-ablation of every position "
+        "(ours keeps position 0), KL also at each sequence's last position. The CE loss score is "
+        "noise where the loss-recovered column above is n/a. See docs/metrics.md.</p>"
+    )
+    return (
+        "<h2>Core metrics (SAELens / SAEBench definitions)</h2>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
+    )
+
+
 def _header(name: str, manifest: dict[str, Any] | None) -> str:
     """Title and the harvest summary (model, layer, tokens, scale, throughput, peak memory)."""
     title = f"<h1>Run report: {html.escape(name)}</h1>"
@@ -359,6 +399,7 @@ def build_report(run_dir: str | Path) -> Path:
         )
         parts.append(_metrics_table(saes))
         parts.append(metrics_notes(saes))
+        parts.append(_core_table(saes))
         figures: list[tuple[str, str, Callable[[list[SaeRun], Path], str | None]]] = [
             ("Training curves", "training.png", plot_training),
             ("Feature density", "density.png", plot_density),

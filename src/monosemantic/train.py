@@ -253,13 +253,15 @@ def train(
     meta: dict[str, Any],
     device: str = "cpu",
     dist: DistContext | None = None,
+    on_log: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> tuple[list[SizeState], Throughput]:
     """Train every size in ``cfg.sizes`` to ``epochs · n_train_tokens / batch_size`` steps.
 
     ``batches_from(step)`` yields the global (B, d) batches from ``step`` on (the same batches
     whether or not the run was interrupted); under ``dist`` each rank trains on its slice of each,
     or with ``cfg.feature_parallel`` on the whole batch with its slice of the features, and only
-    rank 0 writes. ``meta`` (model, layer, ...) goes into each cfg.json."""
+    rank 0 writes. ``meta`` (model, layer, ...) goes into each cfg.json. ``on_log(name, row)`` is
+    called on rank 0 with each row written to a dictionary's log.jsonl (experiment tracking)."""
     main = dist is None or dist.is_main
     total = max(1, int(cfg.epochs * n_train_tokens) // cfg.batch_size)
     ckpt_cfg = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKPOINTED}
@@ -308,16 +310,16 @@ def train(
                         )
                 stats = train_step(st, x, cfg, total)
                 if main and (st.step % cfg.log_every == 0 or st.step == total):
-                    append_jsonl(
-                        st.out_dir / "log.jsonl",
-                        {
-                            "step": st.step,
-                            "tokens": st.step * cfg.batch_size,
-                            **stats,
-                            "dead_window": dead_window(cfg, total),  # what dead_fraction counts over
-                            "tokens_per_s": round(meter.rate, 1),
-                        },
-                    )
+                    row = {
+                        "step": st.step,
+                        "tokens": st.step * cfg.batch_size,
+                        **stats,
+                        "dead_window": dead_window(cfg, total),  # what dead_fraction counts over
+                        "tokens_per_s": round(meter.rate, 1),
+                    }
+                    append_jsonl(st.out_dir / "log.jsonl", row)
+                    if on_log is not None:
+                        on_log(st.out_dir.name, row)
                 if st.step % cfg.checkpoint_every == 0 or st.step == total:
                     st.checkpoint(ckpt_cfg, write=main)
             step += 1

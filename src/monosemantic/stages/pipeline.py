@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from monosemantic.config import (
     EvalConfig,
     HarvestConfig,
+    TrackingConfig,
     TrainConfig,
     load_stage,
     record_stage,
@@ -55,10 +57,16 @@ class TrainResult(NamedTuple):
 
 
 def run_train(
-    cfg: TrainConfig, out: Path, force: bool, stream: HarvestConfig | None = None, lm: Any = None
+    cfg: TrainConfig,
+    out: Path,
+    force: bool,
+    stream: HarvestConfig | None = None,
+    lm: Any = None,
+    tracking: TrackingConfig | None = None,
 ) -> TrainResult:
     """Train from the run's activation store, or on the fly from the model when ``stream`` is given
-    (under torchrun, data- or feature-parallel either way)."""
+    (under torchrun, data- or feature-parallel either way); rank 0 also sends the training log to
+    the trackers ``tracking`` enables."""
     from monosemantic.activations import ActivationStore, check_inputs, harvest
     from monosemantic.dictionary import sae_name
     from monosemantic.distributed import init_from_env, local_device
@@ -108,17 +116,25 @@ def run_train(
         n_train = stream.n_tokens
         batches_from = lambda step: source.batches(store.scale, step)  # noqa: E731
     meta = {k: store.manifest[k] for k in ("model", "layer", "seq_len")}
-    states, meter = train(
-        cfg,
-        batches_from,
-        run_dir=out,
-        d_model=store.d_model,
-        n_train_tokens=n_train,
-        scale=store.scale,
-        meta=meta,
-        device=device,
-        dist=dist,
-    )
+    from monosemantic.tracking import Tracker
+
+    tracking = tracking if main and tracking is not None else TrackingConfig()  # rank 0 tracks
+    tracker = Tracker(tracking, out, f"train-{cfg.arch}", {**asdict(cfg), **meta})
+    try:
+        states, meter = train(
+            cfg,
+            batches_from,
+            run_dir=out,
+            d_model=store.d_model,
+            n_train_tokens=n_train,
+            scale=store.scale,
+            meta=meta,
+            device=device,
+            dist=dist,
+            on_log=lambda name, row: tracker.log(name, row, row["step"]),
+        )
+    finally:
+        tracker.close()
     if dist is not None:
         dist.close()
     if not main:

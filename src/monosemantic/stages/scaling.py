@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monosemantic.config import ScalingConfig, record_stage, resolve_device
+from monosemantic.config import ScalingConfig, TrackingConfig, record_stage, resolve_device
 from monosemantic.errors import UserError
 
 
@@ -16,11 +16,13 @@ def run_scaling(
     cfg: ScalingConfig,
     force: bool,
     on_point: Callable[[dict[str, Any], bool], None] | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) the sweep on the run's store and fit the laws into scaling/fits.json (rank 0
     also rewrites the report). ``on_point(row, trained)`` is called on rank 0 for every point as it
     is done (``trained`` False when it was finished earlier or by another rank). Returns the fits on
-    rank 0, None on the other ranks."""
+    rank 0, None on the other ranks. Rank 0 sends each point's result to the trackers ``tracking``
+    enables (step = the point's index in the order the sweep reports them)."""
     from monosemantic.activations import ActivationStore
     from monosemantic.distributed import init_from_env, local_device
     from monosemantic.fsio import write_json
@@ -38,11 +40,25 @@ def run_scaling(
     if dist is not None:
         dist.barrier()
 
+    from dataclasses import asdict
+
+    from monosemantic.tracking import Tracker
+
+    tracking = tracking if main and tracking is not None else TrackingConfig()  # rank 0 tracks
+    tracker = Tracker(tracking, out, "scaling", asdict(cfg))
+    reported = [0]
+
     def report_point(row: dict[str, Any], trained: bool) -> None:
         if main and on_point is not None:
             on_point(row, trained)
+        if main:
+            tracker.log("scaling", row, reported[0])
+            reported[0] += 1
 
-    Sweep(cfg, out, store, device, dist, report_point).run()
+    try:
+        Sweep(cfg, out, store, device, dist, report_point).run()
+    finally:
+        tracker.close()
     if dist is not None:
         dist.close()
     if not main:
