@@ -3,10 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/test_tracking.py
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast lint typecheck clean
+.PHONY: install demo test test-fast test-peers browser lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +24,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The peer libraries (the oracles of the interop and metric-parity tests) and the trackers live in
+# their own environment: they need other versions of shared dependencies than ours.
+$(PEERS_STAMP): pyproject.toml constraints-peers.txt
+	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q torch==2.13.0
+	$(PEERS)/bin/python -m pip install -q -c constraints-peers.txt -e '.[tensorboard,wandb]' pytest hypothesis \
+		sae-lens==6.54.12 eai-sparsify==1.3.3 dictionary-learning==0.1.0
+	# nnsight (through sae-lens) pulls torchvision, whose PyPI wheel breaks `import transformers` beside the CPU torch.
+	$(PEERS)/bin/python -m pip uninstall -q -y torchvision
+	touch $(PEERS_STAMP)
+
 install: $(STAMP)
+
+# Debian's chromium for the browser tests (Playwright's own download is unreachable); they skip without it.
+browser:
+	command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		echo "chromium could not be installed: the browser tests will skip"
 
 demo: $(STAMP)
 	$(BIN)/monosemantic demo --out $(DEMO_OUT) $(DEMO_ARGS)
@@ -33,12 +54,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
-test: lint typecheck
+test: lint typecheck browser test-peers
 	$(BIN)/python -m pytest -q
+
+# The tests that need the peer libraries or the trackers (they skip in .venv, which lacks them).
+test-peers: $(PEERS_STAMP)
+	$(PEERS)/bin/python -m pytest -q -p no:cacheprovider $(PEER_TESTS)
 
 # The edit-test loop: every test but those marked slow (see pyproject.toml); `make test` and CI run them all.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) runs .pytest_cache .mypy_cache .ruff_cache
