@@ -24,6 +24,17 @@ TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])
+def runs_through_the_pipeline(capsys, monkeypatch, run: Path) -> None:
+    """An imported run goes through evaluate, analyze and search."""
+    for args in (
+        ["evaluate", run, "--loss-sequences", "4"],
+        ["analyze", run, "--before", "6", "--after", "3"],
+    ):
+        code, err = cli(capsys, monkeypatch, *args)
+        assert code == 0, err
+    assert cli(capsys, monkeypatch, "search", run, "paris")[0] == 0
+
+
 def test_saelens_loads_our_export(arch: str, tmp_path: Path) -> None:
     sl = pytest.importorskip("sae_lens", reason="sae-lens (the SAELens format's oracle) is not installed")
     ours = random_sae(arch)
@@ -100,13 +111,7 @@ def test_a_saelens_trained_sae_imports_and_runs_through_the_pipeline(
         cli(capsys, monkeypatch, "import", tmp_path / "sl", "--out", run, *harvest_opts(tiny_corpus))[0] == 0
     )
     assert json.loads((run / "saes" / "topk-64" / "cfg.json").read_text())["layer"] == 2
-    for args in (
-        ["evaluate", run, "--loss-sequences", "4"],
-        ["analyze", run, "--before", "6", "--after", "3"],
-    ):
-        code, err = cli(capsys, monkeypatch, *args)
-        assert code == 0, err
-    assert cli(capsys, monkeypatch, "search", run, "paris")[0] == 0
+    runs_through_the_pipeline(capsys, monkeypatch, run)
 
 
 def test_a_sparsify_trained_sae_imports_with_equal_activations(
@@ -137,10 +142,4 @@ def test_a_sparsify_trained_sae_imports_with_equal_activations(
     code, err = cli(capsys, monkeypatch, "import", tmp_path / "sp", "--out", run, *harvest_opts(tiny_corpus))
     assert code == 0, err
     assert json.loads((run / "saes" / "topk-64" / "cfg.json").read_text())["layer"] == 3
-    for args in (
-        ["evaluate", run, "--loss-sequences", "4"],
-        ["analyze", run, "--before", "6", "--after", "3"],
-    ):
-        code, err = cli(capsys, monkeypatch, *args)
-        assert code == 0, err
-    assert cli(capsys, monkeypatch, "search", run, "paris")[0] == 0
+    runs_through_the_pipeline(capsys, monkeypatch, run)
