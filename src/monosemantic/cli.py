@@ -598,6 +598,9 @@ def demo_cmd(
 from monosemantic.features.cli import register as _register_feature_commands  # noqa: E402
 
 _register_feature_commands(app)
+from monosemantic.steer_cli import register as _register_steer_commands  # noqa: E402
+
+_register_steer_commands(app)
 
 
 def main() -> None:

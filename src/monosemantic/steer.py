@@ -1,0 +1,413 @@
+"""Steering: edit dictionary features in the residual stream while the model generates.
+
+At the dictionary's layer, at every position of the prompt and of the generated text (the KV
+cache holds the edited positions' keys and values, so each position is edited exactly once), the
+residual x is replaced by
+
+    x' = decode(f') + (x − decode(f))        f = encode(x), f' = f with the edits applied
+
+as in *Scaling Monosemanticity* (Templeton et al., 2024, "Feature steering"): the features are
+edited and the dictionary's error term x − decode(f) is kept, so that everything the dictionary
+fails to reconstruct still reaches the later layers. Because the decoder is affine,
+x' = x + Σ_i (f'_i − f_i) W_dec[:, i], which is how it is computed: with no edit, x' is x bit for
+bit. With ``keep_error=False`` x' = decode(f') (the error term dropped, for comparison).
+
+Edits: ``clamp`` sets f_i to a value (0 or negative ablates), ``add`` adds α·W_dec[:, i] whatever
+f_i is (additive steering, as Neuronpedia offers). Both take their value as a multiple of the
+feature's maximum activation in the analysis (``Intervention.scale``), so that ``scale 10`` means
+what the paper's "10× max" means for every feature.
+
+Each sequence's first token (the attention sink, never stored nor trained on: its residual norm is
+~150× the others) and left padding are not edited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from monosemantic.errors import UserError
+from monosemantic.models import LoadedModel, edit_residual
+from monosemantic.sae import SparseAutoencoder
+
+MODES = ("clamp", "add")
+
+
+class Intervention(NamedTuple):
+    """An edit as a user states it: a feature and a multiple of its maximum activation."""
+
+    feature: int
+    scale: float
+    """clamp: f_i := scale · max_i; add: x += scale · max_i · W_dec[:, i]."""
+    mode: str = "clamp"
+
+
+class Edit(NamedTuple):
+    """An edit in the dictionary's own units."""
+
+    feature: int
+    value: float
+    """clamp: the activation f_i is set to; add: the coefficient α of W_dec[:, i]."""
+    mode: str = "clamp"
+
+
+def resolve(interventions: Sequence[Intervention], max_act: Tensor | Sequence[float]) -> list[Edit]:
+    """Interventions (multiples of each feature's maximum activation ``max_act`` (n,)) -> Edits.
+
+    Raises UserError for an unknown mode or feature id."""
+    max_act = torch.as_tensor(max_act, dtype=torch.float64)
+    edits = []
+    for iv in interventions:
+        if iv.mode not in MODES:
+            raise UserError(f"unknown steering mode {iv.mode!r}: use one of {', '.join(MODES)}")
+        if not 0 <= iv.feature < len(max_act):
+            raise UserError(
+                f"the dictionary has no feature {iv.feature}: ids run from 0 to {len(max_act) - 1}"
+            )
+        edits.append(Edit(iv.feature, float(iv.scale * max_act[iv.feature]), iv.mode))
+    return edits
+
+
+class FeatureEdit:
+    """The residual rewrite for ``edit_residual``: x (B, T, d) -> x' (B, T, d).
+
+    ``where`` (B, T) bool, set by the caller before each forward pass (generation knows which
+    positions are padding or a sequence's first token), limits the edit; None edits everywhere.
+    The dictionary's tensors stay where they are; x is cast to their device and dtype for the
+    encode, and the result back to x's, so a bf16 or GPU model works with an fp32 CPU dictionary.
+    """
+
+    def __init__(self, sae: SparseAutoencoder, edits: Sequence[Edit], keep_error: bool = True) -> None:
+        self.sae, self.edits, self.keep_error = sae, list(edits), keep_error
+        self.ids = sorted({e.feature for e in edits})
+        self.where: Tensor | None = None
+
+    def edited_features(self, f: Tensor) -> Tensor:
+        """f (..., n) -> the edited columns f'[..., ids] (..., k), edits applied in order."""
+        col = {j: c for c, j in enumerate(self.ids)}
+        cur = f[..., self.ids].clone()
+        for e in self.edits:
+            c = col[e.feature]
+            cur[..., c] = e.value if e.mode == "clamp" else cur[..., c] + e.value
+        return cur
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not self.edits and self.keep_error:
+            return x
+        w = self.sae.W_dec
+        xs = x.to(device=w.device, dtype=w.dtype)
+        _, f = self.sae.encode(xs)
+        new_cols = self.edited_features(f)
+        if self.keep_error:
+            delta = new_cols - f[..., self.ids]
+            for c, j in enumerate(self.ids):
+                adds = [e.value for e in self.edits if e.feature == j and e.mode == "add"]
+                if len(adds) == sum(e.feature == j for e in self.edits):  # adds only: exactly Σα
+                    delta[..., c] = sum(adds)
+            new = x + (delta @ w[:, self.ids].T).to(device=x.device, dtype=x.dtype)
+        else:
+            f = f.clone()
+            f[..., self.ids] = new_cols
+            new = self.sae.decode(f).to(device=x.device, dtype=x.dtype)
+        if self.where is None:
+            return new
+        return torch.where(self.where.to(x.device).unsqueeze(-1), new, x)
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How completions are generated (steered or not)."""
+
+    max_new_tokens: int = _f(32, "tokens generated per prompt, at most (fewer at the end-of-text token)")
+    temperature: float = _f(0.0, "0 = greedy (deterministic); above 0, sample from softmax(logits / T)")
+    seed: int = _f(0, "seed of the sampling (with --temperature above 0)")
+    chat: bool = _f(False, "wrap each prompt in the tokenizer's chat template (instruct models)")
+    keep_error: bool = _f(True, "keep the dictionary's error term x - decode(f) (the paper does)")
+    batch_size: int = _f(32, "prompts generated together (left-padded)")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1")
+        if self.temperature < 0:
+            raise UserError("--temperature must be 0 (greedy) or positive")
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+
+
+def _separator(lm: LoadedModel) -> list[int]:
+    """A token put before a plain prompt, so that its first token is not the attention sink (the
+    stored corpus packs documents after an end-of-text token in the same way)."""
+    tok = lm.tokenizer
+    sep = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+    return [] if sep is None else [int(sep)]
+
+
+def encode_prompts(lm: LoadedModel, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
+    """Token ids of each prompt: after a separator token, or in the chat template with ``chat``.
+
+    Raises UserError for an empty prompt or a tokenizer without a chat template."""
+    tok = lm.tokenizer
+    out = []
+    for p in prompts:
+        if not p.strip():
+            raise UserError("the prompt is empty: give some text to continue, e.g. --prompt 'I think'")
+        if chat:
+            if not getattr(tok, "chat_template", None):
+                raise UserError(f"{lm.name}'s tokenizer has no chat template: leave out --chat")
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            out.append(list(tok(text, add_special_tokens=False)["input_ids"]))
+        else:
+            out.append(_separator(lm) + list(tok(p, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """(B, T) ids left-padded with ``pad``, and the (B, T) attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(list(r))
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _stop_ids(lm: LoadedModel) -> set[int]:
+    tok = lm.tokenizer
+    extra = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    extra = extra if isinstance(extra, list) else [extra]
+    return {int(t) for t in [tok.eos_token_id, *extra] if t is not None}
+
+
+@torch.no_grad()
+def generate(
+    lm: LoadedModel,
+    layer: int,
+    prompts: Sequence[Sequence[int]],
+    edit: FeatureEdit | None,
+    cfg: GenerateConfig,
+    *,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Generate up to ``cfg.max_new_tokens`` after each prompt (token ids), with ``edit`` applied
+    at ``layer`` (None: the clean model). Returns each completion's ids, the stop token excluded.
+
+    The batch is left-padded, with position ids counted from each row's first real token, so a
+    row generates what it would alone (up to float rounding). With ``use_cache=False`` every step
+    reruns the whole sequence (the reference the cached path is tested against)."""
+    if not lm.is_causal:
+        raise UserError(f"{lm.name} is not a causal language model: it cannot generate text")
+    out: list[list[int]] = []
+    for i in range(0, len(prompts), cfg.batch_size):
+        out += _generate_batch(lm, layer, prompts[i : i + cfg.batch_size], edit, cfg, use_cache)
+    return out
+
+
+def _generate_batch(
+    lm: LoadedModel,
+    layer: int,
+    prompts: Sequence[Sequence[int]],
+    edit: FeatureEdit | None,
+    cfg: GenerateConfig,
+    use_cache: bool,
+) -> list[list[int]]:
+    stop = _stop_ids(lm)
+    pad = min(stop) if stop else 0
+    ids, mask = _left_pad(prompts, pad)
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    gen = torch.Generator(device=lm.device).manual_seed(cfg.seed)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=lm.device)
+    new: list[Tensor] = []
+    cache = None
+    # transformers 5 renamed past_key_values to cache (the old name warns, then goes in 5.40)
+    cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    hooked = edit_residual(lm, layer, edit) if edit is not None else contextlib.nullcontext()
+    try:
+        with hooked:
+            for _ in range(cfg.max_new_tokens):
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                n_in = 1 if cache is not None else ids.shape[1]
+                if edit is not None:  # not the padding, not each row's first token
+                    edit.where = (mask.bool() & (pos > 0))[:, -n_in:]
+                res = lm.model(
+                    input_ids=ids[:, -n_in:],
+                    attention_mask=mask,
+                    position_ids=pos[:, -n_in:],
+                    use_cache=use_cache,
+                    **{cache_arg: cache},
+                )
+                if use_cache:
+                    cache = res["cache"] if "cache" in res else res["past_key_values"]
+                logits = res.logits[:, -1].float()
+                if cfg.temperature > 0:
+                    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+                    token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                else:
+                    token = logits.argmax(-1)
+                token = torch.where(done, torch.full_like(token, pad), token)
+                new.append(token)
+                done |= torch.isin(token, torch.tensor(sorted(stop), device=token.device, dtype=token.dtype))
+                ids = torch.cat([ids, token[:, None]], dim=1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                if bool(done.all()):
+                    break
+    finally:
+        if edit is not None:
+            edit.where = None
+    rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in prompts]
+    return [r[: next((k for k, t in enumerate(r) if t in stop), len(r))] for r in rows]
+
+
+class Scores(NamedTuple):
+    """What the clean model (no edit) makes of one completion; n = its length in tokens."""
+
+    logprobs: Tensor
+    """(n,) log p of each generated token given the text before it (nats)."""
+    acts: Tensor
+    """(n, k) activations of the watched features on the generated tokens, re-encoded."""
+    promoted_logmass: Tensor
+    """(n,) log Σ p(t) over the watched features' promoted tokens, at each position that
+    predicts a generated token."""
+
+
+def _recorder(into: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """An identity edit that keeps what it sees."""
+
+    def keep(x: Tensor) -> Tensor:
+        into.append(x)
+        return x
+
+    return keep
+
+
+@torch.no_grad()
+def score(
+    lm: LoadedModel,
+    layer: int,
+    sae: SparseAutoencoder,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    watch: Sequence[int],
+    promoted: Sequence[int] = (),
+    batch_size: int = 32,
+) -> list[Scores]:
+    """Read each prompt + completion with the clean model: one forward pass that also captures
+    the residual at ``layer`` (right-padded batches; the padding comes after every real token)."""
+    out: list[Scores] = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [
+            list(p) + list(c)
+            for p, c in zip(prompts[i : i + batch_size], completions[i : i + batch_size], strict=True)
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+        captured: list[Tensor] = []
+        with edit_residual(lm, layer, _recorder(captured)):
+            logits = lm.model(
+                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+            ).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        w = sae.W_dec
+        feats = sae.encode(captured[0].to(device=w.device, dtype=w.dtype))[1][..., list(watch)].float().cpu()
+        for j, (p, c) in enumerate(
+            zip(prompts[i : i + batch_size], completions[i : i + batch_size], strict=True)
+        ):
+            a, n = len(p), len(c)
+            pred = logp[j, a - 1 : a + n - 1]  # (n, vocab): predicts c[0..n-1]
+            tok = pred.gather(1, torch.tensor(list(c), dtype=torch.long).view(-1, 1)).squeeze(1)
+            mass = pred[:, list(promoted)].logsumexp(-1) if promoted else torch.full((n,), float("nan"))
+            out.append(Scores(tok, feats[j, a : a + n], mass))
+    return out
+
+
+def promoted_tokens(
+    lm: LoadedModel, sae: SparseAutoencoder, features: Sequence[int], k: int = 10
+) -> list[int]:
+    """The ``k`` tokens each feature's decoder direction promotes most (direct logit effect), all
+    features together, without repeats."""
+    from monosemantic.features.logits import top_logit_effects
+
+    if not lm.is_causal or not features:
+        return []
+    effects = top_logit_effects(lm, sae.W_dec[:, list(features)].T.float(), k)
+    return sorted({t for row in effects.promoted for t, _ in row})
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated completion and what the clean model makes of it."""
+
+    prompt: str
+    text: str
+    token_ids: list[int]
+    logprob: float
+    """Σ log p of its tokens under the clean model (nats)."""
+    fire_fraction: list[float]
+    """Per watched feature: share of its tokens on which the feature fires (clean re-encode)."""
+    max_relative: list[float]
+    """Per watched feature: its largest activation over the completion / its maximum in the analysis."""
+    promoted_logmass: float
+    """Mean over its positions of log Σ p(promoted tokens) under the clean model (nan if none)."""
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def logprob_per_token(self) -> float:
+        return self.logprob / max(1, self.n_tokens)
+
+
+def complete(
+    lm: LoadedModel,
+    layer: int,
+    sae: SparseAutoencoder,
+    max_act: Tensor,
+    prompts: Sequence[str],
+    edits: Sequence[Edit],
+    cfg: GenerateConfig,
+    *,
+    watch: Sequence[int] = (),
+    promoted: Sequence[int] = (),
+) -> list[Completion]:
+    """Generate a completion of each prompt with ``edits`` applied (none: the clean model), and
+    score it with the clean model against the ``watch`` features (default: the edited ones) and
+    the ``promoted`` token ids. ``max_act`` (n,): each feature's maximum in the analysis."""
+    watch = list(watch) or list(dict.fromkeys(e.feature for e in edits))
+    ids = encode_prompts(lm, prompts, cfg.chat)
+    edit = FeatureEdit(sae, edits, cfg.keep_error) if edits or not cfg.keep_error else None
+    gen = generate(lm, layer, ids, edit, cfg)
+    scores = score(lm, layer, sae, ids, gen, watch, promoted, cfg.batch_size)
+    top = torch.as_tensor(max_act, dtype=torch.float32)[watch].clamp(min=1e-12)
+    out = []
+    for text, c, s in zip(prompts, gen, scores, strict=True):
+        fires = (s.acts > 0).float().mean(0) if len(c) else torch.zeros(len(watch))
+        rel = s.acts.amax(0) / top if len(c) else torch.zeros(len(watch))
+        out.append(
+            Completion(
+                prompt=text,
+                text=lm.tokenizer.decode(c, skip_special_tokens=False),
+                token_ids=list(c),
+                logprob=float(s.logprobs.sum()),
+                fire_fraction=fires.tolist(),
+                max_relative=rel.tolist(),
+                promoted_logmass=float(s.promoted_logmass.mean()) if len(c) else float("nan"),
+            )
+        )
+    return out
