@@ -591,6 +591,9 @@ def demo_cmd(
         run_catalog(out)
         if not run_explain(out, features=DEMO_EXPLAIN):
             console.print("[yellow]note: no feature has held-out contexts to explain: harvest more --tokens")
+        from monosemantic.steer_cli import run_demo_steering
+
+        run_demo_steering(out, lm)
     run_report(out)
 
 

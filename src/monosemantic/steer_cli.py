@@ -16,6 +16,7 @@ from rich.table import Table
 from monosemantic.cli import _load_lm, _opt
 from monosemantic.config import load_stage
 from monosemantic.errors import UserError
+from monosemantic.models import LoadedModel
 from monosemantic.steer import MODES, Completion, GenerateConfig, Intervention
 
 RUN = typer.Argument(..., help="run directory (as given to --out)")
@@ -202,6 +203,22 @@ def print_effects(console: Console, sae: str, effects: list, cfg: GenerateConfig
     if effects:
         console.print(f"example (scale {effects[-1].scale:g}): {effects[-1].example!r}")
         console.print(f"unsteered: {effects[-1].base_example!r}")
+
+
+def run_demo_steering(run: Path, lm: LoadedModel) -> None:
+    """The demo's steering example (the catalog's city feature over the neutral prompts), printed
+    and stored for the report."""
+    from monosemantic.steer_eval import DEMO_SCALE, demo_steering
+
+    cfg = GenerateConfig(max_new_tokens=24)
+    found = demo_steering(run, lm, cfg, DEMO_SCALE)
+    console = Console(highlight=False)
+    if found is None:
+        console.print(
+            "[yellow]note: no catalog feature for cities to steer: run `monosemantic catalog` first"
+        )
+        return
+    print_effects(console, *found, cfg)
 
 
 def inspect_cmd(

@@ -118,6 +118,7 @@ def run_completions(
     against the ``watch`` features (default: the steered ones) and their promoted tokens."""
     edits = resolve(interventions, t.max_act)
     watch = list(watch) or list(dict.fromkeys(iv.feature for iv in interventions))
+    resolve([Intervention(j, 0.0) for j in watch], t.max_act)  # an unknown id fails before any work
     promoted = promoted_tokens(t.lm, t.sae, watch)
     return complete(t.lm, t.layer, t.sae, t.max_act, prompts, edits, cfg, watch=watch, promoted=promoted)
 
@@ -252,9 +253,48 @@ def _nan_none(x: float) -> float | None:
 
 
 def stored_effects(con: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Every stored effect, by dictionary, feature, mode, error term and scale ([] if none)."""
+    """Every stored effect of a dictionary still analysed, by dictionary, feature, mode, error term
+    and scale ([] if none)."""
     if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'steering'").fetchone() is None:
         return []
     return con.execute(
-        "SELECT * FROM steering ORDER BY sae, feature, steered, mode, keep_error DESC, settings, scale"
+        "SELECT * FROM steering WHERE sae IN (SELECT sae FROM analyses WHERE finished = 1) "
+        "ORDER BY sae, feature, steered, mode, keep_error DESC, settings, scale"
     ).fetchall()
+
+
+DEMO_PROBE_SET = "cities"
+DEMO_SCALE = 10.0
+
+
+def demo_feature(run: Path, sae: str = "", probe_set: str = DEMO_PROBE_SET) -> tuple[str, int] | None:
+    """(dictionary, feature) the demo steers: the catalog's best feature for ``probe_set`` in the
+    largest analysed dictionary, or None when the catalog has none."""
+    con = db.open_db(run)
+    try:
+        name = pick_analysed(con, run, sae)
+        row = con.execute(
+            "SELECT feature FROM catalog WHERE sae = ? AND probe_set = ? ORDER BY rank LIMIT 1",
+            (name, probe_set),
+        ).fetchone()
+    finally:
+        con.close()
+    return None if row is None else (name, int(row[0]))
+
+
+def demo_steering(
+    run: Path, lm: LoadedModel, cfg: GenerateConfig | None = None, scale: float = DEMO_SCALE
+) -> tuple[str, list[Effect]] | None:
+    """The demo's steering example: the catalog's city feature clamped at ``scale`` × its max over
+    the bundled neutral prompts, measured and stored (the report shows it); returns the dictionary
+    and the effects, None without a catalog."""
+    found = demo_feature(run)
+    if found is None:
+        return None
+    name, feature = found
+    cfg = cfg or GenerateConfig(max_new_tokens=24)
+    target = load_target(run, name, lm)
+    prompts = load_prompts()
+    effects = measure(target, [feature], [scale], prompts, cfg)
+    store_effects(run, name, effects, settings_key(target, prompts, cfg))
+    return name, effects
