@@ -17,7 +17,8 @@ from monosemantic.cli import _load_lm, _opt
 from monosemantic.config import load_stage
 from monosemantic.errors import UserError
 from monosemantic.models import LoadedModel
-from monosemantic.steer import MODES, Completion, GenerateConfig, Intervention
+from monosemantic.steer import MODES, GenerateConfig, Intervention
+from monosemantic.steer_score import Completion
 
 RUN = typer.Argument(..., help="run directory (as given to --out)")
 SAE = typer.Option("", "--sae", help="dictionary, e.g. relu-2048 (default: the largest analysed one)")

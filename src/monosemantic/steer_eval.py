@@ -33,7 +33,8 @@ from monosemantic.features import db
 from monosemantic.fsio import file_digest, fingerprint
 from monosemantic.models import LoadedModel
 from monosemantic.sae import SparseAutoencoder
-from monosemantic.steer import Completion, GenerateConfig, Intervention, complete, promoted_tokens, resolve
+from monosemantic.steer import GenerateConfig, Intervention, resolve
+from monosemantic.steer_score import Completion, complete, promoted_tokens
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "steer_prompts.txt"
 
