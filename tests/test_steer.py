@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,7 +225,12 @@ def test_steer_commands_and_the_measured_effect(capsys, monkeypatch, run: Path, 
     con.close()
     assert [(s, k, n) for s, k, n, *_ in rows] == [(5.0, 0, 3), (0.0, 1, 3), (5.0, 1, 3)]
     assert all(0 <= r[3] <= 1 and 0 <= r[4] <= 1 and r[6] < 0 for r in rows)
-    # the report shows the measured effects and gives the steered feature a page
+    # the report shows the measured effects and gives the steered feature a page (UMAP skipped: slow)
+    import monosemantic.features.report as report_mod
+
+    monkeypatch.setattr(
+        report_mod, "cached_embed_2d", lambda x, _: np.random.default_rng(0).random((len(x), 2))
+    )
     assert cli(capsys, monkeypatch, "report", run)[0] == 0
     page = (run / "report" / "index.html").read_text()
     assert "Steering: measured effects" in page and "error term dropped" in page
