@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import typer
@@ -162,9 +162,7 @@ def steer_cmd(
             table.add_row(f"{s:g}", c.text, f"{c.logprob_per_token:.2f}", _fires(c))
         console.print(table)
         return
-    base = run_completions(
-        target, [prompt], [], GenerateConfig(**{**asdict(cfg), "keep_error": True}), watch
-    )[0]
+    base = run_completions(target, [prompt], [], replace(cfg, keep_error=True), watch)[0]
     steered = run_completions(target, [prompt], ivs, cfg, watch)[0]
     _side_by_side(base, steered, ivs)
 
