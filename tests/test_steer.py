@@ -246,7 +246,7 @@ def test_demo_steering_example(capsys, monkeypatch, run: Path, lm) -> None:
     con.close()
     run_demo_steering(run, lm)
     out = capsys.readouterr().out
-    assert "steering over 24 neutral prompts" in out and "example" in out
+    assert "steering over 24 neutral prompts" in out and "example at scale 10" in out and "unsteered:" in out
     con = db.open_db(run)
     assert [tuple(r) for r in con.execute("SELECT feature, n_prompts FROM steering")] == [(7, 24)]
     con.close()

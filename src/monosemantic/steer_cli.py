@@ -199,9 +199,13 @@ def print_effects(console: Console, sae: str, effects: list, cfg: GenerateConfig
             f"{e.logprob:.2f}", f"{e.base_logprob:.2f}",
         )  # fmt: skip
     console.print(table)
+    seen = set()
+    for e in effects:  # the first prompt's completion at each scale
+        if e.scale not in seen:
+            seen.add(e.scale)
+            console.print(f"example at scale {e.scale:g}: {e.example!r}")
     if effects:
-        console.print(f"example (scale {effects[-1].scale:g}): {effects[-1].example!r}")
-        console.print(f"unsteered: {effects[-1].base_example!r}")
+        console.print(f"unsteered: {effects[0].base_example!r}")
 
 
 def run_demo_steering(run: Path, lm: LoadedModel) -> None:

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS steering (
   relative REAL NOT NULL, base_relative REAL NOT NULL,
   promoted_logmass REAL, base_promoted_logmass REAL,
   logprob REAL NOT NULL, base_logprob REAL NOT NULL, example TEXT NOT NULL, base_example TEXT NOT NULL,
+  completions TEXT NOT NULL, base_completions TEXT NOT NULL,
   PRIMARY KEY (sae, feature, mode, scale, keep_error, steered, settings))
 """
 
@@ -146,6 +147,9 @@ class Effect(NamedTuple):
     example: str
     """The first prompt and its steered completion."""
     base_example: str
+    completions: list[str]
+    """Every steered completion (without its prompt), in prompt order."""
+    base_completions: list[str]
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -193,6 +197,8 @@ def measure(
                     base_logprob=_per_token(base),
                     example=steered[0].prompt + steered[0].text,
                     base_example=base[0].prompt + base[0].text,
+                    completions=[c.text for c in steered],
+                    base_completions=[c.text for c in base],
                 )
             )
     return out
@@ -220,7 +226,7 @@ def store_effects(run: Path, sae: str, effects: Sequence[Effect], settings: str)
         with db.transaction(con):
             con.execute(_TABLE)
             con.executemany(
-                f"INSERT OR REPLACE INTO steering VALUES ({', '.join('?' * 18)})",
+                f"INSERT OR REPLACE INTO steering VALUES ({', '.join('?' * 20)})",
                 [
                     (
                         sae,
@@ -241,6 +247,8 @@ def store_effects(run: Path, sae: str, effects: Sequence[Effect], settings: str)
                         e.base_logprob,
                         e.example,
                         e.base_example,
+                        json.dumps(e.completions),
+                        json.dumps(e.base_completions),
                     )
                     for e in effects
                 ],  # fmt: skip

@@ -20,6 +20,16 @@ def steered_features(con: sqlite3.Connection) -> set[tuple[str, int]]:
     return {(r["sae"], int(r["feature"])) for r in stored_effects(con)}
 
 
+def _completions(row: sqlite3.Row) -> str:
+    """Every prompt's unsteered and steered completion at the row's scale, folded."""
+    pairs = zip(json.loads(row["base_completions"]), json.loads(row["completions"]), strict=True)
+    body = "".join(f"<tr><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>" for b, c in pairs)
+    return (
+        f"<details><summary>all {row['n_prompts']} completions at scale {row['scale']:g}</summary>"
+        f"<table><tr><th>unsteered</th><th>steered</th></tr>{body}</table></details>"
+    )
+
+
 def steering_section(con: sqlite3.Connection) -> str:
     """'' when nothing was measured."""
     rows = stored_effects(con)
@@ -54,6 +64,6 @@ def steering_section(con: sqlite3.Connection) -> str:
         parts.append(
             f"<p><b>{title}</b></p><table><tr><th>scale × max</th><th>fires</th><th>rel</th><th>promoted</th>"
             f"<th>log-prob</th><th>example (first prompt)</th></tr>{body}</table>"
-            f"<p class='note'>unsteered: {html.escape(g[0]['base_example'])}</p>"
+            f"<p class='note'>unsteered: {html.escape(g[0]['base_example'])}</p>" + _completions(g[-1])
         )
     return "\n".join(parts)
