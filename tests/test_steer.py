@@ -315,3 +315,24 @@ def test_bad_input_is_one_line(capsys, monkeypatch, run: Path, tmp_path: Path) -
     bare = tmp_path / "bare"
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("features.sqlite*"))
     one_line_error(*cli(capsys, monkeypatch, "steer", bare, "--feature", "3", "--prompt", "a"), "analyze")
+
+
+@torch.no_grad()
+def test_another_family_and_architecture(tmp_path: Path) -> None:
+    """GPT-2 (learned positions, its own cache) with a TopK dictionary: cached, uncached and
+    one-prompt-at-a-time generation agree, and the clamp changes the text."""
+    from monosemantic.sae import ARCHITECTURES
+    from tests.conftest import save_tiny
+
+    gpt2 = load_model(str(save_tiny("gpt2", tmp_path / "gpt2")))
+    topk = ARCHITECTURES["topk"](32, 64, k=4)
+    topk.initialize(torch.Generator().manual_seed(0))
+    prompts = encode_prompts(gpt2, PROMPTS)
+    cfg = GenerateConfig(max_new_tokens=6)
+    outs = []
+    for edit in (None, FeatureEdit(topk, [Edit(3, 8.0)])):
+        out = generate(gpt2, LAYER, prompts, edit, cfg)
+        assert out == generate(gpt2, LAYER, prompts, edit, cfg, use_cache=False)
+        assert out == [generate(gpt2, LAYER, [p], edit, cfg)[0] for p in prompts]
+        outs.append(out)
+    assert outs[0] != outs[1]
