@@ -29,6 +29,11 @@ def _check_run(run: Path) -> None:
         raise UserError(f"run directory {run} does not exist: give the --out of an earlier harvest/train")
 
 
+def _console() -> Console:
+    """stdout, at least 140 columns wide so that tables keep their numbers when piped to a file."""
+    return Console(highlight=False, width=max(Console().width, 140))
+
+
 def parse_scales(values: list[str], flag: str) -> list[float]:
     """'10' or '0,2,5' (repeatable) -> floats; a UserError names the flag otherwise."""
     out = []
@@ -48,7 +53,7 @@ def parse_scales(values: list[str], flag: str) -> list[float]:
     return out
 
 
-def _fmt(x: float, spec: str = ".2f") -> str:
+def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "—" if x is None or math.isnan(x) else format(x, spec)
 
 
@@ -70,7 +75,7 @@ def _side_by_side(base: Completion, steered: Completion, ivs: list[Intervention]
         f"clean log-prob {steered.logprob:.1f} ({steered.logprob_per_token:.2f}/token)",
     )
     table.add_row(f"feature fires on {_fires(base)} tokens", f"feature fires on {_fires(steered)} tokens")
-    console = Console(highlight=False)
+    console = _console()
     console.print(table)
     console.print(
         f"effect: the steered feature{'s' if len(ivs) > 1 else ''} fire{'' if len(ivs) > 1 else 's'} on "
@@ -139,7 +144,7 @@ def steer_cmd(
     harvest = load_stage(run, "harvest")
     target = load_target(run, sae, _load_lm(harvest.model, device, harvest.dtype))
     ivs = [Intervention(j, scales[i % len(scales)], mode) for i, j in enumerate(feature)]
-    console = Console(highlight=False)
+    console = _console()
     if eval_:
         texts = load_prompts(prompts)
         if len(set(scales)) > 1 and not sweep_scales:
@@ -215,7 +220,7 @@ def run_demo_steering(run: Path, lm: LoadedModel) -> None:
 
     cfg = GenerateConfig(max_new_tokens=24)
     found = demo_steering(run, lm, cfg, DEMO_SCALE)
-    console = Console(highlight=False)
+    console = _console()
     if found is None:
         console.print(
             "[yellow]note: no catalog feature for cities to steer: run `monosemantic catalog` first"
@@ -255,13 +260,13 @@ def inspect_cmd(
     if as_json:
         typer.echo(json.dumps(asdict(result), ensure_ascii=False, indent=1))
         return
-    console = Console(highlight=False)
+    console = _console()
     table = Table(title=f"{result.sae}: features per token")
     for col in ("pos", "token", "features (activation, share of max, explanation)"):
         table.add_column(col, justify="right" if col == "pos" else "left")
     for t in result.tokens:
         cells = [
-            f"#{f.feature} {f.activation:.2f} ({f.relative:.2f}) {f.explanation or ''}".rstrip()
+            f"#{f.feature} {f.activation:.2f} ({_fmt(f.relative)}) {f.explanation or ''}".rstrip()
             for f in t.features
         ]
         table.add_row(str(t.position), repr(t.token), "\n".join(cells))

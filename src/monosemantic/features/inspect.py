@@ -17,6 +17,7 @@ import torch
 
 from monosemantic.errors import UserError
 from monosemantic.features import db
+from monosemantic.features.search import MIN_FIRED
 from monosemantic.features.tokens import decode_tokens
 from monosemantic.models import LoadedModel, capture_residual
 from monosemantic.sae import SparseAutoencoder
@@ -26,8 +27,9 @@ from monosemantic.sae import SparseAutoencoder
 class FeatureActivation:
     feature: int
     activation: float
-    relative: float
-    """activation / the feature's maximum in the analysis."""
+    relative: float | None
+    """activation / the feature's maximum in the analysis (None when it fired on fewer than
+    ``MIN_FIRED`` analysed tokens)."""
     explanation: str | None
 
 
@@ -73,6 +75,9 @@ class Inspector:
         if len(stats["max_act"]) != sae.n_features:
             raise UserError(f"{sae_name} is not analysed: run `monosemantic analyze RUN --sae {sae_name}`")
         self.con, self.name, self.sae, self.lm, self.layer = con, sae_name, sae, lm, layer
+        # a feature that fired on a handful of analysed tokens has no meaningful maximum (often a
+        # tiny activation of an almost dead feature): its share of max is not computed or ranked
+        self.reliable = torch.as_tensor(stats["n_fired"]) >= MIN_FIRED
         self.max_act = torch.as_tensor(stats["max_act"], dtype=torch.float32).clamp(min=1e-12)
         self.words = db.vocab(con)
 
@@ -106,8 +111,8 @@ class Inspector:
         vals, idx = feats.topk(min(per_token, feats.shape[1]), dim=1)
         peak_val, peak_pos = feats.max(0)
         rel = peak_val / self.max_act
-        order = rel.argsort(descending=True)[:top]
-        order = order[peak_val[order] > 0]
+        order = torch.where(self.reliable, rel, -1.0).argsort(descending=True)[:top]
+        order = order[(peak_val[order] > 0) & self.reliable[order]]
         shown = set(idx[vals > 0].tolist()) | set(order.tolist())
         expl = self.explanations(sorted(shown))
         texts = decode_tokens([self.words[t] if t < len(self.words) else b"" for t in ids])
@@ -116,7 +121,7 @@ class Inspector:
                 position=p + 1,
                 token=texts[p + 1],
                 features=[
-                    FeatureActivation(j, v, v / float(self.max_act[j]), expl.get(j))
+                    FeatureActivation(j, v, self._relative(j, v), expl.get(j))
                     for v, j in zip(vals[p].tolist(), idx[p].tolist(), strict=True)
                     if v > 0
                 ],
@@ -135,6 +140,9 @@ class Inspector:
             for j in order.tolist()
         ]
         return Inspection(self.name, tokens, summary, seconds)
+
+    def _relative(self, feature: int, activation: float) -> float | None:
+        return activation / float(self.max_act[feature]) if bool(self.reliable[feature]) else None
 
     def explanations(self, features: list[int]) -> dict[int, str]:
         if not features:
