@@ -336,3 +336,14 @@ def test_another_family_and_architecture(tmp_path: Path) -> None:
         assert out == [generate(gpt2, LAYER, [p], edit, cfg)[0] for p in prompts]
         outs.append(out)
     assert outs[0] != outs[1]
+
+
+@torch.no_grad()
+def test_generated_only_leaves_the_prompt_alone(lm: LoadedModel, sae: SparseAutoencoder) -> None:
+    edit = Recording(sae, [Edit(_live_feature(lm, sae), 7.5)])
+    edit.calls = []
+    prompts = encode_prompts(lm, PROMPTS)
+    generate(lm, LAYER, prompts, edit, GenerateConfig(max_new_tokens=4, steer_prompt=False))
+    first = edit.calls[0][2]
+    assert first is not None and first.sum(1).tolist() == [1, 1, 1] and first[:, -1].all()
+    assert all(w is not None and w.all() for _, _, w in edit.calls[1:])

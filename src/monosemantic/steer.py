@@ -133,6 +133,11 @@ class GenerateConfig:
     seed: int = _f(0, "seed of the sampling (with --temperature above 0)")
     chat: bool = _f(False, "wrap each prompt in the tokenizer's chat template (instruct models)")
     keep_error: bool = _f(True, "keep the dictionary's error term x - decode(f) (the paper does)")
+    steer_prompt: bool = _f(
+        True,
+        "edit every prompt position (the paper does); False edits only the prompt's last token "
+        "and the generated ones",
+    )
     batch_size: int = _f(32, "prompts generated together (left-padded)")
 
     def __post_init__(self) -> None:
@@ -242,6 +247,8 @@ def _generate_batch(
                 n_in = 1 if cache is not None else ids.shape[1]
                 if edit is not None:  # not the padding, not each row's first token
                     edit.where = (mask.bool() & (pos > 0))[:, -n_in:]
+                    if cache is None and not cfg.steer_prompt:
+                        edit.where[:, :-1] = False
                 res = lm.model(
                     input_ids=ids[:, -n_in:],
                     attention_mask=mask,

@@ -106,6 +106,9 @@ def steer_cmd(
     ),
     prompts: Path = typer.Option(None, "--prompts", help="prompts for --eval, one a line (default: bundled)"),
     drop_error: bool = typer.Option(False, "--drop-error", help="drop the error term: x' = decode(f')"),
+    generated_only: bool = typer.Option(
+        False, "--generated-only", help="leave the prompt alone: edit its last token and the generated ones"
+    ),
     max_new_tokens: int = _opt(GenerateConfig, "max_new_tokens", "--max-new-tokens"),
     temperature: float = _opt(GenerateConfig, "temperature", "--temperature"),
     seed: int = _opt(GenerateConfig, "seed", "--seed"),
@@ -140,6 +143,7 @@ def steer_cmd(
         seed=seed,
         chat=chat,
         keep_error=not drop_error,
+        steer_prompt=not generated_only,
     )
     harvest = load_stage(run, "harvest")
     target = load_target(run, sae, _load_lm(harvest.model, device, harvest.dtype))

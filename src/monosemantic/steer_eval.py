@@ -214,6 +214,7 @@ def settings_key(t: SteerTarget, prompts: Sequence[str], cfg: GenerateConfig) ->
             "temperature": cfg.temperature,
             "seed": cfg.seed,
             "chat": cfg.chat,
+            "steer_prompt": cfg.steer_prompt,
         },
         sort_keys=True,
     )
