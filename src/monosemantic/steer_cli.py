@@ -8,13 +8,13 @@ import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from monosemantic.cli import _load_lm, _opt
-from monosemantic.config import load_stage
+from monosemantic.config import default_of, help_of, load_stage
 from monosemantic.errors import UserError
 from monosemantic.models import LoadedModel
 from monosemantic.steer import MODES, GenerateConfig, Intervention
@@ -27,6 +27,17 @@ SAE = typer.Option("", "--sae", help="dictionary, e.g. relu-2048 (default: the l
 def _check_run(run: Path) -> None:
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist: give the --out of an earlier harvest/train")
+
+
+def _opt(name: str, flag: str) -> Any:
+    return typer.Option(default_of(GenerateConfig, name), flag, help=help_of(GenerateConfig, name))
+
+
+def _load_lm(model: str, device: str, dtype: str) -> LoadedModel:
+    # imported here: monosemantic.cli imports this module to register its commands
+    from monosemantic.cli import _load_lm as load
+
+    return load(model, device, dtype)
 
 
 def _console() -> Console:
@@ -109,9 +120,9 @@ def steer_cmd(
     generated_only: bool = typer.Option(
         False, "--generated-only", help="leave the prompt alone: edit its last token and the generated ones"
     ),
-    max_new_tokens: int = _opt(GenerateConfig, "max_new_tokens", "--max-new-tokens"),
-    temperature: float = _opt(GenerateConfig, "temperature", "--temperature"),
-    seed: int = _opt(GenerateConfig, "seed", "--seed"),
+    max_new_tokens: int = _opt("max_new_tokens", "--max-new-tokens"),
+    temperature: float = _opt("temperature", "--temperature"),
+    seed: int = _opt("seed", "--seed"),
     chat: bool = typer.Option(False, "--chat", help="wrap prompts in the chat template (instruct models)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto"),
 ) -> None:
