@@ -238,15 +238,31 @@ def test_steer_commands_and_the_measured_effect(capsys, monkeypatch, run: Path, 
 
 
 def test_demo_steering_example(capsys, monkeypatch, run: Path, lm) -> None:
+    import monosemantic.steer_eval as steer_eval
     from monosemantic.steer_cli import run_demo_steering
+    from tests.test_features_cli import plant_feature
 
-    con = db.open_db(run)
-    with con:
-        con.execute("INSERT INTO catalog VALUES ('cities', 'relu-64', 7, 0, 1.0, 1.0)")
-    con.close()
+    plant_feature(run, "relu-64", 7, "paris")
+    assert (
+        cli(
+            capsys,
+            monkeypatch,
+            "analyze",
+            run,
+            "--sae",
+            "relu-64",
+            "--before",
+            "6",
+            "--after",
+            "3",
+            "--force",
+        )[0]
+        == 0
+    )
+    monkeypatch.setattr(steer_eval, "DEMO_QUERY", "paris")
     run_demo_steering(run, lm)
     out = capsys.readouterr().out
-    assert "steering over 24 neutral prompts" in out and "example at scale 10" in out and "unsteered:" in out
+    assert "steering over 24 neutral prompts" in out and "example at scale 3" in out and "unsteered:" in out
     con = db.open_db(run)
     assert [tuple(r) for r in con.execute("SELECT feature, n_prompts FROM steering")] == [(7, 24)]
     con.close()

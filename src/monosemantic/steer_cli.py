@@ -229,17 +229,15 @@ def print_effects(console: Console, sae: str, effects: list, cfg: GenerateConfig
 
 
 def run_demo_steering(run: Path, lm: LoadedModel) -> None:
-    """The demo's steering example (the catalog's city feature over the neutral prompts), printed
-    and stored for the report."""
+    """The demo's steering example (the city feature search finds for "Berlin", over the neutral
+    prompts), printed and stored for the report."""
     from monosemantic.steer_eval import DEMO_SCALE, demo_steering
 
     cfg = GenerateConfig(max_new_tokens=24)
     found = demo_steering(run, lm, cfg, DEMO_SCALE)
     console = _console()
     if found is None:
-        console.print(
-            "[yellow]note: no catalog feature for cities to steer: run `monosemantic catalog` first"
-        )
+        console.print("[yellow]note: no feature fires specifically on 'Berlin': no steering example")
         return
     print_effects(console, *found, cfg)
 

@@ -273,32 +273,36 @@ def stored_effects(con: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-DEMO_PROBE_SET = "cities"
-DEMO_SCALE = 10.0
+DEMO_QUERY = "Berlin"
+DEMO_SCALE = 3.0
+"""On the demo run the city feature brings up places from 3× its max on, and the text breaks past
+5× (docs/steering.md): the demo shows the moderate end."""
 
 
-def demo_feature(run: Path, sae: str = "", probe_set: str = DEMO_PROBE_SET) -> tuple[str, int] | None:
-    """(dictionary, feature) the demo steers: the catalog's best feature for ``probe_set`` in the
-    largest analysed dictionary, or None when the catalog has none."""
+def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> tuple[str, int] | None:
+    """(dictionary, feature) the demo steers: the feature ``search`` ranks first for ``query`` in
+    the largest analysed dictionary (from the query and the analysed sequences that contain it),
+    or None when no feature fires specifically on it."""
+    from monosemantic.features.search import search
+
     con = db.open_db(run)
     try:
         name = pick_analysed(con, run, sae)
-        row = con.execute(
-            "SELECT feature FROM catalog WHERE sae = ? AND probe_set = ? ORDER BY rank LIMIT 1",
-            (name, probe_set),
-        ).fetchone()
+        module, cfg = load_dictionary(run / "saes" / name)
+        query = query or DEMO_QUERY
+        hits, _ = search(con, lm, int(cfg["layer"]), name, module, query, max_matches=16, top=1)
     finally:
         con.close()
-    return None if row is None else (name, int(row[0]))
+    return (name, hits[0].feature) if hits else None
 
 
 def demo_steering(
     run: Path, lm: LoadedModel, cfg: GenerateConfig | None = None, scale: float = DEMO_SCALE
 ) -> tuple[str, list[Effect]] | None:
-    """The demo's steering example: the catalog's city feature clamped at ``scale`` × its max over
-    the bundled neutral prompts, measured and stored (the report shows it); returns the dictionary
-    and the effects, None without a catalog."""
-    found = demo_feature(run)
+    """The demo's steering example: the city feature ``search`` finds for "Berlin", clamped at
+    ``scale`` × its max over the bundled neutral prompts, measured and stored (the report shows
+    it); returns the dictionary and the effects, None when search finds no feature."""
+    found = demo_feature(run, lm)
     if found is None:
         return None
     name, feature = found
