@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -279,6 +279,17 @@ DEMO_SCALE = 3.0
 5× (docs/steering.md): the demo shows the moderate end."""
 
 
+def _analysed_texts(run: Path, con: sqlite3.Connection, sae: str) -> Iterator[str]:
+    """The documents of the corpus the analysis read (as ``search`` scans them), when local."""
+    from monosemantic.config import load_stage
+    from monosemantic.corpus import load_texts
+
+    row = db.analysis(con, sae)
+    spec = json.loads(row["config"])["corpus"] if row is not None else "store"
+    spec = load_stage(run, "harvest").corpus if spec.startswith("store") else spec
+    return iter(()) if spec.startswith("hf:") else load_texts(spec)
+
+
 def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> tuple[str, int] | None:
     """(dictionary, feature) the demo steers: the feature ``search`` ranks first for ``query`` in
     the largest analysed dictionary (from the query and the analysed sequences that contain it),
@@ -290,7 +301,9 @@ def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> 
         name = pick_analysed(con, run, sae)
         module, cfg = load_dictionary(run / "saes" / name)
         query = query or DEMO_QUERY
-        hits, _ = search(con, lm, int(cfg["layer"]), name, module, query, max_matches=16, top=1)
+        hits, _ = search(
+            con, lm, int(cfg["layer"]), name, module, query, top=1, texts=_analysed_texts(run, con, name)
+        )
     finally:
         con.close()
     return (name, hits[0].feature) if hits else None
