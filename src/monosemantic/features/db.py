@@ -14,6 +14,7 @@ One database per run holds the analyses of any number of its dictionaries:
     explanations_fts  explanations, searchable
     neighbors     nearest features by decoder cosine, within and across dictionaries
     catalog       features most specific to each labelled probe set
+    steering      measured effects of steering (created when first written, by monosemantic.steer_eval)
 
 Sequences are shared by the analyses of one corpus; contexts point into them by (sequence,
 start), so a context's tokens are ``sequences.tokens[start : start + width]``.
