@@ -37,6 +37,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from monosemantic.activations import ActivationStore
 from monosemantic.cli import main
 from monosemantic.config import TrainConfig
 from monosemantic.distributed import init_from_env
@@ -372,3 +373,23 @@ def word_tokenizer(eos: bool = True, bos: bool = False) -> PreTrainedTokenizerFa
     special = {"eos_token": "[EOS]"} if eos else {}
     special |= {"bos_token": "[BOS]"} if bos else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
+
+
+def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
+    """Rewrite one encoder row so that the feature fires on exactly the tokens ``word`` (the tiny
+    model's layer-2 residual separates token identities linearly)."""
+    from safetensors.torch import load_file, save_file
+
+    store = ActivationStore(run)
+    acts = torch.cat([store.load(s)[0] for s in store.manifest["shards"]])
+    toks = torch.cat([store.load(s)[1][:, 1:].reshape(-1) for s in store.manifest["shards"]])
+    on = toks == tiny_tokenizer().get_vocab()[word]
+    w = acts[on].mean(0) - acts[~on].mean(0)
+    w = w / w.norm()
+    proj = acts @ w
+    assert proj[on].min() > proj[~on].max(), "the planted word is not linearly separable"
+    path = run / "saes" / sae_name / "sae.safetensors"
+    state = load_file(str(path))
+    state["W_enc"][feature] = w
+    state["b_enc"][feature] = -(proj[on].min() + proj[~on].max()) / 2
+    save_file(state, str(path))

@@ -19,7 +19,7 @@ from monosemantic.config import TrainConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features import db
 from monosemantic.stages.pipeline import run_train
-from tests.helpers import cli, fake_llm_server, needs_minilm, one_line_error, tiny_tokenizer
+from tests.helpers import cli, fake_llm_server, needs_minilm, one_line_error, plant_feature
 
 WINDOW = ["--before", "6", "--after", "3"]
 
@@ -156,26 +156,6 @@ def test_bad_input_is_one_line(capsys, monkeypatch, run: Path, tmp_path: Path) -
     bare = tmp_path / "bare"
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("saes", "features.sqlite*"))
     one_line_error(*cli(capsys, monkeypatch, "analyze", bare), "train")
-
-
-def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
-    """Rewrite one encoder row so that the feature fires on exactly the tokens ``word`` (the tiny
-    model's layer-2 residual separates token identities linearly)."""
-    from safetensors.torch import load_file, save_file
-
-    store = ActivationStore(run)
-    acts = torch.cat([store.load(s)[0] for s in store.manifest["shards"]])
-    toks = torch.cat([store.load(s)[1][:, 1:].reshape(-1) for s in store.manifest["shards"]])
-    on = toks == tiny_tokenizer().get_vocab()[word]
-    w = acts[on].mean(0) - acts[~on].mean(0)
-    w = w / w.norm()
-    proj = acts @ w
-    assert proj[on].min() > proj[~on].max(), "the planted word is not linearly separable"
-    path = run / "saes" / sae_name / "sae.safetensors"
-    state = load_file(str(path))
-    state["W_enc"][feature] = w
-    state["b_enc"][feature] = -(proj[on].min() + proj[~on].max()) / 2
-    save_file(state, str(path))
 
 
 def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, tiny_llama_dir: Path) -> None:

@@ -15,6 +15,7 @@ from monosemantic.config import (
     CatalogConfig,
     EvalConfig,
     ExplainConfig,
+    GenerateConfig,
     HarvestConfig,
     ScalingConfig,
     TrainConfig,
@@ -31,7 +32,9 @@ COMMANDS = {
     "analyze": AnalyzeConfig,
     "explain": ExplainConfig,
     "catalog": CatalogConfig,
+    "steer": GenerateConfig,
 }
+SKIPPED = {"steer": {"batch_size"}}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -39,7 +42,9 @@ def test_every_config_field_is_an_option(command):
     group = typer.main.get_command(app)  # typer >= 0.29 vendors its own click: no isinstance check
     params = {opt: p for p in group.commands[command].params for opt in getattr(p, "opts", [])}
     for f in cli_fields(COMMANDS[command]):
-        flag = flag_of(f)
+        if f.name in SKIPPED.get(command, ()):
+            continue
+        flag = flag_of(f).split("/")[0]
         assert flag in params, f"{command} lacks {flag}"
         assert params[flag].help == f.metadata["help"]
         default = f.default if not isinstance(f.default, tuple) else ",".join(map(str, f.default))

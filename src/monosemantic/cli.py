@@ -27,7 +27,7 @@ from monosemantic.config import (
 )
 from monosemantic.errors import UserError
 from monosemantic.options import FORCE, OUT, RUN, ConfigOptions, config_options, parse_list
-from monosemantic.stages.common import store_d_model
+from monosemantic.stages.common import model_d_model, store_d_model
 from monosemantic.stages.pipeline import run_evaluate, run_harvest, run_report, run_train
 from monosemantic.stages.scaling import run_recommend, run_scaling
 from monosemantic.terminal import console
@@ -108,10 +108,8 @@ def train_cmd(
         sizes = sizes_of(cfg["sizes"], store_d_model(out))
         result = run_train(cfg.build(sizes=sizes), out, force, tracking=tracking.build())
     else:
-        from monosemantic.models import model_info
-
         stream_cfg = stream.build(on_the_fly=True)
-        d_model = model_info(model).d_model  # the config alone: options are checked before loading
+        d_model = model_d_model(model)  # the config alone: options are checked before loading
         # the stream never repeats a window: --tokens sets the budget, not --epochs
         tcfg = cfg.build(sizes=sizes_of(cfg["sizes"], d_model), epochs=1.0)
         result = run_train(tcfg, out, force, stream_cfg, tracking=tracking.build())
@@ -183,10 +181,8 @@ def demo_cmd(
     features, report. (`harvest`, `train` and `analyze` take more settings.)"""
     default_eval = HarvestConfig().n_eval_tokens
     hcfg = harvest.build(n_eval_tokens=max(2_000, min(default_eval, harvest["n_tokens"] // 10)))
-    from monosemantic.models import model_info
-
     # every setting is checked before the harvest starts
-    tcfg = train.build(sizes=sizes_of(train["sizes"], model_info(hcfg.model).d_model))
+    tcfg = train.build(sizes=sizes_of(train["sizes"], model_d_model(hcfg.model)))
     manifest, lm = run_harvest(hcfg, out, force)
     terminal.harvest_done(out, manifest)
     summary = run_train(tcfg, out, force).summary
@@ -202,6 +198,9 @@ def demo_cmd(
             terminal.explanations(explained.sae, explained.results)
         else:
             console.print("[yellow]note: no feature has held-out contexts to explain: harvest more --tokens")
+        from monosemantic.stages.steer import run_demo_steering
+
+        terminal.steer_effects(*run_demo_steering(out, lm))
     console.print(f"report: {run_report(out)}")
 
 
@@ -257,6 +256,9 @@ def serve_cmd(
 from monosemantic.features.cli import register as _register_feature_commands  # noqa: E402
 
 _register_feature_commands(app)
+from monosemantic.steer_cli import register as _register_steer_commands  # noqa: E402
+
+_register_steer_commands(app)
 
 
 class _Interrupted(BaseException):

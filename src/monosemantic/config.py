@@ -348,6 +348,34 @@ class TrackingConfig:
     )
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How completions are generated, steered or not (``steer``)."""
+
+    max_new_tokens: int = _f(32, "tokens generated per prompt, at most (fewer at the end-of-text token)")
+    temperature: float = _f(0.0, "0 = greedy (deterministic); above 0, sample from softmax(logits / T)")
+    seed: int = _f(0, "seed of the sampling (with --temperature above 0)")
+    chat: bool = _f(False, "wrap each prompt in the tokenizer's chat template (instruct models)")
+    keep_error: bool = _f(
+        True,
+        "keep the dictionary's error term x - decode(f) (the paper does); --drop-error: x' = decode(f')",
+        flag="--keep-error/--drop-error",
+    )
+    steer_prompt: bool = _f(
+        True,
+        "edit every prompt position (the paper does); --generated-only edits only the prompt's last "
+        "token and the generated ones",
+        flag="--steer-prompt/--generated-only",
+    )
+    batch_size: int = _f(32, "prompts generated together (left-padded)")
+
+    def __post_init__(self) -> None:
+        check_int("--max-new-tokens", self.max_new_tokens, 1, 4096)
+        check_float("--temperature", self.temperature, 0.0, hint=" (0 = greedy)")
+        check_seed("--seed", self.seed)
+        check_int("--batch-size", self.batch_size, 1, 4096)
+
+
 STAGES: dict[str, type] = {
     "harvest": HarvestConfig,
     "train": TrainConfig,

@@ -43,7 +43,8 @@ def flag_of(f: dataclasses.Field) -> str:
 
 
 def _param_name(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+    """'--l1-coeff' -> 'l1_coeff'; a boolean's '--keep-error/--drop-error' -> 'keep_error'."""
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field]:

@@ -3,6 +3,7 @@ each stage's results. The stages return data; only the CLI calls these."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,114 @@ def serving(n_runs: int, plan: Any) -> None:
     if plan.warning:
         console.print(f"[bold yellow]warning:[/] {plan.warning}", soft_wrap=True)
     console.print(f"serving {n_runs} run(s) at {plan.url} (Ctrl-C stops)", soft_wrap=True, highlight=False)
+
+
+# --- steering and inspection -------------------------------------------------------------------
+
+
+def _wide() -> Console:
+    """stdout, at least 140 columns wide so that tables keep their numbers when piped to a file."""
+    return Console(highlight=False, width=max(Console().width, 140))
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "—" if x is None or math.isnan(x) else format(x, spec)
+
+
+def _fires(c: Any) -> str:
+    return " ".join(f"{round(f * c.n_tokens)}/{c.n_tokens}" for f in c.fire_fraction)
+
+
+def steer_side_by_side(result: Any) -> None:
+    """A ``stages.steer.SideBySide``: both completions, their clean log-probs, and the effect."""
+    base, steered, ivs = result
+    label = ", ".join(f"#{iv.feature} {iv.mode} {iv.scale:g}×max" for iv in ivs)
+    table = Table(title=f"prompt: {base.prompt!r}", show_lines=True)
+    table.add_column("unsteered", ratio=1)
+    table.add_column(f"steered: {label}", ratio=1)
+    table.add_row(base.text, steered.text)
+    table.add_row(
+        f"clean log-prob {base.logprob:.1f} ({base.logprob_per_token:.2f}/token)",
+        f"clean log-prob {steered.logprob:.1f} ({steered.logprob_per_token:.2f}/token)",
+    )
+    table.add_row(f"feature fires on {_fires(base)} tokens", f"feature fires on {_fires(steered)} tokens")
+    out = _wide()
+    out.print(table)
+    many = len(ivs) > 1
+    out.print(
+        f"effect: the steered feature{'s' if many else ''} fire{'' if many else 's'} on "
+        f"{_fires(steered)} generated tokens (unsteered {_fires(base)}) when the clean model rereads "
+        f"the text; promoted tokens' log-mass {_fmt(steered.promoted_logmass)} vs "
+        f"{_fmt(base.promoted_logmass)}; log-prob/token {steered.logprob_per_token:.2f} vs "
+        f"{base.logprob_per_token:.2f}"
+    )
+
+
+def steer_sweep(title: str, rows: list[tuple[float, Any]]) -> None:
+    """One completion per scale (``stages.steer.run_sweep``)."""
+    table = _table(title, ("scale", "completion", "log-prob/token", "fires on"), left=("completion",))
+    table.show_lines = True
+    for s, c in rows:
+        table.add_row(f"{s:g}", c.text, f"{c.logprob_per_token:.2f}", _fires(c))
+    _wide().print(table)
+
+
+def steer_effects(sae: str, effects: list[Any], cfg: Any) -> None:
+    """The effect table of ``steer --eval`` and of the demo's example (``steer_eval.Effect``)."""
+    out = _wide()
+    if not effects:
+        out.print("[yellow]note: no feature fires specifically on the demo's query: no steering example")
+        return
+    table = _table(
+        f"{sae}: steering over {effects[0].n_prompts} neutral prompts, {cfg.max_new_tokens} new tokens, "
+        f"error term {'kept' if cfg.keep_error else 'dropped'}",
+        ("feature", "mode", "scale", "fires", "base", "rel", "base", "promoted", "base", "log-prob", "base"),
+        caption="fires: share of completions on which the feature fires (clean model rereads them); "
+        "rel: its largest activation / its max; promoted: log Σ p of its promoted tokens; "
+        "log-prob: per generated token (clean model)",
+    )
+    for e in effects:
+        table.add_row(
+            str(e.feature), e.mode, f"{e.scale:g}", f"{e.fire_rate:.2f}", f"{e.base_fire_rate:.2f}",
+            f"{e.relative:.2f}", f"{e.base_relative:.2f}",
+            _fmt(e.promoted_logmass), _fmt(e.base_promoted_logmass),
+            f"{e.logprob:.2f}", f"{e.base_logprob:.2f}",
+        )  # fmt: skip
+    out.print(table)
+    seen = set()
+    for e in effects:  # the first prompt's completion at each scale
+        if e.scale not in seen:
+            seen.add(e.scale)
+            out.print(f"example at scale {e.scale:g}: {e.example!r}")
+    out.print(f"unsteered: {effects[0].base_example!r}")
+
+
+def inspection(result: Any) -> None:
+    """A ``features.inspect.Inspection``: features per token, then over the whole text."""
+    out = _wide()
+    table = _table(
+        f"{result.sae}: features per token",
+        ("pos", "token", "features (activation, share of max, explanation)"),
+        left=("token", "features (activation, share of max, explanation)"),
+    )
+    for t in result.tokens:
+        cells = [
+            f"#{f.feature} {f.activation:.2f} ({_fmt(f.relative)}) {f.explanation or ''}".rstrip()
+            for f in t.features
+        ]
+        table.add_row(str(t.position), repr(t.token), "\n".join(cells))
+    out.print(table)
+    summary = _table(
+        "most active over the text, relative to each feature's max",
+        ("feature", "max", "share of max", "tokens", "peak", "explanation"),
+        left=("explanation",),
+    )
+    for f in result.top:
+        summary.add_row(
+            str(f.feature), f"{f.max_activation:.2f}", f"{f.relative:.2f}", str(f.n_tokens),
+            repr(result.tokens[f.peak - 1].token), f.explanation or "",
+        )  # fmt: skip
+    out.print(summary)
+    out.print(
+        f"{len(result.tokens)} tokens read in {1000 * result.seconds:.0f} ms (forward to the layer + encode)"
+    )

@@ -14,6 +14,7 @@ One database per run holds the analyses of any number of its dictionaries:
     explanations_fts  explanations, searchable
     neighbors     nearest features by decoder cosine, within and across dictionaries
     catalog       features most specific to each labelled probe set
+    steering      measured effects of steering (created when first written, by monosemantic.steer_eval)
 
 Sequences are shared by the analyses of one corpus; contexts point into them by (sequence,
 start), so a context's tokens are ``sequences.tokens[start : start + width]``.
@@ -362,3 +363,27 @@ def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def pick_sae(con: sqlite3.Connection, run: Path, sae: str) -> str:
+    """The dictionary named, or the largest analysed one.
+
+    Raises:
+        UserError: the named dictionary is not analysed, or none is.
+    """
+    done = analysed_saes(con)
+    if sae:
+        if sae not in done:
+            have = ", ".join(done) or "none"
+            raise UserError(
+                f"{sae} is not analysed in {run} (analysed: {have}): "
+                f"run `monosemantic analyze {run} --sae {sae}`"
+            )
+        return sae
+    if not done:
+        raise UserError(f"{run} has no analysed dictionary: run `monosemantic analyze {run}` first")
+    sizes = {
+        name: int(con.execute("SELECT count(*) FROM features WHERE sae = ?", (name,)).fetchone()[0])
+        for name in done
+    }
+    return max(done, key=lambda name: (sizes[name], name))

@@ -21,6 +21,7 @@ from monosemantic.features.feature_map import cached_embed_2d, plot_map
 from monosemantic.features.neighbors import nearest, unit_directions
 from monosemantic.fsio import write_text
 from monosemantic.plots import save_png
+from monosemantic.steer_report import steered_features, steering_section
 
 TABLE_ROWS = 300
 _FILTER_JS = (
@@ -213,6 +214,8 @@ def _section(con: sqlite3.Connection, run_dir: Path, out_dir: Path) -> str:
                 f"<td>{score:.3f}</td><td>{auc:.2f}</td><td>{_e(expl)}</td></tr>"
             )
         parts.append("</table>")
+    parts.append(steering_section(con))
+    listed |= steered_features(con)
     for s in saes:
         parts.append(
             f'<h3>Map of {_e(s)}</h3><img src="{_map(con, run_dir, s, out_dir / f"map-{s}.png")}" alt="map">'

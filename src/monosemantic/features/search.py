@@ -21,15 +21,16 @@ precision`` (how many of the feature's top contexts contain the query) is report
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from monosemantic.corpus import clean_text
+from monosemantic.corpus import clean_text, load_texts
 from monosemantic.features import db
 from monosemantic.features.tokens import decode_tokens
 from monosemantic.models import LoadedModel, capture_residual
@@ -206,3 +207,13 @@ def search(
     precision = {j: n / n_top for j, n in matches.items()}
     hits = rank(acts, [o.span[1] - o.span[0] for o in occs], db.feature_stats(con, sae_name), precision, top)
     return hits, occs
+
+
+def analysed_texts(con: sqlite3.Connection, sae: str, harvest_corpus: str) -> Iterator[str]:
+    """The documents of the corpus the analysis read (the harvest's corpus for the store), when
+    they are local: search scans them for more passages than the analysis stored."""
+
+    row = db.analysis(con, sae)
+    spec = json.loads(row["config"])["corpus"] if row is not None else "store"
+    spec = harvest_corpus if spec.startswith("store") else spec
+    return iter(()) if spec.startswith("hf:") else load_texts(spec)

@@ -4,7 +4,6 @@ dictionary, the analysed dictionary a command refers to."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -74,32 +73,6 @@ def load_run_dictionary(run: Path, name: str, device: str = "cpu") -> RunDiction
     return RunDictionary(name, sae, cfg, int(cfg["layer"]))
 
 
-def pick_sae(con: sqlite3.Connection, run: Path, sae: str) -> str:
-    """The dictionary named, or the largest analysed one.
-
-    Raises:
-        UserError: the named dictionary is not analysed, or none is.
-    """
-    from monosemantic.features import db
-
-    done = db.analysed_saes(con)
-    if sae:
-        if sae not in done:
-            have = ", ".join(done) or "none"
-            raise UserError(
-                f"{sae} is not analysed in {run} (analysed: {have}): "
-                f"run `monosemantic analyze {run} --sae {sae}`"
-            )
-        return sae
-    if not done:
-        raise UserError(f"{run} has no analysed dictionary: run `monosemantic analyze {run}` first")
-    sizes = {
-        name: int(con.execute("SELECT count(*) FROM features WHERE sae = ?", (name,)).fetchone()[0])
-        for name in done
-    }
-    return max(done, key=lambda name: (sizes[name], name))
-
-
 def store_d_model(run: Path) -> int:
     """The width of the run's stored activations (for sizes given as multiples of d_model).
 
@@ -109,3 +82,11 @@ def store_d_model(run: Path) -> int:
     from monosemantic.activations import ActivationStore
 
     return ActivationStore(run).d_model
+
+
+def model_d_model(model: str) -> int:
+    """The residual width of ``model`` from its config alone (no weights loaded), so that sizes
+    given as multiples of d_model are checked before anything slow starts."""
+    from monosemantic.models import model_info
+
+    return model_info(model).d_model

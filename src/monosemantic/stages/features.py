@@ -3,9 +3,7 @@ explain, catalog."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,7 +19,8 @@ from monosemantic.config import (
     resolve_device,
 )
 from monosemantic.errors import UserError
-from monosemantic.stages.common import check_run, load_lm, load_run_dictionary, load_run_lm, pick_sae
+from monosemantic.features.db import pick_sae
+from monosemantic.stages.common import check_run, load_lm, load_run_dictionary, load_run_lm
 
 
 def run_analyze(run: Path, cfg: AnalyzeConfig, force: bool = False) -> dict[str, dict[str, Any]]:
@@ -115,18 +114,6 @@ def snippet(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes],
     return text.replace("\n", "⏎")
 
 
-def _corpus_texts(con: sqlite3.Connection, sae: str, harvest_corpus: str) -> Iterator[str]:
-    """The documents of the corpus the analysis read (the harvest's corpus for the store), when
-    they are local: search scans them for more passages than the analysis stored."""
-    from monosemantic.corpus import load_texts
-    from monosemantic.features import db
-
-    row = db.analysis(con, sae)
-    spec = json.loads(row["config"])["corpus"] if row is not None else "store"
-    spec = harvest_corpus if spec.startswith("store") else spec
-    return iter(()) if spec.startswith("hf:") else load_texts(spec)
-
-
 class SearchResult(NamedTuple):
     sae: str
     hits: list[Any]
@@ -149,7 +136,7 @@ def run_search(
         UserError: empty query, no such run or analysed dictionary.
     """
     from monosemantic.features import db
-    from monosemantic.features.search import fts_phrase, search
+    from monosemantic.features.search import analysed_texts, fts_phrase, search
 
     check_int("--top", top, 1)
     check_int("--matches", matches, 0)
@@ -161,7 +148,7 @@ def run_search(
         name = pick_sae(con, run, sae)
         d = load_run_dictionary(run, name)
         lm = lm if lm is not None else load_run_lm(run)
-        texts = _corpus_texts(con, name, load_stage(run, "harvest").corpus)
+        texts = analysed_texts(con, name, load_stage(run, "harvest").corpus)
         hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=top, texts=texts)
         words = db.vocab(con)
         return SearchResult(

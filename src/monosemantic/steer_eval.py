@@ -1,0 +1,309 @@
+"""Steering a run's dictionary, measured: does the steered text carry the feature's concept?
+
+For a set of neutral prompts (bundled: ``data/steer_prompts.txt``) we generate unsteered and
+steered completions and read each back with the clean model (no edit):
+
+    fire rate          share of completions on which the steered feature fires (activation > 0)
+                       on at least one generated token, re-encoded by the dictionary
+    relative           mean over completions of the feature's largest activation on them / its max
+    promoted log-mass  mean over generated positions of log Σ p(t), t over the feature's top
+                       promoted tokens (its direct logit effects), under the clean model
+    log-prob / token   mean clean-model log p of the generated tokens (fluency: lower = stranger)
+
+Results go into the run's ``features.sqlite`` (table ``steering``, created when first needed) and
+the report shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from monosemantic.dictionary import load_dictionary
+from monosemantic.errors import UserError
+from monosemantic.features import db
+from monosemantic.fsio import file_digest, fingerprint
+from monosemantic.models import LoadedModel
+from monosemantic.sae import SparseAutoencoder
+from monosemantic.steer import GenerateConfig, Intervention, resolve
+from monosemantic.steer_score import Completion, complete, promoted_tokens
+
+DEFAULT_PROMPTS = Path(__file__).parent / "data" / "steer_prompts.txt"
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS steering (
+  sae TEXT NOT NULL, feature INTEGER NOT NULL, mode TEXT NOT NULL, scale REAL NOT NULL,
+  keep_error INTEGER NOT NULL, steered TEXT NOT NULL, settings TEXT NOT NULL,
+  n_prompts INTEGER NOT NULL, fire_rate REAL NOT NULL, base_fire_rate REAL NOT NULL,
+  relative REAL NOT NULL, base_relative REAL NOT NULL,
+  promoted_logmass REAL, base_promoted_logmass REAL,
+  logprob REAL NOT NULL, base_logprob REAL NOT NULL, example TEXT NOT NULL, base_example TEXT NOT NULL,
+  completions TEXT NOT NULL, base_completions TEXT NOT NULL,
+  PRIMARY KEY (sae, feature, mode, scale, keep_error, steered, settings))
+"""
+
+
+def load_prompts(path: Path | None = None) -> list[str]:
+    """Prompts, one per line (blank lines and lines starting with # skipped)."""
+    path = path or DEFAULT_PROMPTS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(
+            f"cannot read prompts from {path}: {e.strerror}: give a text file, one prompt a line"
+        ) from e
+    prompts = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"{path} holds no prompt: write one prompt per line")
+    return prompts
+
+
+@dataclass
+class SteerTarget:
+    """What steering one dictionary of a run needs, loaded once (the web app keeps one)."""
+
+    lm: LoadedModel
+    layer: int
+    sae: SparseAutoencoder
+    name: str
+    max_act: Tensor
+    """(n,) each feature's largest activation in the analysis."""
+    digest: str
+    """The dictionary file's digest (stored with results, so a retrained dictionary's are told apart)."""
+
+
+def load_target(run: Path, sae: str, lm: LoadedModel) -> SteerTarget:
+    """The analysed dictionary ``sae`` of ``run`` ('' = the largest analysed) with ``lm``."""
+    con = db.open_db(run)
+    try:
+        name = db.pick_sae(con, run, sae)
+        max_act = torch.as_tensor(db.feature_stats(con, name)["max_act"], dtype=torch.float32)
+    finally:
+        con.close()
+    module, cfg = load_dictionary(run / "saes" / name)
+    return SteerTarget(
+        lm, int(cfg["layer"]), module, name, max_act, file_digest(run / "saes" / name / "sae.safetensors")
+    )
+
+
+def run_completions(
+    t: SteerTarget,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention],
+    cfg: GenerateConfig,
+    watch: Sequence[int] = (),
+) -> list[Completion]:
+    """Completions of ``prompts`` steered by ``interventions`` (none: the clean model), scored
+    against the ``watch`` features (default: the steered ones) and their promoted tokens."""
+    edits = resolve(interventions, t.max_act)
+    watch = list(watch) or list(dict.fromkeys(iv.feature for iv in interventions))
+    resolve([Intervention(j, 0.0) for j in watch], t.max_act)  # an unknown id fails before any work
+    promoted = promoted_tokens(t.lm, t.sae, watch)
+    return complete(t.lm, t.layer, t.sae, t.max_act, prompts, edits, cfg, watch=watch, promoted=promoted)
+
+
+class Effect(NamedTuple):
+    """The measured effect of steering at one scale, for one of the steered features."""
+
+    feature: int
+    mode: str
+    scale: float
+    keep_error: bool
+    steered: list[int]
+    """Every feature steered together in this run."""
+    n_prompts: int
+    fire_rate: float
+    base_fire_rate: float
+    relative: float
+    base_relative: float
+    promoted_logmass: float
+    base_promoted_logmass: float
+    logprob: float
+    """Mean clean-model log p per generated token, steered."""
+    base_logprob: float
+    example: str
+    """The first prompt and its steered completion."""
+    base_example: str
+    completions: list[str]
+    """Every steered completion (without its prompt), in prompt order."""
+    base_completions: list[str]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _per_token(cs: Sequence[Completion]) -> float:
+    n = sum(c.n_tokens for c in cs)
+    return sum(c.logprob for c in cs) / n if n else float("nan")
+
+
+def measure(
+    t: SteerTarget,
+    features: Sequence[int],
+    scales: Sequence[float],
+    prompts: Sequence[str],
+    cfg: GenerateConfig,
+    mode: str = "clamp",
+) -> list[Effect]:
+    """Steer ``features`` together at each scale over ``prompts``; one Effect per (scale, feature),
+    each against the same unsteered completions."""
+    features = list(dict.fromkeys(features))
+    resolve([Intervention(j, 0.0, mode) for j in features], t.max_act)  # bad ids fail before any work
+    base = run_completions(t, prompts, [], replace(cfg, keep_error=True), watch=features)
+    out = []
+    for s in scales:
+        steered = run_completions(t, prompts, [Intervention(j, s, mode) for j in features], cfg)
+        for k, j in enumerate(features):
+            out.append(
+                Effect(
+                    feature=j,
+                    mode=mode,
+                    scale=float(s),
+                    keep_error=cfg.keep_error,
+                    steered=features,
+                    n_prompts=len(prompts),
+                    fire_rate=_mean([float(c.fire_fraction[k] > 0) for c in steered]),
+                    base_fire_rate=_mean([float(c.fire_fraction[k] > 0) for c in base]),
+                    relative=_mean([c.max_relative[k] for c in steered]),
+                    base_relative=_mean([c.max_relative[k] for c in base]),
+                    promoted_logmass=_mean([c.promoted_logmass for c in steered]),
+                    base_promoted_logmass=_mean([c.promoted_logmass for c in base]),
+                    logprob=_per_token(steered),
+                    base_logprob=_per_token(base),
+                    example=steered[0].prompt + steered[0].text,
+                    base_example=base[0].prompt + base[0].text,
+                    completions=[c.text for c in steered],
+                    base_completions=[c.text for c in base],
+                )
+            )
+    return out
+
+
+def settings_key(t: SteerTarget, prompts: Sequence[str], cfg: GenerateConfig) -> str:
+    """What the numbers depend on besides feature, mode, scale and the error term."""
+    return json.dumps(
+        {
+            "dictionary": t.digest,
+            "prompts": fingerprint(list(prompts)),
+            "max_new_tokens": cfg.max_new_tokens,
+            "temperature": cfg.temperature,
+            "seed": cfg.seed,
+            "chat": cfg.chat,
+            "steer_prompt": cfg.steer_prompt,
+        },
+        sort_keys=True,
+    )
+
+
+def store_effects(run: Path, sae: str, effects: Sequence[Effect], settings: str) -> None:
+    """Insert (or replace) measured effects into ``run/features.sqlite``."""
+    con = db.open_db(run)
+    try:
+        with db.transaction(con):
+            con.execute(_TABLE)
+            con.executemany(
+                f"INSERT OR REPLACE INTO steering VALUES ({', '.join('?' * 20)})",
+                [
+                    (
+                        sae,
+                        e.feature,
+                        e.mode,
+                        e.scale,
+                        int(e.keep_error),
+                        json.dumps(e.steered),
+                        settings,
+                        e.n_prompts,
+                        e.fire_rate,
+                        e.base_fire_rate,
+                        e.relative,
+                        e.base_relative,
+                        _nan_none(e.promoted_logmass),
+                        _nan_none(e.base_promoted_logmass),
+                        e.logprob,
+                        e.base_logprob,
+                        e.example,
+                        e.base_example,
+                        json.dumps(e.completions),
+                        json.dumps(e.base_completions),
+                    )
+                    for e in effects
+                ],  # fmt: skip
+            )
+    finally:
+        con.close()
+
+
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def stored_effects(con: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every stored effect of a dictionary still analysed, by dictionary, feature, mode, error term
+    and scale ([] if none)."""
+    if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'steering'").fetchone() is None:
+        return []
+    return con.execute(
+        "SELECT * FROM steering WHERE sae IN (SELECT sae FROM analyses WHERE finished = 1) "
+        "ORDER BY sae, feature, steered, mode, keep_error DESC, settings, scale"
+    ).fetchall()
+
+
+DEMO_QUERY = "Berlin"
+DEMO_SCALE = 3.0
+"""On the demo run the city feature brings up places from 3× its max on, and the text breaks past
+5× (docs/steering.md): the demo shows the moderate end."""
+
+
+def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> tuple[str, int] | None:
+    """(dictionary, feature) the demo steers: the feature ``search`` ranks first for ``query`` in
+    the largest analysed dictionary (from the query and the analysed sequences that contain it),
+    or None when no feature fires specifically on it."""
+    from monosemantic.config import load_stage
+    from monosemantic.features.search import analysed_texts, search
+
+    con = db.open_db(run)
+    try:
+        name = db.pick_sae(con, run, sae)
+        module, cfg = load_dictionary(run / "saes" / name)
+        query = query or DEMO_QUERY
+        hits, _ = search(
+            con,
+            lm,
+            int(cfg["layer"]),
+            name,
+            module,
+            query,
+            top=1,
+            texts=analysed_texts(con, name, load_stage(run, "harvest").corpus),
+        )
+    finally:
+        con.close()
+    return (name, hits[0].feature) if hits else None
+
+
+def demo_steering(
+    run: Path, lm: LoadedModel, cfg: GenerateConfig | None = None, scale: float = DEMO_SCALE
+) -> tuple[str, list[Effect]] | None:
+    """The demo's steering example: the city feature ``search`` finds for "Berlin", clamped at
+    ``scale`` × its max over the bundled neutral prompts, measured and stored (the report shows
+    it); returns the dictionary and the effects, None when search finds no feature."""
+    found = demo_feature(run, lm)
+    if found is None:
+        return None
+    name, feature = found
+    cfg = cfg or GenerateConfig(max_new_tokens=24)
+    target = load_target(run, name, lm)
+    prompts = load_prompts()
+    effects = measure(target, [feature], [scale], prompts, cfg)
+    store_effects(run, name, effects, settings_key(target, prompts, cfg))
+    return name, effects
