@@ -23,7 +23,6 @@ X = torch.randn(64, 16, generator=torch.Generator().manual_seed(5))
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])
 def runs_through_the_pipeline(capsys, monkeypatch, run: Path) -> None:
     """An imported run goes through evaluate, analyze and search."""
     for args in (
@@ -35,6 +34,7 @@ def runs_through_the_pipeline(capsys, monkeypatch, run: Path) -> None:
     assert cli(capsys, monkeypatch, "search", run, "paris")[0] == 0
 
 
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])
 def test_saelens_loads_our_export(arch: str, tmp_path: Path) -> None:
     sl = pytest.importorskip("sae_lens", reason="sae-lens (the SAELens format's oracle) is not installed")
     ours = random_sae(arch)
