@@ -205,7 +205,9 @@ def test_search_does_not_rank_an_almost_dead_feature() -> None:
 def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path) -> None:
     plant_feature(run, "relu-64", 7, "paris")
     assert analyze(capsys, monkeypatch, run, "--sae", "relu-64")[0] == 0
-    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "7")
+    code, err = cli(
+        capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "7", "--explainer", "tokens"
+    )
     assert code == 0, err
     (text, explainer, score) = table(
         run, "SELECT explanation, explainer, score_auc FROM features WHERE id = 7"
@@ -223,8 +225,20 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
     con = db.open_db(run)
     assert db.search_explanations(con, "relu-64", '"paris"', 5) == [(7, "The word paris")]
     con.close()
+    # the default offline explainer names lexicon entries: a two-entry lexicon keeps it quick
+    from monosemantic.features import label
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(run / "cache"))
+    entries = [
+        label.Entry("capital city", "Paris, the capital city of France"),
+        label.Entry("fish", "a trout"),
+    ]
+    monkeypatch.setattr(label, "lexicon", lambda: entries)
     code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
     assert code == 0, err
+    assert {r[0] for r in table(run, "SELECT explainer FROM features WHERE explainer IS NOT NULL")} >= {
+        "lexicon + MiniLM"
+    }
     from monosemantic.features.explain_run import choose_features
 
     con = db.open_db(run)

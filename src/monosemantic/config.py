@@ -278,9 +278,16 @@ class ExplainConfig:
         "default: offline contrastive tokens scored with MiniLM embeddings",
     )
     llm_model: str = _f("default", "model name sent to --explainer-url")
+    explainer: str = _f(
+        "lexicon",
+        "offline explainer: 'lexicon' (nearest WordNet or concept-list entry plus the firing tokens) "
+        "or 'tokens' (contrastive firing tokens only)",
+    )
     seed: int = _f(0, "seed of the random choice of features")
 
     def __post_init__(self) -> None:
+        if self.explainer not in ("lexicon", "tokens"):
+            raise UserError(f"--explainer {self.explainer!r} is not one of lexicon, tokens")
         self.ids = [int(i) for i in self.ids]
         check_int("--features", self.n_features, 0, hint=" (0 = all)")
         for i in self.ids:

@@ -109,3 +109,36 @@ def detection_scores(top: np.ndarray, held: np.ndarray, neg: np.ndarray) -> tupl
     if len(neg) < 2:
         return auc(held, neg), float("nan")
     return auc(held, neg), balanced_accuracy(held, neg[1::2], best_threshold(top, neg[::2]))
+
+
+FUZZ_NEIGHBOURS = 1
+"""Tokens on each side of a highlighted token that the fuzzing scorer reads with it."""
+
+
+def fuzz_pairs(contexts: Sequence[Context], seed: int = 0) -> tuple[list[str], list[str]]:
+    """Fuzzing, as Delphi defines it (Paulo et al. 2024, *Automatically Interpreting Millions of
+    Features in LLMs*): in each activating context the *correct* highlight is the firing tokens
+    (activation ≥ ``FIRING_SHARE`` of the peak), the *fuzzed* one the same number of tokens drawn
+    at random among the non-firing ones; a scorer that understood the explanation tells them apart.
+    Offline, each highlight is read as the text of its tokens with ``FUZZ_NEIGHBOURS`` around each.
+    Returns (correct, fuzzed) texts, one pair per context that has non-firing tokens to draw."""
+    rng = np.random.default_rng(seed)
+    correct, fuzzed = [], []
+
+    def text(tokens: list[str], picked: Sequence[int]) -> str:
+        spans = [
+            "".join(tokens[max(0, i - FUZZ_NEIGHBOURS) : i + FUZZ_NEIGHBOURS + 1]) for i in sorted(picked)
+        ]
+        return " … ".join(spans)
+
+    for c in contexts:
+        top = max(c.acts) if c.acts else 0.0
+        if top <= 0:
+            continue
+        firing = [i for i, a in enumerate(c.acts) if a >= FIRING_SHARE * top]
+        quiet = [i for i, a in enumerate(c.acts) if a <= 0]
+        if not firing or len(quiet) < len(firing):
+            continue
+        correct.append(text(c.tokens, firing))
+        fuzzed.append(text(c.tokens, rng.choice(quiet, size=len(firing), replace=False).tolist()))
+    return correct, fuzzed

@@ -1,6 +1,10 @@
 """``monosemantic explain``: write an explanation for each chosen feature from its top contexts and
-score it on held-out contexts (the quantile samples against the random non-activating windows),
-into the feature database."""
+score it on held-out contexts (detection: the quantile samples against the random non-activating
+windows; fuzzing: the firing tokens against random tokens of the same contexts), into the feature
+database.
+
+Offline explainers: ``tokens`` (contrastive token lists, ``features.explain``) and ``lexicon``
+(the nearest WordNet or concept-list entry plus the firing tokens, ``features.label``)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from monosemantic.features.explain import (
     balanced_accuracy,
     detection_scores,
     explain_offline,
+    fuzz_pairs,
 )
+from monosemantic.features.label import Labeler
 from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
 from monosemantic.features.tokens import decode_tokens
 from monosemantic.progress import progress_bar
@@ -31,6 +37,9 @@ class Scored:
     explanation: str
     auc: float
     balanced_accuracy: float
+    fuzz_auc: float
+    """AUC of the explanation's similarity to the firing tokens against random tokens of the same
+    held-out contexts (NaN with an LLM, or when no context has tokens to draw)."""
     n_positive: int
     n_negative: int
 
@@ -75,6 +84,21 @@ def choose_features(con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int
     return live if n <= 0 or n >= len(live) else sorted(random.Random(seed).sample(live, n))
 
 
+EXPLAINERS = ("tokens", "lexicon")
+
+
+def score_offline(
+    embedder: Embedder, text: str, top: list[db.Context], held: list[db.Context], neg: list[db.Context]
+) -> tuple[float, float, float]:
+    """(detection AUC, balanced accuracy, fuzzing AUC) of an explanation, with MiniLM similarities."""
+    correct, fuzzed = fuzz_pairs(held)
+    sims = embedder.similarities(text, [around_peak(c) for c in top + held + neg] + correct + fuzzed)
+    n = len(top) + len(held) + len(neg)
+    s_top, s_held, s_neg = np.split(sims[:n], [len(top), len(top) + len(held)])
+    det_auc, det_bacc = detection_scores(s_top, s_held, s_neg)
+    return det_auc, det_bacc, auc(sims[n : n + len(correct)], sims[n + len(correct) :])
+
+
 def explain_features(
     con: sqlite3.Connection,
     sae: str,
@@ -82,14 +106,20 @@ def explain_features(
     *,
     embedder: Embedder | None = None,
     client: ChatClient | None = None,
+    labeler: Labeler | None = None,
+    write: bool = True,
 ) -> list[Scored]:
     """Explain and score each feature (with the LLM ``client`` if given, else offline with the
-    ``embedder``); results are written to the database as they come."""
+    ``embedder``: the ``labeler``'s lexicon explanations when given, else contrastive tokens);
+    results are written to the database as they come unless ``write`` is false."""
     row = db.analysis(con, sae)
     assert row is not None
     words = db.vocab(con)
     base, total = base_counts(con, int(row["corpus"]), words)
-    label = "LLM" if client is not None else "contrastive tokens + MiniLM"
+    if client is not None:
+        label = "LLM"
+    else:
+        label = "lexicon + MiniLM" if labeler is not None else "contrastive tokens + MiniLM"
     out = []
     with progress_bar(unit="features") as bar:
         task = bar.add_task(f"explain {sae}", total=len(features), info="")
@@ -104,15 +134,17 @@ def explain_features(
                 text = llm_explain(client, [marked(c) for c in top[:12]])
                 pred = llm_detect(client, text, [c.text for c in held + neg])
                 p, q = pred[: len(held)], pred[len(held) :]
-                score_auc, score_bacc = auc(p, q), balanced_accuracy(p, q, 0.5)
+                score_auc, score_bacc, fuzz = auc(p, q), balanced_accuracy(p, q, 0.5), float("nan")
             else:
                 assert embedder is not None
-                text = explain_offline(top, base, total)
-                sims = embedder.similarities(text, [around_peak(c) for c in top + held + neg])
-                s_top, s_held, s_neg = np.split(sims, [len(top), len(top) + len(held)])
-                score_auc, score_bacc = detection_scores(s_top, s_held, s_neg)
-            with db.transaction(con):
-                db.set_explanation(con, sae, j, text, label, score_auc, score_bacc)
-            out.append(Scored(j, text, score_auc, score_bacc, len(held), len(neg)))
+                if labeler is not None:
+                    text = labeler.explain(top, base, total)
+                else:
+                    text = explain_offline(top, base, total)
+                score_auc, score_bacc, fuzz = score_offline(embedder, text, top, held, neg)
+            if write:
+                with db.transaction(con):
+                    db.set_explanation(con, sae, j, text, label, score_auc, score_bacc)
+            out.append(Scored(j, text, score_auc, score_bacc, fuzz, len(held), len(neg)))
             bar.advance(task)
     return out

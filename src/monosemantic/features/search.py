@@ -137,14 +137,14 @@ def occurrences(
 
 
 @torch.no_grad()
-def span_activations(
-    lm: LoadedModel, layer: int, sae: SparseAutoencoder, occs: list[Occurrence], batch: int = 16
-) -> torch.Tensor:
-    """(n_occurrences, n_features): each feature's largest activation over each occurrence's span.
+def span_residuals(
+    lm: LoadedModel, layer: int, occs: list[Occurrence], batch: int = 16
+) -> list[torch.Tensor]:
+    """Each occurrence's residual stream over its span: (span length, d_model) per occurrence.
 
     A causal model reads ``batch`` occurrences per forward pass, right-padded: no position attends
     to the padding after it. Other models (bidirectional attention) read one at a time."""
-    out = []
+    out: list[torch.Tensor] = []
     step = batch if lm.is_causal else 1
     for i in range(0, len(occs), step):
         group = occs[i : i + step]
@@ -152,16 +152,50 @@ def span_activations(
         for j, occ in enumerate(group):
             ids[j, : len(occ.tokens)] = torch.tensor(occ.tokens)
         resid = capture_residual(lm, layer, ids).float()
-        for j, occ in enumerate(group):
-            a, b = occ.span
-            out.append(sae.encode(resid[j, a:b].to(sae.W_enc.device))[1].amax(0).cpu())
-    return torch.stack(out)
+        out.extend(resid[j, occ.span[0] : occ.span[1]] for j, occ in enumerate(group))
+    return out
+
+
+@torch.no_grad()
+def span_activations(
+    lm: LoadedModel, layer: int, sae: SparseAutoencoder, occs: list[Occurrence], batch: int = 16
+) -> torch.Tensor:
+    """(n_occurrences, n_features): each feature's largest activation over each occurrence's span."""
+    return encode_spans(sae, span_residuals(lm, layer, occs, batch))
+
+
+@torch.no_grad()
+def encode_spans(sae: SparseAutoencoder, resids: list[torch.Tensor]) -> torch.Tensor:
+    """(n_occurrences, n_features) from ``span_residuals``."""
+    return torch.stack([sae.encode(r.to(sae.W_enc.device))[1].amax(0).cpu() for r in resids])
+
+
+RANKINGS = ("base", "corpus", "corpus+contexts")
+"""``base``: every occurrence weighs the same; ``corpus``: the bare query counts only when the
+corpus has no occurrence; ``corpus+contexts``: and the score is multiplied by
+``PRECISION_FLOOR + (1 - PRECISION_FLOOR) * top-context precision`` when some feature's top
+contexts contain the query (see docs/features.md for what each changed)."""
+PRECISION_FLOOR = 0.1
 
 
 def rank(
-    acts: torch.Tensor, spans: list[int], stats: dict[str, np.ndarray], precision: dict[int, float], top: int
+    acts: torch.Tensor,
+    spans: list[int],
+    stats: dict[str, np.ndarray],
+    precision: dict[int, float],
+    top: int,
+    *,
+    is_query: list[bool] | None = None,
+    method: str = "base",
 ) -> list[Hit]:
-    """Rank features by specificity score; acts (n_occ, n), spans: each occurrence's length in tokens."""
+    """Rank features by specificity score; acts (n_occ, n), spans: each occurrence's length in
+    tokens, is_query: which occurrences are the bare query text."""
+    if method not in RANKINGS:
+        raise ValueError(f"unknown ranking {method!r}")
+    keep = torch.ones(len(spans), dtype=torch.bool)
+    if method != "base" and is_query is not None and not all(is_query):
+        keep = ~torch.tensor(is_query, dtype=torch.bool)
+    acts, spans = acts[keep], [s for s, k in zip(spans, keep.tolist(), strict=True) if k]
     freq = torch.as_tensor(stats["freq"], dtype=torch.float64)
     max_act = torch.as_tensor(stats["max_act"], dtype=torch.float64).clamp(min=1e-12)
     rel = acts.double() / max_act
@@ -172,6 +206,11 @@ def rank(
     lift = hit_rate / expected
     score = strength * torch.log2(lift.clamp(min=1))
     score[torch.as_tensor(stats["n_fired"]) < MIN_FIRED] = 0  # no reliable base rate or maximum
+    if method == "corpus+contexts" and any(v > 0 for v in precision.values()):
+        prec = torch.zeros_like(score)
+        for j, v in precision.items():
+            prec[j] = v
+        score = score * (PRECISION_FLOOR + (1 - PRECISION_FLOOR) * prec)
     best = score.argsort(descending=True)[:top].tolist()
     return [
         Hit(j, float(score[j]), float(strength[j]), float(hit_rate[j]), float(lift[j]), float(freq[j]),

@@ -173,6 +173,7 @@ def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
     into the database."""
     from monosemantic.features import db
     from monosemantic.features.explain_run import choose_features, explain_features
+    from monosemantic.features.label import default_labeler
     from monosemantic.features.scorers import ChatClient, Embedder
 
     check_run(run)
@@ -182,7 +183,10 @@ def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
         chosen = choose_features(con, name, cfg.n_features, cfg.ids, cfg.seed)
         client = ChatClient(cfg.explainer_url, cfg.llm_model) if cfg.explainer_url else None
         embedder = None if client is not None else Embedder()
-        return ExplainResult(name, explain_features(con, name, chosen, embedder=embedder, client=client))
+        labeler = default_labeler(embedder) if embedder is not None and cfg.explainer == "lexicon" else None
+        return ExplainResult(
+            name, explain_features(con, name, chosen, embedder=embedder, client=client, labeler=labeler)
+        )
     finally:
         con.close()
 

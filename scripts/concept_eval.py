@@ -1,0 +1,197 @@
+"""Measure concept search on a run with the bundled concept list (data/concepts.tsv): the study
+behind the precision table in docs/features.md. The judging is a person's: this script gathers the
+evidence, writes a sheet to judge from, and scores the verdicts that were committed.
+
+    python scripts/concept_eval.py count                                  # occurrences in the corpus
+    python scripts/concept_eval.py collect runs/demo --cache /tmp/cc      # model forwards (slow), cached
+    python scripts/concept_eval.py sheet runs/demo --cache /tmp/cc --sae relu-16384 > sheet.txt
+    python scripts/concept_eval.py score runs/demo --cache /tmp/cc --sae relu-16384 \\
+        --verdicts docs/concept_verdicts.tsv                              # precision@1, @5 per method
+
+Judging rules (docs/features.md): a feature is a *hit* for a concept when at least 5 of its 10
+strongest contexts are about the concept itself: they contain the concept, one of its aliases, or
+text that is about it without naming it. *kind* marks features whose contexts are about the
+concept's kind (city names for 'Berlin'), which counts as a miss; *no* is anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monosemantic.config import load_stage
+from monosemantic.corpus import load_texts
+from monosemantic.dictionary import load_dictionary
+from monosemantic.features import db
+from monosemantic.features.concepts import Concept, count_occurrences, form_pattern, load_concepts
+from monosemantic.features.search import RANKINGS, encode_spans, fts_phrase, occurrences, rank, span_residuals
+from monosemantic.models import load_model
+
+N_JUDGED = 10
+"""Top contexts read per feature."""
+
+
+def cmd_count(args: argparse.Namespace) -> None:
+    concepts = load_concepts()
+    counts = count_occurrences(load_texts(args.corpus), concepts)
+    print("| kind | concept | occurrences | documents |\n| --- | --- | ---: | ---: |")
+    for c in concepts:
+        print(f"| {c.kind} | `{c.name}` | {counts[c.name][0]} | {counts[c.name][1]} |")
+    occ = np.array([v[0] for v in counts.values()])
+    print(f"\n{len(concepts)} concepts, {len({c.kind for c in concepts})} kinds; occurrences: median "
+          f"{int(np.median(occ))}, fewer than 10 for {(occ < 10).sum()}, none for {(occ == 0).sum()}",
+          file=sys.stderr)  # fmt: skip
+
+
+def _cache_file(cache: Path, sae: str, concept: Concept) -> Path:
+    return cache / sae / (concept.name.encode().hex() + ".npz")
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    """Per concept and dictionary: each occurrence's span activations (sparse), span lengths,
+    sources, and the top-context precision of every feature."""
+    harvest = load_stage(args.run, "harvest")
+    lm = load_model(harvest.model)
+    con = db.open_db(args.run)
+    words = db.vocab(con)
+    texts = list(load_texts(harvest.corpus))
+    saes = {name: load_dictionary(args.run / "saes" / name) for name in args.sae}
+    layer = int(next(iter(saes.values()))[1]["layer"])
+    for c in load_concepts():
+        todo = [n for n in saes if not _cache_file(args.cache, n, c).is_file()]
+        if not todo:
+            continue
+        row = db.analysis(con, todo[0])
+        assert row is not None
+        occs = occurrences(con, int(row["corpus"]), lm, c.name, words, args.matches, texts)
+        resids = span_residuals(lm, layer, occs) if occs else []
+        for name in todo:
+            sae, _ = saes[name]
+            acts = encode_spans(sae, resids).numpy() if resids else np.zeros((0, sae.n_features))
+            occ, feat = np.nonzero(acts)
+            n_top = max(1, int(db.loads(db.analysis(con, name)["config"])["top_k"]))
+            prec = db.search_contexts(con, name, fts_phrase(c.name))
+            out = _cache_file(args.cache, name, c)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                out,
+                occ=occ.astype(np.int32),
+                feat=feat.astype(np.int32),
+                val=acts[occ, feat].astype(np.float32),
+                shape=np.array(acts.shape),
+                spans=np.array([o.span[1] - o.span[0] for o in occs]),
+                is_query=np.array([o.source == "query" for o in occs], dtype=bool),
+                prec_feat=np.array(list(prec), dtype=np.int64),
+                prec_val=np.array(list(prec.values())) / n_top,
+            )
+        print(f"{c.name}: {len(occs)} occurrences", file=sys.stderr)
+
+
+def load_cached(cache: Path, sae: str, c: Concept) -> dict[str, np.ndarray]:
+    z = np.load(_cache_file(cache, sae, c))
+    acts = np.zeros(tuple(z["shape"]), dtype=np.float32)
+    acts[z["occ"], z["feat"]] = z["val"]
+    return {"acts": acts, **{k: z[k] for k in ("spans", "is_query", "prec_feat", "prec_val")}}
+
+
+def ranked(con, sae: str, cache: Path, method: str, top: int) -> dict[str, list[int]]:  # noqa: ANN001
+    stats = db.feature_stats(con, sae)
+    out = {}
+    for c in load_concepts():
+        z = load_cached(cache, sae, c)
+        if len(z["acts"]) == 0:
+            out[c.name] = []
+            continue
+        prec = dict(zip(z["prec_feat"].tolist(), z["prec_val"].tolist(), strict=True))
+        hits = rank(torch.from_numpy(z["acts"]), z["spans"].tolist(), stats, prec, top,
+                    is_query=z["is_query"].tolist(), method=method)  # fmt: skip
+        out[c.name] = [h.feature for h in hits]
+    return out
+
+
+def mentions(con, sae: str, feature: int, c: Concept, words: list[bytes]) -> tuple[int, list[str]]:  # noqa: ANN001
+    """How many of the feature's top contexts contain a form of the concept, and the contexts'
+    text with the peak token in [brackets]."""
+    pat = form_pattern(c.forms)
+    shown = []
+    n = 0
+    for ctx in db.contexts(con, sae, feature, "top", words)[:N_JUDGED]:
+        n += bool(pat.search(ctx.text))
+        i = ctx.peak - ctx.start
+        text = "".join(ctx.tokens[:i])[-70:] + "[" + ctx.tokens[i] + "]" + "".join(ctx.tokens[i + 1 :])[:25]
+        shown.append(text.replace("\n", "⏎"))
+    return n, shown
+
+
+def cmd_sheet(args: argparse.Namespace) -> None:
+    """Every (concept, feature) that some ranking puts in its top 5, with the evidence to judge it."""
+    con = db.open_db(args.run)
+    words = db.vocab(con)
+    ranks = {m: ranked(con, args.sae, args.cache, m, 5) for m in RANKINGS}
+    done = read_verdicts(args.verdicts, args.sae) if args.verdicts else {}
+    for c in load_concepts():
+        feats = sorted({f for r in ranks.values() for f in r[c.name]})
+        for f in feats:
+            if (c.name, f) in done and not args.all:
+                continue
+            n, shown = mentions(con, args.sae, f, c, words)
+            where = " ".join(f"{m}:{r[c.name].index(f) + 1}" for m, r in ranks.items() if f in r[c.name])
+            print(f"\n## {c.name} ({c.kind}) #{f}  mentions {n}/{N_JUDGED}  rank {where}")
+            for s in shown:
+                print("   ", s)
+
+
+def read_verdicts(path: Path, sae: str) -> dict[tuple[str, int], str]:
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        cols = line.split("\t")
+        if len(cols) >= 4 and cols[0] == sae:
+            out[(cols[1], int(cols[2]))] = cols[3]
+    return out
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    con = db.open_db(args.run)
+    verdicts = read_verdicts(args.verdicts, args.sae)
+    concepts = load_concepts()
+    for m in RANKINGS:
+        r = ranked(con, args.sae, args.cache, m, 5)
+        missing = [(c.name, f) for c in concepts for f in r[c.name] if (c.name, f) not in verdicts]
+        if missing:
+            print(f"{m}: {len(missing)} unjudged, e.g. {missing[:5]}", file=sys.stderr)
+        hit = lambda name, f: verdicts.get((name, f)) == "yes"  # noqa: E731
+        p1 = np.mean([bool(r[c.name]) and hit(c.name, r[c.name][0]) for c in concepts])
+        p5 = np.mean([sum(hit(c.name, f) for f in r[c.name]) / 5 for c in concepts])
+        any5 = np.mean([any(hit(c.name, f) for f in r[c.name]) for c in concepts])
+        print(f"{args.sae} {m}: precision@1 {p1:.3f}  precision@5 {p5:.3f}  hit in top 5 {any5:.3f}")
+        if args.by_kind:
+            for kind in dict.fromkeys(c.kind for c in concepts):
+                ks = [c for c in concepts if c.kind == kind]
+                k1 = sum(bool(r[c.name]) and hit(c.name, r[c.name][0]) for c in ks)
+                print(f"    {kind:10s} p@1 {k1}/{len(ks)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("count")
+    p.add_argument("--corpus", default="default")
+    for name in ("collect", "sheet", "score"):
+        p = sub.add_parser(name)
+        p.add_argument("run", type=Path)
+        p.add_argument("--cache", type=Path, required=True)
+        p.add_argument("--sae", nargs="+" if name == "collect" else None, required=True)
+        p.add_argument("--matches", type=int, default=32)
+        p.add_argument("--verdicts", type=Path)
+        p.add_argument("--all", action="store_true", help="sheet: also pairs already judged")
+        p.add_argument("--by-kind", action="store_true")
+    args = ap.parse_args()
+    {"count": cmd_count, "collect": cmd_collect, "sheet": cmd_sheet, "score": cmd_score}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

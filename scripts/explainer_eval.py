@@ -1,0 +1,69 @@
+"""Score the offline explainers on a run's dictionaries without writing to its database: detection
+AUC, balanced accuracy and fuzzing AUC, mean and distribution per explainer and dictionary (the
+table in docs/features.md).
+
+    python scripts/explainer_eval.py runs/demo --sae relu-2048 relu-16384 --features 100
+    python scripts/explainer_eval.py runs/demo --sae relu-16384 --ids 9942,5978   # chosen features
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from monosemantic.features import db
+from monosemantic.features.explain_run import EXPLAINERS, choose_features, explain_features
+from monosemantic.features.label import default_labeler
+from monosemantic.features.scorers import Embedder
+
+
+def summary(values: list[float]) -> str:
+    v = np.array([x for x in values if x == x])
+    if len(v) == 0:
+        return "n/a"
+    q = np.percentile(v, [10, 25, 50, 75, 90])
+    return (
+        f"mean {v.mean():.3f} | p10 {q[0]:.2f} p25 {q[1]:.2f} median {q[2]:.2f} p75 {q[3]:.2f} "
+        f"p90 {q[4]:.2f} | >= 0.7: {(v >= 0.7).mean():.0%} (n={len(v)})"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--sae", nargs="+", required=True)
+    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--ids", default="", help="comma-separated feature ids (one dictionary)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write every explanation and score here")
+    args = ap.parse_args()
+    embedder = Embedder()
+    labeler = default_labeler(embedder)
+    con = db.open_db(args.run)
+    rows = []
+    for sae in args.sae:
+        ids = [int(i) for i in args.ids.split(",") if i]
+        chosen = choose_features(con, sae, args.features, ids, args.seed)
+        for name in EXPLAINERS:
+            res = explain_features(
+                con,
+                sae,
+                chosen,
+                embedder=embedder,
+                labeler=labeler if name == "lexicon" else None,
+                write=False,
+            )
+            print(f"\n{sae} {name}: {len(res)} scored of {len(chosen)}")
+            print("  detection AUC   ", summary([r.auc for r in res]))
+            print("  balanced acc.   ", summary([r.balanced_accuracy for r in res]))
+            print("  fuzzing AUC     ", summary([r.fuzz_auc for r in res]))
+            rows += [{"sae": sae, "explainer": name, **r.__dict__} for r in res]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
