@@ -102,6 +102,8 @@ def ranked(con, sae: str, cache: Path, method: str, top: int) -> dict[str, list[
     stats = db.feature_stats(con, sae)
     out = {}
     for c in load_concepts():
+        if not _cache_file(cache, sae, c).is_file():
+            continue  # not collected (yet)
         z = load_cached(cache, sae, c)
         if len(z["acts"]) == 0:
             out[c.name] = []
@@ -122,7 +124,7 @@ def mentions(con, sae: str, feature: int, c: Concept, words: list[bytes]) -> tup
     for ctx in db.contexts(con, sae, feature, "top", words)[:N_JUDGED]:
         n += bool(pat.search(ctx.text))
         i = ctx.peak - ctx.start
-        text = "".join(ctx.tokens[:i])[-70:] + "[" + ctx.tokens[i] + "]" + "".join(ctx.tokens[i + 1 :])[:25]
+        text = "".join(ctx.tokens[:i])[-45:] + "[" + ctx.tokens[i] + "]" + "".join(ctx.tokens[i + 1 :])[:15]
         shown.append(text.replace("\n", "⏎"))
     return n, shown
 
@@ -134,12 +136,12 @@ def cmd_sheet(args: argparse.Namespace) -> None:
     ranks = {m: ranked(con, args.sae, args.cache, m, 5) for m in RANKINGS}
     done = read_verdicts(args.verdicts, args.sae) if args.verdicts else {}
     for c in load_concepts():
-        feats = sorted({f for r in ranks.values() for f in r[c.name]})
+        feats = sorted({f for r in ranks.values() for f in r.get(c.name, [])})
         for f in feats:
             if (c.name, f) in done and not args.all:
                 continue
             n, shown = mentions(con, args.sae, f, c, words)
-            where = " ".join(f"{m}:{r[c.name].index(f) + 1}" for m, r in ranks.items() if f in r[c.name])
+            where = " ".join(f"{m}:{r[c.name].index(f) + 1}" for m, r in ranks.items() if f in r.get(c.name, []))
             print(f"\n## {c.name} ({c.kind}) #{f}  mentions {n}/{N_JUDGED}  rank {where}")
             for s in shown:
                 print("   ", s)

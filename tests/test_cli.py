@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import monosemantic.activations as activations
-from tests.helpers import TRAIN, cli, harvest_args, needs_minilm, one_line_error, sigint_at
+from tests.helpers import TRAIN, cli, harvest_args, main_exit_code, needs_minilm, one_line_error, sigint_at
 
 
 def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
@@ -180,9 +180,13 @@ def test_console_script_prints_one_line_without_traceback(tmp_path) -> None:
 @needs_minilm
 def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
     out = tmp_path / "demo"
-    code, err = cli(
-        capsys,
-        monkeypatch,
+    from monosemantic.features import label
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a two-entry lexicon keeps explain quick
+    monkeypatch.setattr(
+        label, "lexicon", lambda: [label.Entry("city", "a city"), label.Entry("code", "code")]
+    )
+    args = [
         "demo",
         "--out",
         out,
@@ -196,12 +200,19 @@ def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus,
         "16,64",
         "--epochs",
         "2",
-    )
+    ]
+    monkeypatch.setattr(sys, "argv", ["monosemantic", *map(str, args)])
+    code = main_exit_code()
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 0, err
     for n in (16, 64):
         assert (out / "saes" / f"relu-{n}" / "metrics.json").is_file()
     assert (out / "report" / "index.html").is_file()
-    assert "report" in err and "index.html" in err
+    # it ends with the short summary (stdout), not the explanation table
+    assert "catalog:" in err and "explain:" in err and "detection AUC mean" not in captured.out
+    assert "report:" in captured.out and "index.html" in captured.out and "try next" in captured.out
+    assert "monosemantic serve" in captured.out
     # the features too: every size analysed, the catalog ranked for the largest, in the report
     con = sqlite3.connect(out / "features.sqlite")
     analysed = con.execute("SELECT sae FROM analyses WHERE finished = 1 ORDER BY sae").fetchall()

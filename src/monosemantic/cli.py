@@ -187,21 +187,30 @@ def demo_cmd(
     terminal.harvest_done(out, manifest)
     summary = run_train(tcfg, out, force).summary
     console.print(summary)
-    terminal.evaluate_done(*run_evaluate(out, EvalConfig(device=hcfg.device), lm, force))
+    evaluated = run_evaluate(out, EvalConfig(device=hcfg.device), lm, force)
+    terminal.evaluate_done(*evaluated)
     if features:
         from monosemantic.stages.features import run_analyze, run_catalog, run_explain
 
         terminal.analyze_done(out, run_analyze(out, AnalyzeConfig(device=hcfg.device), force))
-        terminal.catalog(run_catalog(out, CatalogConfig()))
+        catalog = run_catalog(out, CatalogConfig())
+        terminal.say(
+            f"catalog: {len(catalog.rows)} probe-set features of {catalog.sae} ranked (`catalog` prints them)"
+        )
         explained = run_explain(out, ExplainConfig(n_features=DEMO_EXPLAIN))
-        if explained.results:
-            terminal.explanations(explained.sae, explained.results)
-        else:
+        if not explained.results:
             console.print("[yellow]note: no feature has held-out contexts to explain: harvest more --tokens")
+        terminal.say(f"explain: {len(explained.results)} features of {explained.sae} explained and scored")
         from monosemantic.stages.steer import run_demo_steering
 
         terminal.steer_effects(*run_demo_steering(out, lm))
-    console.print(f"report: {run_report(out)}")
+    report = run_report(out)
+    if not features:
+        console.print(f"report: {report}")
+        return
+    from monosemantic.stages.summary import run_demo_summary
+
+    terminal.demo_summary(run_demo_summary(out, evaluated.metrics, report, lm))
 
 
 @app.command("import")

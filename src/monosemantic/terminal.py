@@ -354,3 +354,40 @@ def inspection(result: Any) -> None:
     out.print(
         f"{len(result.tokens)} tokens read in {1000 * result.seconds:.0f} ms (forward to the layer + encode)"
     )
+
+
+def demo_summary(s: Any) -> None:
+    """A ``stages.summary.DemoSummary``: metrics, concept features, the report, what to try next."""
+    out = Console(highlight=False, width=max(Console().width, 100))
+    table = _table(
+        "what the demo trained (held-out activations)",
+        ("dictionary", "features", "L0", "var. explained", "dead %", "loss recovered"),
+    )
+    for name, m in sorted(s.metrics.items(), key=lambda kv: kv[1]["n_features"]):
+        rec = m.get("loss_recovered")
+        table.add_row(
+            name,
+            f"{m['n_features']:,}",
+            f"{m['l0']:.1f}",
+            f"{m['variance_explained']:.3f}",
+            f"{100 * m['dead_fraction']:.1f}",
+            "n/a" if rec is None else f"{rec:.3f}",
+        )
+    out.print(table)
+    if s.concepts:
+        out.print("\nfeatures it found for a few concepts (monosemantic search):")
+        for c in s.concepts:
+            out.print(f"  {c.concept!r} -> {c.sae} #{c.feature}: {c.explanation}")
+            out.print(f"      strongest context: …{c.context}…")
+    first = s.concepts[0] if s.concepts else None
+    sae = f" --sae {first.sae}" if first else ""
+    feature = first.feature if first else 0
+    out.print(f"\nreport: {s.report}")
+    out.print("try next:")
+    out.print(f'  monosemantic search {s.run} "Paris"{sae}            # features for any concept')
+    out.print(f"  monosemantic feature {s.run} {feature}{sae}           # one feature's card")
+    out.print(
+        f'  monosemantic steer {s.run}{sae} --feature {feature} --scale 3 --prompt "I woke up and"'
+        "   # generate with it clamped"
+    )
+    out.print(f"  monosemantic serve {s.run} --open                # browse every feature")

@@ -74,7 +74,9 @@ def lexicon_embeddings(embedder: Embedder, entries: Sequence[Entry], cache: Path
     if cache is not None and cache.is_file():
         z = np.load(cache)
         return z["emb"]
-    emb = embedder.embed([e.text for e in entries]).astype(np.float32)
+    order = np.argsort([len(e.text) for e in entries], kind="stable")  # batches of like length pad little
+    emb = np.empty((len(entries), 384), dtype=np.float32)
+    emb[order] = embedder.embed([entries[i].text for i in order])
     if cache is not None:
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, emb=emb)
