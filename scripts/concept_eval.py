@@ -6,7 +6,7 @@ evidence, writes a sheet to judge from, and scores the verdicts that were commit
     python scripts/concept_eval.py collect runs/demo --cache /tmp/cc      # model forwards (slow), cached
     python scripts/concept_eval.py sheet runs/demo --cache /tmp/cc --sae relu-16384 > sheet.txt
     python scripts/concept_eval.py score runs/demo --cache /tmp/cc --sae relu-16384 \\
-        --verdicts docs/concept_verdicts.tsv                              # precision@1, @5 per method
+        --verdicts docs/data/concept_verdicts.tsv                         # precision@1, @5 per method
 
 Judging rules (docs/features.md): a feature is a *hit* for a concept when at least 5 of its 10
 strongest contexts are about the concept itself: they contain the concept, one of its aliases, or
@@ -28,6 +28,8 @@ from monosemantic.corpus import load_texts
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features import db
 from monosemantic.features.concepts import Concept, count_occurrences, form_pattern, load_concepts
+from monosemantic.features.rerank import POOL, WindowEmbeddings, semantic_rerank
+from monosemantic.features.scorers import Embedder
 from monosemantic.features.search import RANKINGS, encode_spans, fts_phrase, occurrences, rank, span_residuals
 from monosemantic.models import load_model
 
@@ -98,8 +100,17 @@ def load_cached(cache: Path, sae: str, c: Concept) -> dict[str, np.ndarray]:
     return {"acts": acts, **{k: z[k] for k in ("spans", "is_query", "prec_feat", "prec_val")}}
 
 
+METHODS = (*RANKINGS, "semantic")
+"""The library's rankings, then ``corpus+contexts`` reranked by meaning (``features.rerank``), as
+``monosemantic search`` does by default."""
+_windows: dict[str, WindowEmbeddings] = {}
+
+
 def ranked(con, sae: str, cache: Path, method: str, top: int) -> dict[str, list[int]]:  # noqa: ANN001
     stats = db.feature_stats(con, sae)
+    semantic = method == "semantic"
+    if semantic and sae not in _windows:
+        _windows[sae] = WindowEmbeddings(con, sae, Embedder())
     out = {}
     for c in load_concepts():
         if not _cache_file(cache, sae, c).is_file():
@@ -109,8 +120,11 @@ def ranked(con, sae: str, cache: Path, method: str, top: int) -> dict[str, list[
             out[c.name] = []
             continue
         prec = dict(zip(z["prec_feat"].tolist(), z["prec_val"].tolist(), strict=True))
-        hits = rank(torch.from_numpy(z["acts"]), z["spans"].tolist(), stats, prec, top,
-                    is_query=z["is_query"].tolist(), method=method)  # fmt: skip
+        acts, spans, is_query = torch.from_numpy(z["acts"]), z["spans"].tolist(), z["is_query"].tolist()
+        base = "corpus+contexts" if semantic else method
+        hits = rank(acts, spans, stats, prec, POOL if semantic else top, is_query=is_query, method=base)
+        if semantic:
+            hits = semantic_rerank(hits, c.name, _windows[sae])[:top]
         out[c.name] = [h.feature for h in hits]
     return out
 
@@ -133,7 +147,7 @@ def cmd_sheet(args: argparse.Namespace) -> None:
     """Every (concept, feature) that some ranking puts in its top 5, with the evidence to judge it."""
     con = db.open_db(args.run)
     words = db.vocab(con)
-    ranks = {m: ranked(con, args.sae, args.cache, m, 5) for m in RANKINGS}
+    ranks = {m: ranked(con, args.sae, args.cache, m, 5) for m in METHODS}
     done = read_verdicts(args.verdicts, args.sae) if args.verdicts else {}
     for c in load_concepts():
         feats = sorted({f for r in ranks.values() for f in r.get(c.name, [])})
@@ -141,7 +155,9 @@ def cmd_sheet(args: argparse.Namespace) -> None:
             if (c.name, f) in done and not args.all:
                 continue
             n, shown = mentions(con, args.sae, f, c, words)
-            where = " ".join(f"{m}:{r[c.name].index(f) + 1}" for m, r in ranks.items() if f in r.get(c.name, []))
+            where = " ".join(
+                f"{m}:{r[c.name].index(f) + 1}" for m, r in ranks.items() if f in r.get(c.name, [])
+            )
             print(f"\n## {c.name} ({c.kind}) #{f}  mentions {n}/{N_JUDGED}  rank {where}")
             for s in shown:
                 print("   ", s)
@@ -160,16 +176,22 @@ def cmd_score(args: argparse.Namespace) -> None:
     con = db.open_db(args.run)
     verdicts = read_verdicts(args.verdicts, args.sae)
     concepts = load_concepts()
-    for m in RANKINGS:
+    for m in METHODS:
         r = ranked(con, args.sae, args.cache, m, 5)
         missing = [(c.name, f) for c in concepts for f in r[c.name] if (c.name, f) not in verdicts]
         if missing:
             print(f"{m}: {len(missing)} unjudged, e.g. {missing[:5]}", file=sys.stderr)
         hit = lambda name, f: verdicts.get((name, f)) == "yes"  # noqa: E731
+        near = lambda name, f: verdicts.get((name, f)) in ("yes", "kind")  # noqa: E731
         p1 = np.mean([bool(r[c.name]) and hit(c.name, r[c.name][0]) for c in concepts])
         p5 = np.mean([sum(hit(c.name, f) for f in r[c.name]) / 5 for c in concepts])
         any5 = np.mean([any(hit(c.name, f) for f in r[c.name]) for c in concepts])
-        print(f"{args.sae} {m}: precision@1 {p1:.3f}  precision@5 {p5:.3f}  hit in top 5 {any5:.3f}")
+        k1 = np.mean([bool(r[c.name]) and near(c.name, r[c.name][0]) for c in concepts])
+        k5 = np.mean([sum(near(c.name, f) for f in r[c.name]) / 5 for c in concepts])
+        print(
+            f"{args.sae} {m}: precision@1 {p1:.3f}  precision@5 {p5:.3f}  hit in top 5 {any5:.3f}  "
+            f"| concept or its kind: @1 {k1:.3f}  @5 {k5:.3f}"
+        )
         if args.by_kind:
             for kind in dict.fromkeys(c.kind for c in concepts):
                 ks = [c for c in concepts if c.kind == kind]

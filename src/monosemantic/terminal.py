@@ -175,11 +175,12 @@ def search_results(query: str, result: Any) -> None:
     """A ``stages.features.SearchResult`` as a table, then the matching explanations."""
     table = _table(
         f"{result.sae}: features for {query!r} (the query text + {result.n_corpus} corpus passages)",
-        ("feature", "score", "strength", "hit", "lift", "freq %", "top ctx", "strongest context"),
+        ("feature", "score", "strength", "hit", "lift", "freq %", "top ctx", "sim", "strongest context"),
         left=("strongest context",),
         caption="score = strength x log2(lift); strength: activation on the query span / the "
         "feature's max; hit: share of occurrences it fires on; top ctx: share of its top contexts "
-        "containing the query",
+        "containing the query; sim: MiniLM cosine of the query and its firing windows (the order is "
+        "score x sim², when shown)",
     )
     for h, snip in zip(result.hits, result.snippets, strict=True):
         table.add_row(
@@ -190,6 +191,7 @@ def search_results(query: str, result: Any) -> None:
             f"{h.lift:,.0f}",
             f"{100 * h.freq:.3f}",
             f"{h.context_precision:.2f}",
+            _fmt(h.similarity),
             snip,
         )
     Console(highlight=False, width=max(Console().width, 160)).print(table)

@@ -58,11 +58,14 @@ def search_cmd(
     sae: str = SAE,
     top: int = typer.Option(10, "--top", help="features to list"),
     matches: int = typer.Option(32, "--matches", help="corpus passages containing the query to use, at most"),
+    semantic: bool = typer.Option(
+        True, "--semantic/--no-semantic", help="rerank the best 20 by meaning (MiniLM), when installed"
+    ),
 ) -> None:
     """Rank features by how strongly and specifically they fire on QUERY: on the query text and on
     the analysed corpus's passages containing it, against each feature's base rate; and list the
     features whose explanations match it."""
-    terminal.search_results(query, stages.run_search(run, query, sae, top, matches))
+    terminal.search_results(query, stages.run_search(run, query, sae, top, matches, semantic=semantic))
 
 
 @config_options(ExplainConfig)

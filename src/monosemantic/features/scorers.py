@@ -29,6 +29,12 @@ def embedder_path() -> Path:
     )
 
 
+def embedder_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(_EMBEDDER_PACKAGE) is not None
+
+
 class Embedder:
     """all-MiniLM-L6-v2 as sentence-transformers runs it: mean of the token embeddings over the
     attention mask, L2-normalised; loaded with plain transformers, offline."""

@@ -17,6 +17,11 @@ fewer than ``MIN_FIRED`` analysed tokens is not ranked: its base rate and its ma
 handful of tokens (often tiny activations of an almost dead feature), so that its lift and strength
 would be noise. ``top-context
 precision`` (how many of the feature's top contexts contain the query) is reported beside it.
+
+The default ranking (``corpus+contexts``, measured against the other ``RANKINGS`` on 105 concepts
+in docs/features.md) leaves the bare query out when the corpus has occurrences, and multiplies the
+score by ``PRECISION_FLOOR + (1 - PRECISION_FLOOR) * top-context precision`` when some feature's
+top contexts contain the query; ``features.rerank`` then reorders the best by meaning.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class Hit:
     freq: float
     context_precision: float
     """Fraction of the feature's top contexts whose text contains the query."""
+    similarity: float = float("nan")
+    """Cosine between the query's and the feature's firing windows' MiniLM embeddings (NaN
+    unless ``features.rerank`` reranked the hits)."""
 
 
 def fts_phrase(query: str) -> str:
@@ -231,8 +239,10 @@ def search(
     max_matches: int = 32,
     top: int = 10,
     texts: Iterable[str] = (),
+    method: str = "corpus+contexts",
 ) -> tuple[list[Hit], list[Occurrence]]:
-    """The ``top`` features for ``query`` (see the module docstring) and the occurrences used."""
+    """The ``top`` features for ``query`` (see the module docstring; ``method``: one of
+    ``RANKINGS``) and the occurrences used."""
     query, _ = clean_text(query)  # a shell argument may carry undecodable bytes (surrogateescape)
     row = db.analysis(con, sae_name)
     assert row is not None
@@ -244,7 +254,10 @@ def search(
     n_top = max(1, int(db.loads(row["config"])["top_k"]))
     matches = db.search_contexts(con, sae_name, fts_phrase(query))
     precision = {j: n / n_top for j, n in matches.items()}
-    hits = rank(acts, [o.span[1] - o.span[0] for o in occs], db.feature_stats(con, sae_name), precision, top)
+    spans = [o.span[1] - o.span[0] for o in occs]
+    stats = db.feature_stats(con, sae_name)
+    is_query = [o.source == "query" for o in occs]
+    hits = rank(acts, spans, stats, precision, top, is_query=is_query, method=method)
     return hits, occs
 
 

@@ -127,15 +127,25 @@ class SearchResult(NamedTuple):
 
 
 def run_search(
-    run: Path, query: str, sae: str = "", top: int = 10, matches: int = 32, lm: Any = None
+    run: Path,
+    query: str,
+    sae: str = "",
+    top: int = 10,
+    matches: int = 32,
+    lm: Any = None,
+    semantic: bool = True,
 ) -> SearchResult:
-    """Features that fire strongly and specifically on ``query`` (see ``features.search``);
-    ``lm``: the run's model when the caller holds it loaded (the web app), else loaded here.
+    """Features that fire strongly and specifically on ``query`` (see ``features.search``),
+    reranked by meaning (``features.rerank``) when ``semantic`` and the MiniLM embedder is
+    installed; ``lm``: the run's model when the caller holds it loaded (the web app), else loaded
+    here.
 
     Raises:
         UserError: empty query, no such run or analysed dictionary.
     """
     from monosemantic.features import db
+    from monosemantic.features.rerank import POOL, WindowEmbeddings, semantic_rerank
+    from monosemantic.features.scorers import Embedder, embedder_installed
     from monosemantic.features.search import analysed_texts, fts_phrase, search
 
     check_int("--top", top, 1)
@@ -149,7 +159,11 @@ def run_search(
         d = load_run_dictionary(run, name)
         lm = lm if lm is not None else load_run_lm(run)
         texts = analysed_texts(con, name, load_stage(run, "harvest").corpus)
-        hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=top, texts=texts)
+        rerank = semantic and embedder_installed()
+        pool = max(top, POOL) if rerank else top
+        hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=pool, texts=texts)
+        if rerank:
+            hits = semantic_rerank(hits, query, WindowEmbeddings(con, name, Embedder()))[:top]
         words = db.vocab(con)
         return SearchResult(
             name,

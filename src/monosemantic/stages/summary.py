@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 
 from monosemantic.config import ExplainConfig
 
-DEMO_CONCEPTS = ("Berlin", "SQL injection", "und")
-"""Concepts the summary looks up with ``search``: a city, a vulnerability, a German word (each
+DEMO_CONCEPTS = ("France", "password", "und")
+"""Concepts the summary looks up with ``search``: a country, a security term, a German word (each
 has a feature that reads as that concept on the demo run, docs/features.md)."""
 
 
