@@ -7,11 +7,20 @@ evidence, writes a sheet to judge from, and scores the verdicts that were commit
     python scripts/concept_eval.py sheet runs/demo --cache /tmp/cc --sae relu-16384 > sheet.txt
     python scripts/concept_eval.py score runs/demo --cache /tmp/cc --sae relu-16384 \\
         --verdicts docs/data/concept_verdicts.tsv                         # precision@1, @5 per method
+    python scripts/concept_eval.py table runs/demo --cache /tmp/cc --sae relu-16384 \\
+        --verdicts docs/data/concept_verdicts.tsv                         # the table in docs/features.md
 
-Judging rules (docs/features.md): a feature is a *hit* for a concept when at least 5 of its 10
-strongest contexts are about the concept itself: they contain the concept, one of its aliases, or
-text that is about it without naming it. *kind* marks features whose contexts are about the
-concept's kind (city names for 'Berlin'), which counts as a miss; *no* is anything else.
+Judging rules (docs/features.md), applied to the feature's 10 strongest top contexts as the sheet
+prints them (peak token in [brackets]; "mentions" counts those containing the concept or an alias,
+a hint only):
+- yes: in at least 5 of them the feature fires on the concept: the peak token is (part of) the
+  concept, an alias or inflection, or a word for the concept itself (a synonym, or a word that
+  names it: "Roman" for Rome, "judges" for court), or the peak is inside a phrase naming it
+  ("percent of [vote]"). For a word of a language (und, 的) the peak must be that word, not the
+  same letters inside other words.
+- kind: not yes, but at least 5 are about the concept's category (other city names for Berlin,
+  other emotion words for sadness, digits of years for 1990, text in the same language).
+- no: anything else. Only yes counts as a hit.
 """
 
 from __future__ import annotations
@@ -199,12 +208,44 @@ def cmd_score(args: argparse.Namespace) -> None:
                 print(f"    {kind:10s} p@1 {k1}/{len(ks)}")
 
 
+def cmd_table(args: argparse.Namespace) -> None:
+    """The markdown table of docs/features.md: per concept, its occurrences in the corpus, the
+    first feature of the plain ranking and of the default one, their verdicts, and the default
+    one's strongest context."""
+    from monosemantic.stages.features import snippet
+
+    con = db.open_db(args.run)
+    words = db.vocab(con)
+    verdicts = read_verdicts(args.verdicts, args.sae)
+    notes = read_notes(args.verdicts, args.sae)
+    counts = count_occurrences(load_texts(load_stage(args.run, "harvest").corpus), load_concepts())
+    base = ranked(con, args.sae, args.cache, "base", 1)
+    best = ranked(con, args.sae, args.cache, "semantic", 1)
+    print("| kind | concept | occurrences | plain ranking: first | verdict | default: first | verdict "
+          "| its strongest context | what its top contexts are |")  # fmt: skip
+    print("| --- | --- | ---: | ---: | --- | ---: | --- | --- | --- |")
+    for c in load_concepts():
+        b, s = (base[c.name] or [None])[0], (best[c.name] or [None])[0]
+        ctx = snippet(con, args.sae, s, words, 50).replace("|", "\\|") if s is not None else ""
+        print(f"| {c.kind} | `{c.name}` | {counts[c.name][0]} | {b} | {verdicts.get((c.name, b), '')} | {s} "
+              f"| {verdicts.get((c.name, s), '')} | `{ctx}` | {notes.get((c.name, s), '')} |")  # fmt: skip
+
+
+def read_notes(path: Path, sae: str) -> dict[tuple[str, int], str]:
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        cols = line.split("\t")
+        if len(cols) >= 5 and cols[0] == sae:
+            out[(cols[1], int(cols[2]))] = cols[4]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("count")
     p.add_argument("--corpus", default="default")
-    for name in ("collect", "sheet", "score"):
+    for name in ("collect", "sheet", "score", "table"):
         p = sub.add_parser(name)
         p.add_argument("run", type=Path)
         p.add_argument("--cache", type=Path, required=True)
@@ -214,7 +255,9 @@ def main() -> None:
         p.add_argument("--all", action="store_true", help="sheet: also pairs already judged")
         p.add_argument("--by-kind", action="store_true")
     args = ap.parse_args()
-    {"count": cmd_count, "collect": cmd_collect, "sheet": cmd_sheet, "score": cmd_score}[args.cmd](args)
+    commands = {"count": cmd_count, "collect": cmd_collect, "sheet": cmd_sheet, "score": cmd_score}
+    commands["table"] = cmd_table
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,9 @@ def _stats(n: int) -> dict[str, np.ndarray]:
 
 
 def test_corpus_ranking_ignores_the_bare_query_when_the_corpus_has_the_concept() -> None:
-    # feature 0 fires only on the bare query (first row), feature 1 on every corpus passage at half strength
-    acts = torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.0, 0.5], [0.0, 0.5]])
-    spans, is_query = [1, 1, 1, 1], [True, False, False, False]
+    # feature 0 fires only on the bare query (first row), feature 1 weakly on the corpus passage
+    acts = torch.tensor([[1.0, 0.0], [0.0, 0.3]])
+    spans, is_query = [1, 1], [True, False]
     assert rank(acts, spans, _stats(2), {}, 2)[0].feature == 0
     assert rank(acts, spans, _stats(2), {}, 2, is_query=is_query, method="corpus")[0].feature == 1
     # with only the query there is nothing else to go by

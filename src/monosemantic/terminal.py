@@ -386,10 +386,11 @@ def demo_summary(s: Any) -> None:
     feature = first.feature if first else 0
     out.print(f"\nreport: {s.report}")
     out.print("try next:")
-    out.print(f'  monosemantic search {s.run} "Paris"{sae}            # features for any concept')
-    out.print(f"  monosemantic feature {s.run} {feature}{sae}           # one feature's card")
-    out.print(
-        f'  monosemantic steer {s.run}{sae} --feature {feature} --scale 3 --prompt "I woke up and"'
-        "   # generate with it clamped"
-    )
-    out.print(f"  monosemantic serve {s.run} --open                # browse every feature")
+    steer = f'monosemantic steer {s.run}{sae} --feature {feature} --scale 3 --prompt "I woke up and"'
+    for what, command in (
+        ("features for a concept", f'monosemantic search {s.run} "Paris"{sae}'),
+        ("one feature's card", f"monosemantic feature {s.run} {feature}{sae}"),
+        ("steer the model with it", steer),
+        ("browse every feature", f"monosemantic serve {s.run} --open"),
+    ):
+        out.print(f"  {what:<24} {command}", soft_wrap=True)

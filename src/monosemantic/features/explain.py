@@ -119,7 +119,7 @@ def fuzz_pairs(contexts: Sequence[Context], seed: int = 0) -> tuple[list[str], l
     """Fuzzing, as Delphi defines it (Paulo et al. 2024, *Automatically Interpreting Millions of
     Features in LLMs*): in each activating context the *correct* highlight is the firing tokens
     (activation ≥ ``FIRING_SHARE`` of the peak), the *fuzzed* one the same number of tokens drawn
-    at random among the non-firing ones; a scorer that understood the explanation tells them apart.
+    at random among the non-firing ones (away from the firing ones when possible); a scorer that understood the explanation tells them apart.
     Offline, each highlight is read as the text of its tokens with ``FUZZ_NEIGHBOURS`` around each.
     Returns (correct, fuzzed) texts, one pair per context that has non-firing tokens to draw."""
     rng = np.random.default_rng(seed)
@@ -136,7 +136,10 @@ def fuzz_pairs(contexts: Sequence[Context], seed: int = 0) -> tuple[list[str], l
         if top <= 0:
             continue
         firing = [i for i, a in enumerate(c.acts) if a >= FIRING_SHARE * top]
+        # quiet tokens whose window does not take in a firing one, when there are enough
         quiet = [i for i, a in enumerate(c.acts) if a <= 0]
+        far = [i for i in quiet if all(abs(i - f) > FUZZ_NEIGHBOURS for f in firing)]
+        quiet = far if len(far) >= len(firing) else quiet
         if not firing or len(quiet) < len(firing):
             continue
         correct.append(text(c.tokens, firing))
