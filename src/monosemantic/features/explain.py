@@ -119,8 +119,9 @@ def fuzz_pairs(contexts: Sequence[Context], seed: int = 0) -> tuple[list[str], l
     """Fuzzing, as Delphi defines it (Paulo et al. 2024, *Automatically Interpreting Millions of
     Features in LLMs*): in each activating context the *correct* highlight is the firing tokens
     (activation ≥ ``FIRING_SHARE`` of the peak), the *fuzzed* one the same number of tokens drawn
-    at random among the non-firing ones (away from the firing ones when possible); a scorer that understood the explanation tells them apart.
-    Offline, each highlight is read as the text of its tokens with ``FUZZ_NEIGHBOURS`` around each.
+    at random among the non-firing ones (away from the firing ones when possible); a scorer that
+    understood the explanation tells them apart. Offline, each highlight is read as the text of
+    its tokens with ``FUZZ_NEIGHBOURS`` around each.
     Returns (correct, fuzzed) texts, one pair per context that has non-firing tokens to draw."""
     rng = np.random.default_rng(seed)
     correct, fuzzed = [], []
