@@ -202,14 +202,18 @@ def search_results(query: str, result: Any) -> None:
 def explanations(name: str, results: list[Any]) -> None:
     aucs = np.array([r.auc for r in results])
     baccs = np.array([r.balanced_accuracy for r in results])
+    fuzz = np.array([r.fuzz_auc for r in results])
+    fuzz_mean = f", fuzzing AUC mean {np.nanmean(fuzz):.3f}" if not np.isnan(fuzz).all() else ""
     table = _table(
         f"{name}: {len(results)} explanations, detection AUC mean {np.nanmean(aucs):.3f} "
-        f"(median {np.nanmedian(aucs):.3f}), balanced accuracy mean {np.nanmean(baccs):.3f}",
-        ("feature", "AUC", "bal. acc.", "explanation"),
+        f"(median {np.nanmedian(aucs):.3f}), balanced accuracy mean {np.nanmean(baccs):.3f}{fuzz_mean}",
+        ("feature", "AUC", "bal. acc.", "fuzzing", "explanation"),
         left=("explanation",),
     )
     for r in sorted(results, key=lambda r: -r.auc)[:15]:
-        table.add_row(str(r.feature), f"{r.auc:.2f}", f"{r.balanced_accuracy:.2f}", r.explanation)
+        table.add_row(
+            str(r.feature), f"{r.auc:.2f}", f"{r.balanced_accuracy:.2f}", _fmt(r.fuzz_auc), r.explanation
+        )
     show(table)
 
 
