@@ -9,7 +9,7 @@ PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/tes
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-peers browser lint typecheck clean
+.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,9 @@ browser:
 
 demo: $(STAMP)
 	$(BIN)/monosemantic demo --out $(DEMO_OUT) $(DEMO_ARGS)
+
+demo-full: $(STAMP)
+	$(BIN)/monosemantic demo --preset full --out runs/full $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench

@@ -176,9 +176,16 @@ def demo_cmd(
         f"{DEMO_EXPLAIN} features of the largest",
     ),
     force: bool = FORCE,
+    preset: str = typer.Option(
+        "demo", "--preset", help="demo (quick) or full (1M tokens, BatchTopK up to 36,864 features, README)"
+    ),
 ) -> None:
     """Every stage on the embedded default: harvest, train three sizes, evaluate, analyze the
     features, report. (`harvest`, `train` and `analyze` take more settings.)"""
+    from monosemantic.presets import option_defaults, resolve
+
+    harvest.values = resolve(preset, harvest.values, option_defaults(HarvestConfig), "harvest")
+    train.values = resolve(preset, train.values, option_defaults(TrainConfig), "train")
     default_eval = HarvestConfig().n_eval_tokens
     hcfg = harvest.build(n_eval_tokens=max(2_000, min(default_eval, harvest["n_tokens"] // 10)))
     # every setting is checked before the harvest starts
