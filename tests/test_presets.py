@@ -30,7 +30,9 @@ def test_full_preset_fills_defaults_and_keeps_what_was_typed() -> None:
 
 
 @pytest.mark.slow
-def test_demo_full_preset_on_the_tiny_model(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
+def test_demo_full_preset_on_the_tiny_model(
+    capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path
+) -> None:
     """The preset's architecture and k reach the trainer; sizes and tokens typed here win (the real
     preset, 1M tokens and 36,864 features, is for a long run)."""
     out = tmp_path / "full"
