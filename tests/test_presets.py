@@ -10,7 +10,7 @@ import pytest
 
 from monosemantic.config import HarvestConfig, TrainConfig
 from monosemantic.errors import UserError
-from monosemantic.presets import PRESETS, option_defaults, resolve
+from monosemantic.stages.presets import PRESETS, option_defaults, resolve
 from tests.helpers import main_exit_code
 
 
