@@ -139,6 +139,9 @@ def run_train(
         dist.close()
     if not main:
         return TrainResult(dirs, None)
+    if meter.count == 0:
+        done = f"train: every dictionary in {out / 'saes'} is trained (--force trains again)"
+        return TrainResult(dirs, done)
     world = f" on {dist.world} ranks" if dist else ""
     world += ", features sharded" if dist and cfg.feature_parallel else ""
     return TrainResult(dirs, meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'}{world})"))
