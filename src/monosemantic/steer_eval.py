@@ -113,7 +113,16 @@ def run_completions(
     resolve([Intervention(j, 0.0) for j in watch], t.max_act)  # an unknown id fails before any work
     promoted = promoted_tokens(t.lm, t.sae, watch)
     return complete(
-        t.lm, t.layer, t.sae, t.max_act, prompts, edits, cfg, watch=watch, promoted=promoted, on_token=on_token
+        t.lm,
+        t.layer,
+        t.sae,
+        t.max_act,
+        prompts,
+        edits,
+        cfg,
+        watch=watch,
+        promoted=promoted,
+        on_token=on_token,
     )
 
 

@@ -156,9 +156,7 @@ class Inspector:
         return {int(r[0]): str(r[1]) for r in rows}
 
 
-def open_inspector(
-    run: Path, sae: str, lm: LoadedModel, con: sqlite3.Connection | None = None
-) -> Inspector:
+def open_inspector(run: Path, sae: str, lm: LoadedModel, con: sqlite3.Connection | None = None) -> Inspector:
     """An Inspector on the analysed dictionary ``sae`` of ``run`` ('' = the largest analysed);
     it keeps the database (or ``con``, e.g. a read-only connection) open for explanations
     (close ``inspector.con`` when done)."""

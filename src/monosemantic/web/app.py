@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from monosemantic.errors import UserError
+from monosemantic.web.model_requests import Busy
 from monosemantic.web.render import context_html
 from monosemantic.web.state import NotFound, Served
 
@@ -51,6 +52,10 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
         return error_response(request, 404, str(exc))
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> Response:
+        return error_response(request, 503, str(exc))
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> Response:

@@ -91,7 +91,7 @@ def _context(c: db.Context) -> dict[str, Any]:
     }
 
 
-def _explanations(con: sqlite3.Connection, sae: str, ids: list[int]) -> dict[int, str]:
+def explanations(con: sqlite3.Connection, sae: str, ids: list[int]) -> dict[int, str]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
@@ -118,7 +118,7 @@ def feature(run: ServedRun, con: sqlite3.Connection, sae: str, fid: int, top: in
     words = run.words(con)
     near = []
     for other, items in neighbors_of(con, sae, fid).items():
-        expl = _explanations(con, other, [j for j, _ in items])
+        expl = explanations(con, other, [j for j, _ in items])
         near.append({"sae": other, "features": [{"id": j, "cosine": c, "explanation": expl.get(j)}
                                                 for j, c in items]})  # fmt: skip
     labels = [
@@ -190,7 +190,7 @@ def text_search(
     except sqlite3.OperationalError as e:
         raise UserError(f"cannot search for {query!r}: {e}") from e
     ids = [int(r[0]) for r in counts]
-    expl = _explanations(con, sae, ids)
+    expl = explanations(con, sae, ids)
     return {
         "sae": sae,
         "query": query,
