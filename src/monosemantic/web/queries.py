@@ -9,6 +9,8 @@ import re
 import sqlite3
 from typing import Any
 
+import numpy as np
+
 from monosemantic.features import db
 from monosemantic.features.search import fts_phrase
 from monosemantic.fsio import read_json
@@ -87,7 +89,7 @@ def _context(c: db.Context) -> dict[str, Any]:
         "band": c.band,
         "activation": c.activation,
         "peak": c.peak - c.start,
-        "tokens": [[t, round(a, 4)] for t, a in zip(c.tokens, c.acts, strict=True)],
+        "tokens": [[t, a] for t, a in zip(c.tokens, np.round(c.acts, 4).tolist(), strict=True)],
     }
 
 
