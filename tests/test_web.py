@@ -235,3 +235,27 @@ def test_playground_page_steers_without_javascript(client: TestClient) -> None:
     bad = client.get("/run/tiny/steer", params={**params, "feature": "99"}).text
     assert "relu-64 has no feature 99" in bad
     assert client.get("/run/tiny/steer", params={"feature": "x"}).status_code == 400
+
+
+def test_report_and_browser_show_a_feature_the_same_way(
+    client: TestClient, web_run: Path, tmp_path: Path
+) -> None:
+    from monosemantic.features.report import feature_page
+    from monosemantic.web.state import ServedRun
+
+    r = ServedRun("tiny", web_run)
+    with r.connect() as con:
+        feature_page(con, r, "relu-64", EXPLAINED, {("relu-64", EXPLAINED)}, tmp_path / "f.html")
+    report = (tmp_path / "f.html").read_text(encoding="utf-8")
+    web = client.get(f"/run/tiny/relu-64/feature/{EXPLAINED}").text
+
+    def part(page: str, start: str, end: str) -> str:
+        i = page.index(start)
+        return page[i : page.index(end, i)]
+
+    for start, end in [('<p class="meta">', "·"), ('<p class="explanation">', "</p>"),
+                       ('<div class="contexts" id="top">', "</div>\n"), ('<svg class="hist"', "</svg>"),
+                       ("<h2>Logit effects</h2>", "</div></div>")]:  # fmt: skip
+        assert part(report, start, end) == part(web, start, end), start
+    assert SCRIPT not in report and "&lt;script&gt;" in report
+    assert "steer-button" not in report and "/run/" not in report  # no link to a server

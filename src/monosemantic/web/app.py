@@ -5,7 +5,6 @@ an HTML page elsewhere)."""
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from monosemantic.errors import UserError
 from monosemantic.web.model_requests import Busy
-from monosemantic.web.render import context_html
+from monosemantic.web.render import environment
 from monosemantic.web.state import NotFound, Served
 
 log = logging.getLogger(__name__)
@@ -31,9 +30,7 @@ CSP = (
 )
 """No inline script, nothing from elsewhere: text from the database can only ever be text."""
 
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters["log1p"] = math.log1p
-templates.env.globals["context_html"] = context_html
+templates = Jinja2Templates(env=environment())
 
 
 def _wants_json(request: Request) -> bool:
