@@ -5,7 +5,6 @@ an HTML page elsewhere)."""
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from monosemantic.errors import UserError
-from monosemantic.web.render import context_html
+from monosemantic.web.model_requests import Busy
+from monosemantic.web.render import environment
 from monosemantic.web.state import NotFound, Served
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,7 @@ CSP = (
 )
 """No inline script, nothing from elsewhere: text from the database can only ever be text."""
 
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters["log1p"] = math.log1p
-templates.env.globals["context_html"] = context_html
+templates = Jinja2Templates(env=environment())
 
 
 def _wants_json(request: Request) -> bool:
@@ -51,6 +49,10 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
         return error_response(request, 404, str(exc))
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> Response:
+        return error_response(request, 503, str(exc))
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> Response:
