@@ -171,7 +171,8 @@ def test_analyze_on_a_full_disk(analysed: Path, tmp_path: Path) -> None:
         assert con.execute("SELECT count(*) FROM analyses WHERE finished = 1").fetchone()[0] == 0
     con.close()
     # with the space back, the rerun finishes
-    assert run_cli("analyze", run, *WINDOW, "--sae", "relu-16")[0] == 0
+    code, err = run_cli("analyze", run, *WINDOW, "--sae", "relu-16")
+    assert code == 0, err
 
 
 def test_a_dictionary_larger_than_memory_is_refused_up_front(

@@ -187,6 +187,8 @@ def check_db(path: Path, rerun: str) -> None:
         UserError: not an SQLite file, shorter than its pages, or not matching its seal.
     """
     st = path.stat()
+    if st.st_size == 0:
+        return  # created, then its writer was stopped before the first page: SQLite starts it afresh
     with open(path, "rb") as f:
         head = f.read(100)
     if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):

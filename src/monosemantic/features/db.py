@@ -139,9 +139,15 @@ def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
         con.close()
         raise UserError(f"{path} is corrupt ({e}): {rerun}") from e
     if "meta" not in tables:
-        with con:
-            con.executescript(_SCHEMA)
-            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # one transaction: executescript would otherwise commit table by table, and a full disk
+        # midway would leave a database without its version that no rerun could open
+        try:
+            con.executescript(
+                f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
+        except sqlite3.Error:
+            con.close()
+            raise
         return con
     version = int(get_meta(con, "schema_version") or 0)
     if version != SCHEMA_VERSION:
