@@ -195,33 +195,23 @@ class Chaos:
         self.prepared: dict[str, Path] = {}
 
     def stages(self, torchrun: bool = True) -> list[Stage]:
-        train = lambda arch: (
-            lambda r: [
-                "train",
-                "--out",
-                str(r),
-                *TRAIN,
-                "--arch",
-                arch,
-                "--k",
-                "8",
-                "--checkpoint-every",
-                "3",
-            ]
-        )  # noqa: E731
+        def train(arch: str) -> Callable[[Path], list[str]]:
+            opts = [*TRAIN, "--arch", arch, "--k", "8", "--checkpoint-every", "3"]
+            return lambda r: ["train", "--out", str(r), *opts]
+
+        explain = ["--sae", "relu-64", "--features", "6", "--explainer-url", self.url]
         out = [Stage("harvest", "", lambda r: harvest_args(self.model, self.corpus, r), shards)]
-        out += [
-            Stage(f"train {a}", "harvested", train(a), dictionaries)
-            for a in ("relu", "topk", "batchtopk", "jumprelu")
-        ]
+        for arch in ("relu", "topk", "batchtopk", "jumprelu"):
+            out.append(Stage(f"train {arch}", "harvested", train(arch), dictionaries))
         if torchrun:
             out.append(
                 Stage("train relu, 2-rank torchrun", "harvested", train("relu"), dictionaries, torchrun_cli)
             )
         out += [
             Stage("evaluate", "trained", lambda r: ["evaluate", str(r), "--loss-sequences", "8"], metrics),
-            Stage("analyze", "trained", lambda r: ["analyze", str(r), *WINDOW, "--checkpoint-every", "8"], database),
-            Stage("explain", "analysed", lambda r: ["explain", str(r), "--sae", "relu-64", "--features", "6", "--explainer-url", self.url], database),
+            Stage("analyze", "trained", lambda r: ["analyze", str(r), *WINDOW, "--checkpoint-every", "8"],
+                  database),
+            Stage("explain", "analysed", lambda r: ["explain", str(r), *explain], database),
             Stage("scaling", "harvested", lambda r: ["scaling", str(r), *SWEEP], fits),
         ]  # fmt: skip
         return out
