@@ -9,7 +9,7 @@ PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/tes
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-peers browser lint typecheck clean
+.PHONY: install demo test test-fast test-peers browser lint typecheck clean chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -64,6 +64,10 @@ test-peers: $(PEERS_STAMP)
 # The edit-test loop: every test but those marked slow (see pyproject.toml); `make test` and CI run them all.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# kill -9 at 20 seeded random points per stage (docs/reliability.md); tests/test_chaos.py is its CI part.
+chaos: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m tests.chaos --kills 20 --torchrun-kills 20
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs .pytest_cache .mypy_cache .ruff_cache

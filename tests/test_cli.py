@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import monosemantic.activations as activations
-from tests.helpers import TRAIN, cli, harvest_args, needs_minilm, one_line_error, sigint_at
+from tests.helpers import TRAIN, cli, harvest_args, needs_minilm, one_line_error, reseal_shard, sigint_at
 
 
 def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
@@ -53,7 +53,7 @@ def test_harvest_resumes_after_interrupt(
     capsys, monkeypatch, tiny_llama_dir, tiny_corpus, run, tmp_path
 ) -> None:
     full, cut = run, tmp_path / "cut"  # full: harvested without interruption
-    real_save, calls = activations.save_file, []
+    real_save, calls = activations.write_shard, []
 
     def flaky_save(*a, **k):
         calls.append(1)
@@ -61,12 +61,12 @@ def test_harvest_resumes_after_interrupt(
             raise KeyboardInterrupt
         return real_save(*a, **k)
 
-    monkeypatch.setattr(activations, "save_file", flaky_save)
+    monkeypatch.setattr(activations, "write_shard", flaky_save)
     code, err = cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))
     assert code == 130 and "resume" in err
     assert len(json.loads((cut / "activations" / "manifest.json").read_text())["shards"]) == 2
     assert not list((cut / "activations").glob(".*tmp"))
-    monkeypatch.setattr(activations, "save_file", real_save)
+    monkeypatch.setattr(activations, "write_shard", real_save)
     assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))[0] == 0
     a = json.loads((full / "activations" / "manifest.json").read_text())
     b = json.loads((cut / "activations" / "manifest.json").read_text())
@@ -146,7 +146,8 @@ def test_nan_activations_name_the_shard(capsys, monkeypatch, run: Path) -> None:
     data = load_file(str(shard))
     data["acts"][3, 5] = float("nan")
     save_file(data, str(shard))
-    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN), "shard-00001")
+    reseal_shard(run, shard.name)  # a NaN that came out of the model, not a corrupt file
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN), "NaN/Inf")
 
 
 def test_corrupt_and_mismatched_checkpoints(capsys, monkeypatch, run: Path) -> None:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path, read_json, write_json
+from monosemantic.integrity import sha256_file
 from monosemantic.sae import ARCHITECTURES, SparseAutoencoder
 
 
@@ -23,8 +24,12 @@ def save_dictionary(sae: SparseAutoencoder, out_dir: Path, cfg: dict[str, Any], 
     """Write the dictionary trained on ``scale·x`` so that it acts on raw ``x``."""
     raw = copy.deepcopy(sae).cpu()
     raw.fold_input_scale(scale)
+    # cfg.json goes first and comes back last, with the weights' checksum: a process killed in
+    # between leaves no cfg.json, which reads as "not finished" and makes train write both again
+    (out_dir / "cfg.json").unlink(missing_ok=True)
     with atomic_path(out_dir / "sae.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in raw.state_dict().items()}, str(tmp))
+        digest = sha256_file(tmp)
     write_json(
         out_dir / "cfg.json",
         {
@@ -35,8 +40,14 @@ def save_dictionary(sae: SparseAutoencoder, out_dir: Path, cfg: dict[str, Any], 
             "n_features": sae.n_features,
             "input_scale": scale,
             "input_scale_folded": True,
+            "sae_sha256": digest,
         },
     )
+
+
+def dictionary_saved(sae_dir: Path) -> bool:
+    """Whether ``sae_dir`` holds both files of a saved dictionary (see ``save_dictionary``)."""
+    return (sae_dir / "cfg.json").is_file() and (sae_dir / "sae.safetensors").is_file()
 
 
 def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[SparseAutoencoder, dict[str, Any]]:
@@ -48,11 +59,18 @@ def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[SparseAutoencod
     if arch is None:
         raise UserError(f"{sae_dir}/cfg.json names an unknown architecture {cfg.get('arch')!r}")
     sae = arch(int(cfg["d_model"]), int(cfg["n_features"]), **cfg.get("hyperparameters", {}))
+    path = sae_dir / "sae.safetensors"
+    rerun = (
+        f"delete it and rerun `monosemantic train` (it rewrites it from {sae_dir.name}/state.pt, "
+        "or retrains without one)"
+    )
+    if "sae_sha256" in cfg and sha256_file(path) != cfg["sae_sha256"]:
+        raise UserError(f"{path} is corrupt (checksum mismatch against cfg.json): {rerun}")
     try:
-        state = load_file(str(sae_dir / "sae.safetensors"))
+        state = load_file(str(path))
         sae.load_state_dict(state)
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{sae_dir}/sae.safetensors is corrupt ({e}): delete the folder and retrain") from e
+        raise UserError(f"{path} is corrupt ({e}): {rerun}") from e
     except RuntimeError as e:
         raise UserError(
             f"{sae_dir}/sae.safetensors does not match its cfg.json: delete the folder and retrain"

@@ -34,6 +34,7 @@ import numpy as np
 
 from monosemantic.errors import UserError
 from monosemantic.features.tokens import decode_tokens, window_text
+from monosemantic.integrity import check_db
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite"
@@ -123,15 +124,30 @@ def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
     path = run_dir / DB_NAME
     if not path.is_file() and not create:
         raise UserError(f"{run_dir} has no feature database: run `monosemantic analyze {run_dir}` first")
-    con = sqlite3.connect(path)
+    rerun = f"delete it and rerun `monosemantic analyze {run_dir}`"
+    if path.is_file():
+        check_db(path, rerun)
+    con = sqlite3.connect(path, timeout=30.0)  # a writer's commit holds readers for milliseconds
     con.row_factory = sqlite3.Row
-    con.execute("PRAGMA foreign_keys = ON")
-    con.execute("PRAGMA journal_mode = WAL")  # a killed writer leaves the last commit intact
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    try:
+        con.execute("PRAGMA foreign_keys = ON")
+        # WAL: a killed writer leaves the last commit intact, and readers (serve) go on reading
+        # while analyze writes
+        con.execute("PRAGMA journal_mode = WAL")
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise UserError(f"{path} is corrupt ({e}): {rerun}") from e
     if "meta" not in tables:
-        with con:
-            con.executescript(_SCHEMA)
-            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # one transaction: executescript would otherwise commit table by table, and a full disk
+        # midway would leave a database without its version that no rerun could open
+        try:
+            con.executescript(
+                f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
+        except sqlite3.Error:
+            con.close()
+            raise
         return con
     version = int(get_meta(con, "schema_version") or 0)
     if version != SCHEMA_VERSION:

@@ -18,7 +18,15 @@ from monosemantic.config import (
     resolve_device,
 )
 from monosemantic.errors import UserError
-from monosemantic.stages.common import clear_for_force, harvested, load_lm
+from monosemantic.memory import check_train_memory
+from monosemantic.runlock import writes_run
+from monosemantic.stages.common import (
+    clear_for_force,
+    harvested,
+    load_lm,
+    model_d_model,
+    store_d_model,
+)
 
 
 class HarvestResult(NamedTuple):
@@ -28,6 +36,7 @@ class HarvestResult(NamedTuple):
     """the loaded model, for the stages that follow in the same process"""
 
 
+@writes_run("out", "harvest", creates=True)
 def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> HarvestResult:
     """Harvest the activations of ``cfg`` into ``out/activations`` (resumes an interrupted one).
 
@@ -56,6 +65,7 @@ class TrainResult(NamedTuple):
     """the throughput line of rank 0 (None on the other ranks)"""
 
 
+@writes_run("out", "train", creates=True)
 def run_train(
     cfg: TrainConfig,
     out: Path,
@@ -78,6 +88,9 @@ def run_train(
     dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
     if stream is not None:
         check_inputs(stream)
+    d_model = model_d_model(stream.model) if stream is not None else store_d_model(out)
+    shards = dist.world if dist is not None and cfg.feature_parallel else 1
+    check_train_memory(d_model, list(cfg.sizes), cfg.batch_size, device, shards)
     if stream is not None and lm is None:
         lm = load_lm(stream.model, device, stream.dtype)
     if main:
@@ -154,6 +167,7 @@ class EvalResult(NamedTuple):
     """dictionaries whose metrics.json was up to date and kept"""
 
 
+@writes_run("out", "evaluate")
 def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None, force: bool = False) -> EvalResult:
     """Measure every dictionary of the run (see ``evaluate.evaluate``).
 
@@ -183,6 +197,7 @@ def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None, force: bool = False
     return EvalResult(results, sorted(reused))
 
 
+@writes_run("out", "report")
 def run_report(out: Path) -> Path:
     """Write ``out/report/index.html`` with its figures; returns its path."""
     from monosemantic.report import build_report

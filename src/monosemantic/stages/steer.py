@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from monosemantic.bounds import check_int
 from monosemantic.config import GenerateConfig
 from monosemantic.errors import UserError
+from monosemantic.runlock import writes_run
 from monosemantic.stages.common import check_run, load_run_lm
 from monosemantic.steer import MODES, Intervention
 
@@ -130,6 +131,7 @@ def run_sweep(
     ]
 
 
+@writes_run("run", "steer --eval")
 def run_steer_eval(
     run: Path,
     target: Any,
