@@ -30,7 +30,7 @@ $(PEERS_STAMP): pyproject.toml constraints-peers.txt
 	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q --upgrade pip
 	$(PEERS)/bin/python -m pip install -q torch==2.13.0
-	$(PEERS)/bin/python -m pip install -q -c constraints-peers.txt -e '.[tensorboard,wandb]' pytest hypothesis \
+	$(PEERS)/bin/python -m pip install -q -c constraints-peers.txt -e '.[tensorboard,wandb]' pytest pytest-timeout hypothesis \
 		sae-lens==6.54.12 eai-sparsify==1.3.3 dictionary-learning==0.1.0
 	# nnsight (through sae-lens) pulls torchvision, whose PyPI wheel breaks `import transformers` beside the CPU torch.
 	$(PEERS)/bin/python -m pip uninstall -q -y torchvision
