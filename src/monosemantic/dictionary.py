@@ -4,6 +4,7 @@ the dictionary works on raw activations."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from monosemantic.errors import UserError
-from monosemantic.fsio import atomic_path, read_json, write_json
+from monosemantic.fsio import atomic_path, read_json, read_jsonl, write_json
 from monosemantic.integrity import sha256_file
 from monosemantic.sae import ARCHITECTURES, SparseAutoencoder
 
@@ -76,3 +77,37 @@ def load_dictionary(sae_dir: Path, device: str = "cpu") -> tuple[SparseAutoencod
             f"{sae_dir}/sae.safetensors does not match its cfg.json: delete the folder and retrain"
         ) from e
     return sae.to(device).eval().requires_grad_(False), cfg
+
+
+@dataclass(frozen=True)
+class SaeRun:
+    """One dictionary as found under ``saes/<name>/``; empty when a file is not written yet."""
+
+    name: str
+    cfg: dict[str, Any]
+    """Contents of cfg.json."""
+    log: list[dict[str, Any]]
+    """Rows of log.jsonl, one per logging step."""
+    metrics: dict[str, Any]
+    """Contents of metrics.json (written by evaluate)."""
+
+    @property
+    def n_features(self) -> int:
+        return int(self.metrics.get("n_features") or self.cfg.get("n_features") or 0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.n_features:,})"
+
+
+def load_saes(run_dir: Path) -> list[SaeRun]:
+    """Every dictionary under ``run_dir/saes``, sorted by number of features, then name."""
+    found = []
+    for d in sorted(p for p in (run_dir / "saes").glob("*") if p.is_dir()):
+        files = [d / "cfg.json", d / "log.jsonl", d / "metrics.json"]
+        if not any(f.exists() for f in files):
+            continue
+        cfg = read_json(files[0]) if files[0].exists() else {}
+        metrics = read_json(files[2]) if files[2].exists() else {}
+        found.append(SaeRun(d.name, cfg, read_jsonl(files[1]), metrics))
+    return sorted(found, key=lambda s: (s.n_features, s.name))

@@ -11,14 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from monosemantic.errors import UserError
 from monosemantic.web.model_requests import Busy
-from monosemantic.web.render import environment
+from monosemantic.web.responses import templates
 from monosemantic.web.state import NotFound, Served
 
 log = logging.getLogger(__name__)
@@ -29,8 +28,6 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 """No inline script, nothing from elsewhere: text from the database can only ever be text."""
-
-templates = Jinja2Templates(env=environment())
 
 
 def _wants_json(request: Request) -> bool:
@@ -145,9 +142,3 @@ def _list_served_names(app: FastAPI, served: Served) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def html_page(request: Request, template: str, **context: Any) -> HTMLResponse:
-    """Render a page template with the served runs in its context."""
-    context.setdefault("served", request.app.state.served)
-    return templates.TemplateResponse(request, template, context)

@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from monosemantic.errors import UserError
 from monosemantic.stages.steer import SteerRequest
 from monosemantic.web import api, model_requests, queries
-from monosemantic.web.app import html_page
 from monosemantic.web.model_requests import MAX_FEATURES, MAX_NEW_TOKENS
+from monosemantic.web.responses import html_page
 from monosemantic.web.state import ServedRun
 
 router = APIRouter(include_in_schema=False)

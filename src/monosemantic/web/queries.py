@@ -37,7 +37,7 @@ def _num(d: dict[str, Any], key: str) -> float | None:
 def overview(run: ServedRun) -> dict[str, Any]:
     """The run's model and layer, every dictionary with its metrics (and analysis summary when
     analysed), and the report's figures."""
-    from monosemantic.report import load_saes
+    from monosemantic.dictionary import load_saes
 
     manifest_path = run.path / "activations" / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
