@@ -123,7 +123,8 @@ def load_checkpoint(path: Path, map_location: Any, rerun: str) -> dict[str, Any]
 # --- the feature database -----------------------------------------------------------------------
 
 
-def _seal_path(db: Path) -> Path:
+def seal_path(db: Path) -> Path:
+    """Where the checksum of the database ``db`` is kept."""
     return db.with_name(db.name + SEAL_SUFFIX)
 
 
@@ -139,7 +140,7 @@ def unseal_db(run: Path, db_name: str = "features.sqlite") -> tuple[Any, str | N
     """A writer is about to change the database: remove its seal (it would go stale if the writer
     were killed). Returns what ``seal_db`` needs to put it back unchanged when nothing changed."""
     path = run / db_name
-    seal = _seal_path(path)
+    seal = seal_path(path)
     try:
         text: str | None = seal.read_text()
     except OSError:
@@ -164,7 +165,7 @@ def seal_db(
         return
     unchanged = before[0] is not None and _db_state(path) == before[0]
     if unchanged and before[1] is not None and not (wal.is_file() and wal.stat().st_size > 0):
-        write_text(_seal_path(path), before[1])
+        write_text(seal_path(path), before[1])
         return
     try:
         con = sqlite3.connect(path, timeout=1.0)
@@ -177,7 +178,7 @@ def seal_db(
     if busy or (wal.is_file() and wal.stat().st_size > 0):
         return
     seal = {"crc32": crc32_file(path), "size": path.stat().st_size}
-    write_text(_seal_path(path), json.dumps(seal) + "\n")
+    write_text(seal_path(path), json.dumps(seal) + "\n")
 
 
 def check_db(path: Path, rerun: str) -> None:
@@ -203,7 +204,7 @@ def check_db(path: Path, rerun: str) -> None:
         raise UserError(
             f"{path} is truncated ({st.st_size} bytes, its header says {page * n_pages}): {rerun}"
         )
-    seal = _seal_path(path)
+    seal = seal_path(path)
     key = (st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _verified or not seal.is_file():
         return

@@ -34,7 +34,7 @@ import numpy as np
 
 from monosemantic.errors import UserError
 from monosemantic.features.tokens import decode_tokens, window_text
-from monosemantic.integrity import check_db
+from monosemantic.integrity import check_db, seal_path
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite"
@@ -119,6 +119,35 @@ class Context:
         return out
 
 
+_WRITES = {
+    sqlite3.SQLITE_INSERT,
+    sqlite3.SQLITE_UPDATE,
+    sqlite3.SQLITE_DELETE,
+    sqlite3.SQLITE_CREATE_TABLE,
+    sqlite3.SQLITE_CREATE_INDEX,
+    sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_DROP_INDEX,
+    sqlite3.SQLITE_ALTER_TABLE,
+}
+
+
+def _unseal_on_write(path: Path) -> Any:
+    """An SQLite authorizer that removes the database's checksum seal before the first statement
+    that changes it: whoever writes (a stage under the run lock, which seals again when it is
+    done, or any other code), a stale seal never makes a sound database look corrupt."""
+    seal = seal_path(path)
+    unsealed = False
+
+    def authorize(action: int, *_: Any) -> int:
+        nonlocal unsealed
+        if action in _WRITES and not unsealed:
+            seal.unlink(missing_ok=True)
+            unsealed = True
+        return sqlite3.SQLITE_OK
+
+    return authorize
+
+
 def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
     """Open ``run_dir/features.sqlite`` (creating the schema when ``create``), checking its version."""
     path = run_dir / DB_NAME
@@ -129,6 +158,7 @@ def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
         check_db(path, rerun)
     con = sqlite3.connect(path, timeout=30.0)  # a writer's commit holds readers for milliseconds
     con.row_factory = sqlite3.Row
+    con.set_authorizer(_unseal_on_write(path))
     try:
         con.execute("PRAGMA foreign_keys = ON")
         # WAL: a killed writer leaves the last commit intact, and readers (serve) go on reading
