@@ -128,6 +128,27 @@ def test_incompatible_run_dir_is_refused_unless_forced(
     assert json.loads((run / "activations" / "manifest.json").read_text())["layer"] == 1
 
 
+def test_other_sizes_on_a_trained_run_are_refused_and_files_are_readable(
+    capsys, monkeypatch, run: Path, tmp_path: Path
+) -> None:
+    assert cli(capsys, monkeypatch, "train", "--out", run, *TRAIN)[0] == 0
+    other = [a if a != "16,64" else "32" for a in TRAIN]
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *other), "--force")
+    assert not (run / "saes" / "relu-32").exists()
+    for f in (run / "saes" / "relu-16").iterdir():  # as open() would make them, not mkstemp's 0600
+        assert f.stat().st_mode & 0o044 == 0o044 & ~_umask(), f
+    one_line_error(*cli(capsys, monkeypatch, "report", tmp_path / "nowhere"), "does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_a_stage_recorded_by_an_older_version_is_named_so(tmp_path: Path) -> None:
     from monosemantic.config import TrainConfig, record_stage
     from monosemantic.errors import UserError

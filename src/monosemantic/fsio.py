@@ -46,9 +46,11 @@ def atomic_path(path: str | Path, need_bytes: int = 0) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) replace the file: give the finished file
+        # the permissions open() would
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
         if e.errno in FULL_ERRNOS:

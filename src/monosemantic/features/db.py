@@ -419,6 +419,9 @@ def pick_sae(con: sqlite3.Connection, run: Path, sae: str) -> str:
     """
     done = analysed_saes(con)
     if sae:
+        if sae not in done and not (run / "saes" / sae).is_dir():
+            have = ", ".join(sorted(p.name for p in (run / "saes").glob("*") if p.is_dir())) or "none"
+            raise UserError(f"{run} has no dictionary {sae!r} (it has: {have})")
         if sae not in done:
             have = ", ".join(done) or "none"
             raise UserError(

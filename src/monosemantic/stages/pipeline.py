@@ -21,6 +21,7 @@ from monosemantic.errors import UserError
 from monosemantic.memory import check_train_memory
 from monosemantic.runlock import writes_run
 from monosemantic.stages.common import (
+    check_run,
     clear_for_force,
     harvested,
     load_lm,
@@ -101,7 +102,12 @@ def run_train(
         if force:
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
-        started = any((d / "state.pt").is_file() or (d / "sae.safetensors").is_file() for d in dirs)
+        # a failed start binds nothing, but any dictionary of this architecture trained or begun
+        # (other sizes included) binds the recorded settings
+        started = any(
+            (d / "state.pt").is_file() or (d / "sae.safetensors").is_file()
+            for d in (out / "saes").glob(f"{cfg.arch}-*")
+        )
         record_stage(out, f"train.{cfg.arch}", cfg, force=force or not started)
     if dist is not None:
         dist.barrier()  # the other ranks read the store and checkpoints only once rank 0 has set them up
@@ -199,7 +205,12 @@ def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None, force: bool = False
 
 @writes_run("out", "report")
 def run_report(out: Path) -> Path:
-    """Write ``out/report/index.html`` with its figures; returns its path."""
+    """Write ``out/report/index.html`` with its figures; returns its path.
+
+    Raises:
+        UserError: ``out`` is not a run directory.
+    """
     from monosemantic.report import build_report
 
+    check_run(out)
     return build_report(out)
