@@ -9,7 +9,7 @@ PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/tes
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean
+.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,7 +30,7 @@ $(PEERS_STAMP): pyproject.toml constraints-peers.txt
 	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q --upgrade pip
 	$(PEERS)/bin/python -m pip install -q torch==2.13.0
-	$(PEERS)/bin/python -m pip install -q -c constraints-peers.txt -e '.[tensorboard,wandb]' pytest hypothesis \
+	$(PEERS)/bin/python -m pip install -q -c constraints-peers.txt -e '.[tensorboard,wandb]' pytest pytest-timeout hypothesis \
 		sae-lens==6.54.12 eai-sparsify==1.3.3 dictionary-learning==0.1.0
 	# nnsight (through sae-lens) pulls torchvision, whose PyPI wheel breaks `import transformers` beside the CPU torch.
 	$(PEERS)/bin/python -m pip uninstall -q -y torchvision
@@ -67,6 +67,10 @@ test-peers: $(PEERS_STAMP)
 # The edit-test loop: every test but those marked slow (see pyproject.toml); `make test` and CI run them all.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# kill -9 at 20 seeded random points per stage (docs/reliability.md); tests/test_chaos.py is its CI part.
+chaos: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m tests.chaos --kills 20 --torchrun-kills 20
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs .pytest_cache .mypy_cache .ruff_cache

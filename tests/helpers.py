@@ -393,3 +393,25 @@ def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
     state["W_enc"][feature] = w
     state["b_enc"][feature] = -(proj[on].min() + proj[~on].max()) / 2
     save_file(state, str(path))
+    reseal_dictionary(run / "saes" / sae_name)
+
+
+def reseal_dictionary(sae_dir: Path) -> None:
+    """Record the checksum of a ``sae.safetensors`` a test rewrote on purpose in its cfg.json."""
+    from monosemantic.integrity import sha256_file
+
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    cfg["sae_sha256"] = sha256_file(sae_dir / "sae.safetensors")
+    (sae_dir / "cfg.json").write_text(json.dumps(cfg))
+
+
+def reseal_shard(run: Path, name: str) -> None:
+    """Record the checksum of a shard a test rewrote on purpose in the store's manifest."""
+    from monosemantic.integrity import crc32_file
+
+    path = run / "activations" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for s in manifest["shards"]:
+        if s["file"] == name:
+            s["crc32"] = crc32_file(run / "activations" / name)
+    path.write_text(json.dumps(manifest))

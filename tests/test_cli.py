@@ -14,7 +14,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import monosemantic.activations as activations
-from tests.helpers import TRAIN, cli, harvest_args, main_exit_code, needs_minilm, one_line_error, sigint_at
+from tests.helpers import (
+    TRAIN,
+    cli,
+    harvest_args,
+    main_exit_code,
+    needs_minilm,
+    one_line_error,
+    reseal_shard,
+    sigint_at,
+)
 
 
 def test_pipeline_end_to_end(capsys, monkeypatch, run: Path) -> None:
@@ -53,7 +62,7 @@ def test_harvest_resumes_after_interrupt(
     capsys, monkeypatch, tiny_llama_dir, tiny_corpus, run, tmp_path
 ) -> None:
     full, cut = run, tmp_path / "cut"  # full: harvested without interruption
-    real_save, calls = activations.save_file, []
+    real_save, calls = activations.write_shard, []
 
     def flaky_save(*a, **k):
         calls.append(1)
@@ -61,12 +70,12 @@ def test_harvest_resumes_after_interrupt(
             raise KeyboardInterrupt
         return real_save(*a, **k)
 
-    monkeypatch.setattr(activations, "save_file", flaky_save)
+    monkeypatch.setattr(activations, "write_shard", flaky_save)
     code, err = cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))
     assert code == 130 and "resume" in err
     assert len(json.loads((cut / "activations" / "manifest.json").read_text())["shards"]) == 2
     assert not list((cut / "activations").glob(".*tmp"))
-    monkeypatch.setattr(activations, "save_file", real_save)
+    monkeypatch.setattr(activations, "write_shard", real_save)
     assert cli(capsys, monkeypatch, *harvest_args(tiny_llama_dir, tiny_corpus, cut))[0] == 0
     a = json.loads((full / "activations" / "manifest.json").read_text())
     b = json.loads((cut / "activations" / "manifest.json").read_text())
@@ -128,6 +137,27 @@ def test_incompatible_run_dir_is_refused_unless_forced(
     assert json.loads((run / "activations" / "manifest.json").read_text())["layer"] == 1
 
 
+def test_other_sizes_on_a_trained_run_are_refused_and_files_are_readable(
+    capsys, monkeypatch, run: Path, tmp_path: Path
+) -> None:
+    assert cli(capsys, monkeypatch, "train", "--out", run, *TRAIN)[0] == 0
+    other = [a if a != "16,64" else "32" for a in TRAIN]
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *other), "--force")
+    assert not (run / "saes" / "relu-32").exists()
+    for f in (run / "saes" / "relu-16").iterdir():  # as open() would make them, not mkstemp's 0600
+        assert f.stat().st_mode & 0o044 == 0o044 & ~_umask(), f
+    one_line_error(*cli(capsys, monkeypatch, "report", tmp_path / "nowhere"), "does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_a_stage_recorded_by_an_older_version_is_named_so(tmp_path: Path) -> None:
     from monosemantic.config import TrainConfig, record_stage
     from monosemantic.errors import UserError
@@ -146,7 +176,8 @@ def test_nan_activations_name_the_shard(capsys, monkeypatch, run: Path) -> None:
     data = load_file(str(shard))
     data["acts"][3, 5] = float("nan")
     save_file(data, str(shard))
-    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN), "shard-00001")
+    reseal_shard(run, shard.name)  # a NaN that came out of the model, not a corrupt file
+    one_line_error(*cli(capsys, monkeypatch, "train", "--out", run, *TRAIN), "NaN/Inf")
 
 
 def test_corrupt_and_mismatched_checkpoints(capsys, monkeypatch, run: Path) -> None:

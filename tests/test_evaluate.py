@@ -91,7 +91,9 @@ def test_tiny_qwen2_reports_loss_recovered_as_na(capsys, monkeypatch, tiny_corpu
     assert cli(capsys, monkeypatch, *train)[0] == 0
     monkeypatch.setenv("COLUMNS", "250")  # one line per row and per note
     monkeypatch.setattr(sys, "argv", ["monosemantic", "evaluate", str(out), "--loss-sequences", "16"])
-    main()
+    with pytest.raises(SystemExit) as done:  # the CLI exits, 0 on success
+        main()
+    assert done.value.code == 0
     terminal = capsys.readouterr().out
     m = json.loads((out / "saes" / "relu-64" / "metrics.json").read_text())
     assert m["loss_zero"] - m["loss_clean"] < MIN_ABLATION_GAP

@@ -152,10 +152,38 @@ def test_bad_input_is_one_line(capsys, monkeypatch, run: Path, tmp_path: Path) -
     assert analyze(capsys, monkeypatch, run, "--sae", "relu-16")[0] == 0
     one_line_error(*cli(capsys, monkeypatch, "feature", run, "99"), "0 to 15")
     one_line_error(*cli(capsys, monkeypatch, "feature", run, "3", "--sae", "relu-64"), "not analysed")
+    one_line_error(
+        *cli(capsys, monkeypatch, "feature", run, "3", "--sae", "relu-9"), "has no dictionary 'relu-9'"
+    )
     one_line_error(*analyze(capsys, monkeypatch, run, "--before", "20"), "sequence length")
     bare = tmp_path / "bare"
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("saes", "features.sqlite*"))
     one_line_error(*cli(capsys, monkeypatch, "analyze", bare), "train")
+
+
+def test_text_with_markup_brackets_is_shown_as_text(capsys, monkeypatch, run: Path) -> None:
+    """Rich reads [..] in a string as markup: a query, a context or a completion holding brackets
+    must neither crash the table nor lose its text."""
+    assert analyze(capsys, monkeypatch, run, "--sae", "relu-16")[0] == 0
+    code, err = cli(capsys, monkeypatch, "search", run, "[/bold] code [red]", "--sae", "relu-16")
+    assert code == 0, err
+    out = capsys.readouterr().out
+    assert "Traceback" not in err
+    steer = [
+        "steer",
+        run,
+        "--sae",
+        "relu-16",
+        "--feature",
+        "1",
+        "--prompt",
+        "[/x] code",
+        "--max-new-tokens",
+        "2",
+    ]
+    code, err = cli(capsys, monkeypatch, *steer)
+    assert code == 0, err
+    del out
 
 
 def test_search_ranks_a_planted_feature_first(capsys, monkeypatch, run: Path, tiny_llama_dir: Path) -> None:

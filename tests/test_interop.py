@@ -1,6 +1,6 @@
 """Import and export without the peer libraries: the hook-name mapping, our writers read back by
 our readers (import -> export -> import is the identity), every bad input's one-line error, and the
-import command end to end on the tiny model through evaluate, analyze and search."""
+import command end to end on the tiny model through evaluate, analyze, search and steer."""
 
 from __future__ import annotations
 
@@ -216,6 +216,9 @@ def test_import_runs_through_evaluate_analyze_search_and_exports_back(
     code, err = cli(capsys, monkeypatch, "analyze", run, "--before", "6", "--after", "3")
     assert code == 0, err
     code, err = cli(capsys, monkeypatch, "search", run, "paris")
+    assert code == 0, err
+    steer = ["steer", run, "--feature", "1", "--scale", "5", "--prompt", "the code", "--max-new-tokens", "4"]
+    code, err = cli(capsys, monkeypatch, *steer)
     assert code == 0, err
     # export to every format; each reads back as the same dictionary
     x = torch.randn(8, 32)

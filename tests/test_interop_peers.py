@@ -24,7 +24,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 def runs_through_the_pipeline(capsys, monkeypatch, run: Path) -> None:
-    """An imported run goes through evaluate, analyze and search."""
+    """An imported run goes through evaluate, analyze, search and steer."""
     for args in (
         ["evaluate", run, "--loss-sequences", "4"],
         ["analyze", run, "--before", "6", "--after", "3"],
@@ -32,6 +32,9 @@ def runs_through_the_pipeline(capsys, monkeypatch, run: Path) -> None:
         code, err = cli(capsys, monkeypatch, *args)
         assert code == 0, err
     assert cli(capsys, monkeypatch, "search", run, "paris")[0] == 0
+    steer = ["steer", run, "--feature", "1", "--scale", "5", "--prompt", "the code", "--max-new-tokens", "4"]
+    code, err = cli(capsys, monkeypatch, *steer)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])

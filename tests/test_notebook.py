@@ -61,5 +61,30 @@ def test_errors_say_what_to_run(tmp_path: Path, run: Path) -> None:
     fresh = monosemantic.open_run(run)  # harvested only
     with pytest.raises(UserError, match="monosemantic train"):
         fresh.metrics()
-    with pytest.raises(UserError, match="monosemantic.steer|monosemantic steer"):
+    with pytest.raises(UserError, match="monosemantic train"):
         fresh.steer("hello", {0: 5.0})
+
+
+def test_steer(analysed: Path) -> None:
+    """Run.steer gives the steered completion the steer stage gives, and says what is wrong."""
+    from monosemantic.config import GenerateConfig
+    from monosemantic.stages.steer import SteerRequest, run_steer
+    from monosemantic.steer_eval import load_target
+
+    run = monosemantic.open_run(analysed)
+    text = run.steer("the code of", {5: 20.0, 9: -1.0}, sae="relu-64", max_new_tokens=5)
+    target = load_target(analysed, "relu-64", run.model)
+    side = run_steer(
+        target, SteerRequest([5, 9], [20.0, -1.0]), "the code of", GenerateConfig(max_new_tokens=5)
+    )
+    assert text == side.steered.text and len(side.steered.token_ids) <= 5
+    assert run.steer("the code of", {5: 0.5}, sae="relu-64", mode="add", max_new_tokens=3) is not None
+    for call, message in [
+        (lambda: run.steer("hi", {64: 5.0}, sae="relu-64"), "ids run from 0 to 63"),
+        (lambda: run.steer("hi", {1: 5.0}, sae="relu-64", mode="pull"), "unknown --mode"),
+        (lambda: run.steer("hi", {1: 5.0}, max_tokens=3), "unknown steering setting 'max_tokens'"),
+        (lambda: run.steer("  ", {1: 5.0}), "prompt is empty"),
+        (lambda: run.steer("hi", {}), "give a feature"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            call()

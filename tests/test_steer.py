@@ -198,6 +198,32 @@ def test_generation_with_and_without_the_cache_gives_the_same_tokens(
     assert steered != generate(lm, LAYER, prompts, None, GenerateConfig(max_new_tokens=8))
 
 
+@torch.no_grad()
+def test_streamed_tokens_are_the_returned_ones(lm: LoadedModel, sae: SparseAutoencoder) -> None:
+    """``on_token`` sees each prompt's tokens in order, exactly the ids returned, and the same
+    ids come out with or without it (batches of 2: a prompt's index is global)."""
+    prompts = encode_prompts(lm, PROMPTS)
+    cfg = GenerateConfig(max_new_tokens=8, temperature=1.0, seed=5, batch_size=2)
+    edit = FeatureEdit(sae, [Edit(_live_feature(lm, sae), 6.0)])
+    seen: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+    out = generate(lm, LAYER, prompts, edit, cfg, on_token=lambda i, t: seen[i].append(t))
+    assert out == generate(lm, LAYER, prompts, edit, cfg)
+    assert [seen[i] for i in range(len(prompts))] == out
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(i: int, t: int) -> None:
+        if len(seen[i]) >= 2:
+            raise Stop
+        seen[i].append(t)
+
+    seen = {i: [] for i in range(len(prompts))}
+    with pytest.raises(Stop):  # a callback that raises stops the generation (a client gone)
+        generate(lm, LAYER, prompts[:1], edit, cfg, on_token=stop_after_two)
+    assert edit.where is None  # the edit is left as it was
+
+
 def test_steer_commands_and_the_measured_effect(capsys, monkeypatch, run: Path, lm, sae) -> None:
     j = _live_feature(lm, sae)
     base = ["steer", run, "--sae", "relu-64", "--feature", str(j), "--max-new-tokens", "4"]

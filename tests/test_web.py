@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
 
 from monosemantic.web.app import create_app
 from monosemantic.web.state import Served
@@ -152,3 +153,109 @@ def test_openapi_schema_lists_the_api(client: TestClient) -> None:
     paths = client.get("/api/openapi.json").json()["paths"]
     assert "/api/runs/{run}/saes/{sae}/features/{feature}" in paths
     assert not any(p.startswith("/run/") for p in paths)  # pages are not part of the API
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    """Server-sent events -> (event, data) pairs."""
+    import json
+
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_steering_whole_and_streamed_give_the_same_completions(client: TestClient) -> None:
+    body = {"prompt": "the code of", "features": [{"feature": 5, "scale": 20}], "max_new_tokens": 6}
+    r = client.post("/api/runs/tiny/saes/relu-64/steer", json=body)
+    assert r.status_code == 200, r.text
+    whole = r.json()
+    assert whole["interventions"] == [{"feature": 5, "scale": 20.0, "mode": "clamp"}]
+    assert 0 < whole["steered"]["n_tokens"] <= 6 and whole["base"]["watched"][0]["feature"] == 5
+    params = {"prompt": "the code of", "feature": 5, "scale": 20, "max_new_tokens": 6}
+    s = client.get("/api/runs/tiny/saes/relu-64/steer/stream", params=params)
+    assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+    events = _events(s.text)
+    assert events[0][0] == "start" and events[-1][0] == "done"
+    for which in ("base", "steered"):  # the streamed pieces add up to the completion
+        pieces = "".join(d["text"] for e, d in events if e == "token" and d["which"] == which)
+        assert pieces == whole[which]["text"] == events[-1][1][which]["text"]
+
+
+def test_steering_inputs_are_bounded(client: TestClient) -> None:
+    url = "/api/runs/tiny/saes/relu-64/steer"
+    one = [{"feature": 1, "scale": 5}]
+    cases = [
+        ({"prompt": "x" * 2001, "features": one}, 422),
+        ({"prompt": "hello", "features": [{"feature": 1}] * 9}, 422),
+        ({"prompt": "hello", "features": one, "max_new_tokens": 1000}, 422),
+        ({"prompt": "hello", "features": [{"feature": 1, "scale": 1e9}]}, 422),
+        ({"prompt": "hello", "features": [{"feature": 64}]}, 400),
+        ({"prompt": "   ", "features": one}, 400),
+        ({"prompt": "the " * 300, "features": one, "max_new_tokens": 8}, 400),  # past the context
+    ]
+    for body, status in cases:
+        r = client.post(url, json=body)
+        assert r.status_code == status, (body, r.text[:300])
+        assert r.json()["error"]
+    s = client.get(url + "/stream", params={"prompt": "hi", "feature": [1, 2], "scale": [1, 2, 3]})
+    assert s.status_code == 400 and "--scale once or once per" in s.json()["error"]
+
+
+def test_analyse_a_text(client: TestClient) -> None:
+    r = client.post("/api/runs/tiny/saes/relu-64/inspect", json={"text": "the code of paris", "per_token": 3})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [t["token"] for t in got["tokens"]][:2] == [SCRIPT, " code"] or len(got["tokens"]) == 4
+    assert all(len(t["features"]) <= 3 for t in got["tokens"]) and got["n_features"] == 64
+    assert client.post("/api/runs/tiny/saes/relu-64/inspect", json={"text": " "}).status_code == 400
+    page = client.get("/run/tiny/search", params={"text": "the code of paris", "sae": "relu-64"})
+    assert page.status_code == 200 and 'class="tokfeats"' in page.text and SCRIPT not in page.text
+
+
+def test_playground_page_steers_without_javascript(client: TestClient) -> None:
+    assert 'id="steer-button"' in client.get(f"/run/tiny/relu-64/feature/{EXPLAINED}").text
+    empty = client.get("/run/tiny/steer", params={"sae": "relu-64", "feature": EXPLAINED})
+    assert empty.status_code == 200 and f'value="{EXPLAINED}"' in empty.text and SCRIPT not in empty.text
+    params = {"sae": "relu-64", "feature": [str(EXPLAINED), ""], "scale": ["20", "10"],
+              "prompt": "the code of", "max_new_tokens": 4, "go": "1"}  # fmt: skip
+    page = client.get("/run/tiny/steer", params=params).text
+    whole = client.post(
+        "/api/runs/tiny/saes/relu-64/steer",
+        json={
+            "prompt": "the code of",
+            "features": [{"feature": EXPLAINED, "scale": 20}],
+            "max_new_tokens": 4,
+        },
+    ).json()
+    assert "log-prob/token" in page and f"#{EXPLAINED} fires on" in page
+    for which in ("base", "steered"):
+        assert f'<span id="out-{which}">{escape(whole[which]["text"])}</span>' in page
+    bad = client.get("/run/tiny/steer", params={**params, "feature": "99"}).text
+    assert "relu-64 has no feature 99" in bad
+    assert client.get("/run/tiny/steer", params={"feature": "x"}).status_code == 400
+
+
+def test_report_and_browser_show_a_feature_the_same_way(
+    client: TestClient, web_run: Path, tmp_path: Path
+) -> None:
+    from monosemantic.features.report import feature_page
+    from monosemantic.web.state import ServedRun
+
+    r = ServedRun("tiny", web_run)
+    with r.connect() as con:
+        feature_page(con, r, "relu-64", EXPLAINED, {("relu-64", EXPLAINED)}, tmp_path / "f.html")
+    report = (tmp_path / "f.html").read_text(encoding="utf-8")
+    web = client.get(f"/run/tiny/relu-64/feature/{EXPLAINED}").text
+
+    def part(page: str, start: str, end: str) -> str:
+        i = page.index(start)
+        return page[i : page.index(end, i)]
+
+    for start, end in [('<p class="meta">', "·"), ('<p class="explanation">', "</p>"),
+                       ('<div class="contexts" id="top">', "</div>\n"), ('<svg class="hist"', "</svg>"),
+                       ("<h2>Logit effects</h2>", "</div></div>")]:  # fmt: skip
+        assert part(report, start, end) == part(web, start, end), start
+    assert SCRIPT not in report and "&lt;script&gt;" in report
+    assert "steer-button" not in report and "/run/" not in report  # no link to a server

@@ -4,6 +4,7 @@ token tooltip, the map and the family tree work."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +49,10 @@ def page(browser: Any) -> Iterator[Any]:
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))  # an injected alert() would show
+    pg.expected_errors = []  # what a test provokes on purpose (the browser logs a 4xx answer)
     yield pg
     pg.close()
-    assert errors == []
+    assert [e for e in errors if not any(x in e for x in pg.expected_errors)] == []
 
 
 def test_every_page_loads(page: Any, base_url: str) -> None:
@@ -114,3 +116,55 @@ def test_family_tree_loads_on_demand(page: Any, base_url: str) -> None:
     page.goto(base_url + "/run/tiny/relu-16/feature/0")
     page.click("#family-button")
     page.wait_for_selector("#family ul.tree, #family p.note", timeout=60_000)
+
+
+def test_steer_from_a_feature_page_and_see_both_completions(page: Any, base_url: str) -> None:
+    page.goto(base_url + f"/run/tiny/relu-64/feature/{EXPLAINED}")
+    page.click("#steer-button")
+    page.wait_for_url("**/run/tiny/steer?*")
+    assert page.input_value("#steer-features input[name=feature]") == str(EXPLAINED)
+    page.fill("#steer-features input[name=scale]", "20")
+    page.click("#add-feature")  # a second row, left blank: ignored
+    page.fill("input[name=max_new_tokens]", "6")
+    page.fill("textarea[name=prompt]", "the code of")
+    page.click("#steer-go")
+    page.wait_for_selector("#steer-form[data-state=done]", timeout=60_000)
+    assert page.inner_text("#steer-status") == "done"
+    for which in ("base", "steered"):
+        assert re.match(r"\d+ tokens", page.inner_text(f"#score-{which}")), which
+    assert page.inner_text("#out-steered").strip()
+    assert page.inner_text("#steer-out b.prompt >> nth=0") == "the code of"
+    # the streamed page and the server-rendered one (the same URL with go=1) agree
+    streamed = {w: page.inner_text(f"#out-{w}") for w in ("base", "steered")}
+    assert "feature=" in page.url and "go=" not in page.url
+    page.goto(page.url + "&go=1")
+    assert {w: page.inner_text(f"#out-{w}") for w in ("base", "steered")} == streamed
+
+
+def test_steering_error_shows_its_message(page: Any, base_url: str) -> None:
+    page.expected_errors.append("status of 400 (Bad Request)")
+    page.goto(base_url + "/run/tiny/steer?sae=relu-64&feature=99")
+    page.fill("textarea[name=prompt]", "the code")
+    page.click("#steer-go")
+    page.wait_for_selector("#steer-form[data-state=error]")
+    assert "no feature 99" in page.inner_text("#steer-status")
+
+
+def test_analyse_a_text_and_click_a_token(page: Any, base_url: str) -> None:
+    page.goto(base_url + "/run/tiny/search")
+    page.fill("textarea[name=text]", "the code of paris has a buffer overflow")
+    page.select_option("form.analyse select[name=sae]", "relu-64")
+    page.click("form.analyse button")
+    page.wait_for_selector(".analysed .atok")
+    assert page.locator(".tokfeats.shown").count() == 0
+    token = page.locator(".analysed .atok").nth(1)
+    assert token.inner_text() == " code"
+    token.click()
+    panel = page.locator(".tokfeats.shown")
+    panel.wait_for(state="visible")
+    assert "code" in panel.locator("h3").inner_text()
+    link = panel.locator("td a[href*='/feature/']").first
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_url("**" + href)
+    assert "feature #" in page.inner_text("h1")

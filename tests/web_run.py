@@ -7,6 +7,7 @@ from pathlib import Path
 
 from monosemantic.config import AnalyzeConfig, HarvestConfig, TrainConfig
 from monosemantic.features import db
+from monosemantic.integrity import seal_db
 from monosemantic.stages.features import run_analyze
 from monosemantic.stages.pipeline import run_harvest, run_train
 
@@ -34,5 +35,6 @@ def make_analysed_run(out: Path, model: Path, corpus: Path) -> Path:
             ).fetchone()
     finally:
         con.close()
+    seal_db(out)  # written outside a stage: record the edited database's checksum as a stage would
     assert top is not None
     return out

@@ -11,6 +11,7 @@ shard, so a killed harvest resumes at the next shard.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -19,13 +20,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import Tensor
 
 from monosemantic.config import HarvestConfig, TrainConfig, resolve_device
 from monosemantic.corpus import load_texts, take_sequences
 from monosemantic.errors import UserError
 from monosemantic.fsio import atomic_path, read_json, write_json
+from monosemantic.integrity import crc32_bytes, crc32_file, read_checked
 from monosemantic.models import (
     LoadedModel,
     ModelInfo,
@@ -37,6 +39,8 @@ from monosemantic.models import (
 from monosemantic.progress import Throughput, progress_bar
 
 MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def resolve_layer(lm: LoadedModel, layer: int) -> int:
@@ -97,7 +101,7 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
     layer = resolve_layer(lm, cfg.layer)
     lm.check_seq_len(cfg.seq_len)
     manifest: dict[str, Any] = (
-        read_json(store / MANIFEST)
+        drop_bad_shards(store, read_json(store / MANIFEST))
         if (store / MANIFEST).is_file()
         else {
             "format": 1,
@@ -144,15 +148,18 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
                 )
                 if manifest["scale"] is None:
                     manifest["scale"] = normalization_scale(acts[keep])
-                with atomic_path(store / name) as tmp:
-                    save_file(
-                        {
-                            "acts": stored.contiguous(),
-                            "tokens": chunk.to(torch.int32).contiguous(),
-                            "keep": keep.to(torch.uint8),
-                        },
-                        str(tmp),
-                    )
+                data = save(
+                    {
+                        "acts": stored.contiguous(),
+                        "tokens": chunk.to(torch.int32).contiguous(),
+                        "keep": keep.to(torch.uint8),
+                    }
+                )
+                write_shard(
+                    store / name,
+                    data,
+                    need=(want - done - start) * per_seq * stored.element_size() * lm.d_model,
+                )
                 manifest["shards"].append(
                     {
                         "file": name,
@@ -160,6 +167,7 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
                         "n_seqs": len(chunk),
                         "n_tokens": acts.shape[0],
                         "n_kept": int(keep.sum()),
+                        "crc32": crc32_bytes(data),
                     }
                 )
                 meter.add(acts.shape[0])
@@ -168,6 +176,37 @@ def harvest(cfg: HarvestConfig, run_dir: Path, lm: LoadedModel | None = None) ->
                 write_json(store / MANIFEST, manifest)
             if len(seqs) < want - done:
                 manifest.setdefault("exhausted", []).append(split)
+    return manifest
+
+
+def write_shard(path: Path, data: bytes, need: int) -> None:
+    """Write a shard's bytes atomically; a full disk is a ``UserError`` saying how much to free
+    (``need``: the bytes the harvest still has to write)."""
+    with atomic_path(path, need) as tmp:
+        tmp.write_bytes(data)
+
+
+def drop_bad_shards(store: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without its first missing, truncated or corrupt shard and every shard after it
+    (shards are filled in order: a resumed harvest rewrites them byte for byte)."""
+    for i, shard in enumerate(manifest["shards"]):
+        path = store / shard["file"]
+        try:
+            ok = shard.get("crc32") is None or crc32_file(path) == shard["crc32"]
+        except OSError:
+            ok = False
+        if not ok:
+            log.warning(
+                "%s is missing or corrupt: harvesting it and the %d shards after it again",
+                path,
+                len(manifest["shards"]) - i - 1,
+            )
+            manifest["shards"] = manifest["shards"][:i]
+            manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
+            manifest.pop("exhausted", None)
+            if i == 0:
+                manifest["scale"] = None
+            break
     return manifest
 
 
@@ -215,13 +254,16 @@ class ActivationStore:
         """(acts (N, d) float32, tokens (n_seq, seq_len) int64, keep (N,) bool), checked for
         corruption and NaN."""
         path = self.dir / shard["file"]
+        rerun = (
+            f"rerun `monosemantic harvest --out {self.dir.parent}` "
+            "(it rewrites that shard and those after it)"
+        )
+        raw = read_checked(path, shard.get("crc32"), rerun)
         try:
-            data = load_file(str(path))
+            data = load(raw)
             acts, tokens, keep = data["acts"].float(), data["tokens"].long(), data["keep"].bool()
-        except (SafetensorError, FileNotFoundError, KeyError, OSError) as e:
-            raise UserError(
-                f"{path} is missing or corrupt ({e}): delete it and its manifest entry, then rerun harvest"
-            ) from e
+        except (SafetensorError, KeyError) as e:
+            raise UserError(f"{path} is corrupt ({e}): {rerun}") from e
         if acts.shape != (shard["n_tokens"], self.d_model):
             raise UserError(
                 f"{path} has shape {tuple(acts.shape)}, the manifest says {shard['n_tokens']}x{self.d_model}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from monosemantic import terminal
 from monosemantic.bounds import check_float
@@ -305,7 +306,7 @@ def main() -> None:
         # short form with exit status 2, and turns --help and success into SystemExit.
         group.main(prog_name="monosemantic")
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (_Interrupted, KeyboardInterrupt):
         console.print(

@@ -19,22 +19,42 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""What a write returns when the disk (or the file size limit, or a quota) is exhausted."""
+
+
+def disk_full_message(path: str | Path, need_bytes: int = 0) -> str:
+    """ "disk full at FILE: free N GB and rerun", N being what the stage still has to write beyond
+    the free space (``need_bytes``: 0 when unknown; N is at least 0.1)."""
+    path = Path(path)
+    folder = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    try:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = 0
+    gb = max(0.1, (need_bytes - free) / 1e9)
+    return f"disk full at {path}: free {gb:.1f} GB and rerun (the stage resumes where it stopped)"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+def atomic_path(path: str | Path, need_bytes: int = 0) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``. A full disk
+    is a ``UserError`` (``need_bytes``: what the stage still has to write, for its message), and
+    the temporary file is removed whatever happens."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) replace the file: give the finished file
+        # the permissions open() would
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise UserError(
-                f"disk full while writing {path}: free some space and rerun (the run resumes)"
-            ) from e
+        if e.errno in FULL_ERRNOS:
+            raise UserError(disk_full_message(path, need_bytes)) from e
         raise
     finally:
         if os.path.exists(tmp):

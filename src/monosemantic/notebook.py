@@ -7,7 +7,7 @@
     run.feature(11, "relu-2048")          # statistics, explanation, top contexts (analyze)
     run.search("SQL injection")           # features specific to a concept
     run.encode("The Eiffel tower")        # feature activations per token
-    run.steer(...)                        # generation with features clamped (steer.py)
+    run.steer("I went to", {9942: 3.0})   # the completion with feature 9942 clamped at 3x its max
 
 Everything is read from what the stages wrote (docs/architecture.md); the model and dictionaries
 load on first use and stay loaded. Errors are ``UserError`` with what to run to fix them.
@@ -67,6 +67,7 @@ class Run:
                 "harvest, train or import"
             )
         self._saes: dict[str, Any] = {}
+        self._targets: dict[str, Any] = {}
         self._lm: Any = None
 
     def __repr__(self) -> str:
@@ -154,21 +155,42 @@ class Run:
         feats = d.encode(acts.to(self.device))[1]
         return Encoding(lm.tokenizer.convert_ids_to_tokens(ids[0].tolist()), feats.cpu())
 
-    def steer(self, prompt: str, features: dict[int, float], sae: str | None = None, **settings: Any) -> str:
-        """``prompt`` continued with ``features`` (id -> scale) clamped during generation.
+    def steer(
+        self,
+        prompt: str,
+        features: dict[int, float],
+        sae: str | None = None,
+        mode: str = "clamp",
+        **settings: Any,
+    ) -> str:
+        """``prompt`` continued with ``features`` (id -> scale, a multiple of the feature's maximum
+        activation) clamped (``mode="add"``: added) at every position during generation, as the
+        ``steer`` command does; returns the completion (the text after the prompt).
+
+        ``settings``: fields of ``config.GenerateConfig`` (max_new_tokens, temperature, seed,
+        keep_error, steer_prompt, chat). The model and the dictionary load once and stay loaded.
 
         Raises:
-            UserError: this installation has no steering yet (``monosemantic.steer`` arrives with
-            the steer branch; this method is its notebook entry point).
+            UserError: the dictionary is not analysed (the scales need each feature's maximum),
+                an unknown feature, mode or setting, an empty prompt.
         """
-        try:
-            from monosemantic import steer  # noqa: F401
-        except ImportError as e:
-            raise UserError(
-                "steering is not in this version of monosemantic yet (monosemantic.steer): "
-                "update monosemantic"
-            ) from e
-        raise UserError("Run.steer is not wired to monosemantic.steer yet: use `monosemantic steer`")
+        from dataclasses import fields
+
+        from monosemantic.config import GenerateConfig
+        from monosemantic.stages.steer import SteerRequest, require_prompt
+        from monosemantic.steer_eval import load_target, run_completions
+
+        known = {f.name for f in fields(GenerateConfig)}
+        if unknown := sorted(set(settings) - known):
+            raise UserError(f"unknown steering setting {unknown[0]!r}: use one of {', '.join(sorted(known))}")
+        cfg = GenerateConfig(**settings)
+        request = SteerRequest(list(features), list(features.values()), mode)
+        interventions = request.interventions()
+        require_prompt(prompt)
+        name = self._name(sae)
+        if name not in self._targets:
+            self._targets[name] = load_target(self.path, name, self.model)
+        return str(run_completions(self._targets[name], [prompt], interventions, cfg)[0].text)
 
 
 def open_run(path: str | Path, device: str = "cpu") -> Run:

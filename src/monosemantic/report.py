@@ -9,14 +9,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from monosemantic.dictionary import SaeRun, load_saes
 from monosemantic.features.report import features_section
-from monosemantic.fsio import atomic_path, read_json, read_jsonl
+from monosemantic.fsio import atomic_path, read_json
 from monosemantic.plots import plain_log_ticks, save_png
 from monosemantic.scaling import load_results
 from monosemantic.scaling_plots import scaling_figures
@@ -43,43 +43,9 @@ pre{background:#f6f8fa;padding:1em;overflow:auto}
 """
 
 
-@dataclass(frozen=True)
-class SaeRun:
-    """One dictionary as found under ``saes/<name>/``; empty when a file is not written yet."""
-
-    name: str
-    cfg: dict[str, Any]
-    """Contents of cfg.json."""
-    log: list[dict[str, Any]]
-    """Rows of log.jsonl, one per logging step."""
-    metrics: dict[str, Any]
-    """Contents of metrics.json (written by evaluate)."""
-
-    @property
-    def n_features(self) -> int:
-        return int(self.metrics.get("n_features") or self.cfg.get("n_features") or 0)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.n_features:,})"
-
-
 def dead_bound(n_features: int) -> float:
     """Dead fraction of the paper's dictionary nearest in (log) size to ``n_features``."""
     return min(DEAD_BOUNDS, key=lambda b: abs(math.log(max(n_features, 1) / b[0])))[1]
-
-
-def load_saes(run_dir: Path) -> list[SaeRun]:
-    """Every dictionary under ``run_dir/saes``, sorted by number of features, then name."""
-    found = []
-    for d in sorted(p for p in (run_dir / "saes").glob("*") if p.is_dir()):
-        files = [d / "cfg.json", d / "log.jsonl", d / "metrics.json"]
-        if not any(f.exists() for f in files):
-            continue
-        cfg = read_json(files[0]) if files[0].exists() else {}
-        metrics = read_json(files[2]) if files[2].exists() else {}
-        found.append(SaeRun(d.name, cfg, read_jsonl(files[1]), metrics))
-    return sorted(found, key=lambda s: (s.n_features, s.name))
 
 
 def _num(d: dict[str, Any], key: str) -> float | None:

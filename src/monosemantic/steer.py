@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -177,19 +177,30 @@ def generate(
     cfg: GenerateConfig,
     *,
     use_cache: bool = True,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Generate up to ``cfg.max_new_tokens`` after each prompt (token ids), with ``edit`` applied
     at ``layer`` (None: the clean model). Returns each completion's ids, the stop token excluded.
 
     The batch is left-padded, with position ids counted from each row's first real token, so a
     row generates what it would alone (up to float rounding). With ``use_cache=False`` every step
-    reruns the whole sequence (the reference the cached path is tested against)."""
+    reruns the whole sequence (the reference the cached path is tested against).
+
+    ``on_token(i, token_id)``, when given, is called as soon as prompt ``i`` gets a token (the
+    stop token and what follows it excepted), in order: what the web app streams. It sees exactly
+    the returned ids; an exception it raises stops the generation (a client that went away)."""
     if not lm.is_causal:
         raise UserError(f"{lm.name} is not a causal language model: it cannot generate text")
     out: list[list[int]] = []
     for i in range(0, len(prompts), cfg.batch_size):
-        out += _generate_batch(lm, layer, prompts[i : i + cfg.batch_size], edit, cfg, use_cache)
+        report = None if on_token is None else _offset(on_token, i)
+        out += _generate_batch(lm, layer, prompts[i : i + cfg.batch_size], edit, cfg, use_cache, report)
     return out
+
+
+def _offset(on_token: Callable[[int, int], None], start: int) -> Callable[[int, int], None]:
+    """``on_token`` for a batch whose first row is prompt ``start``."""
+    return lambda row, token: on_token(start + row, token)
 
 
 def _generate_batch(
@@ -199,6 +210,7 @@ def _generate_batch(
     edit: FeatureEdit | None,
     cfg: GenerateConfig,
     use_cache: bool,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     stop = _stop_ids(lm)
     pad = min(stop) if stop else 0
@@ -238,6 +250,9 @@ def _generate_batch(
                 token = torch.where(done, torch.full_like(token, pad), token)
                 new.append(token)
                 done |= torch.isin(token, torch.tensor(sorted(stop), device=token.device, dtype=token.dtype))
+                if on_token is not None:
+                    for row in (~done).nonzero().flatten().tolist():
+                        on_token(row, int(token[row]))
                 ids = torch.cat([ids, token[:, None]], dim=1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 if bool(done.all()):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -80,14 +80,17 @@ class SteerTarget:
     """The dictionary file's digest (stored with results, so a retrained dictionary's are told apart)."""
 
 
-def load_target(run: Path, sae: str, lm: LoadedModel) -> SteerTarget:
-    """The analysed dictionary ``sae`` of ``run`` ('' = the largest analysed) with ``lm``."""
-    con = db.open_db(run)
+def load_target(run: Path, sae: str, lm: LoadedModel, con: sqlite3.Connection | None = None) -> SteerTarget:
+    """The analysed dictionary ``sae`` of ``run`` ('' = the largest analysed) with ``lm``; its
+    statistics read through ``con`` when given (the web app's read-only connection, left open)."""
+    own = con is None
+    con = db.open_db(run) if con is None else con
     try:
         name = db.pick_sae(con, run, sae)
         max_act = torch.as_tensor(db.feature_stats(con, name)["max_act"], dtype=torch.float32)
     finally:
-        con.close()
+        if own:
+            con.close()
     module, cfg = load_dictionary(run / "saes" / name)
     return SteerTarget(
         lm, int(cfg["layer"]), module, name, max_act, file_digest(run / "saes" / name / "sae.safetensors")
@@ -100,14 +103,27 @@ def run_completions(
     interventions: Sequence[Intervention],
     cfg: GenerateConfig,
     watch: Sequence[int] = (),
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[Completion]:
     """Completions of ``prompts`` steered by ``interventions`` (none: the clean model), scored
-    against the ``watch`` features (default: the steered ones) and their promoted tokens."""
+    against the ``watch`` features (default: the steered ones) and their promoted tokens;
+    ``on_token(prompt index, token id)`` sees each token as it is generated."""
     edits = resolve(interventions, t.max_act)
     watch = list(watch) or list(dict.fromkeys(iv.feature for iv in interventions))
     resolve([Intervention(j, 0.0) for j in watch], t.max_act)  # an unknown id fails before any work
     promoted = promoted_tokens(t.lm, t.sae, watch)
-    return complete(t.lm, t.layer, t.sae, t.max_act, prompts, edits, cfg, watch=watch, promoted=promoted)
+    return complete(
+        t.lm,
+        t.layer,
+        t.sae,
+        t.max_act,
+        prompts,
+        edits,
+        cfg,
+        watch=watch,
+        promoted=promoted,
+        on_token=on_token,
+    )
 
 
 class Effect(NamedTuple):

@@ -131,14 +131,16 @@ def complete(
     *,
     watch: Sequence[int] = (),
     promoted: Sequence[int] = (),
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[Completion]:
     """Generate a completion of each prompt with ``edits`` applied (none: the clean model), and
     score it with the clean model against the ``watch`` features (default: the edited ones) and
-    the ``promoted`` token ids. ``max_act`` (n,): each feature's maximum in the analysis."""
+    the ``promoted`` token ids. ``max_act`` (n,): each feature's maximum in the analysis.
+    ``on_token(prompt index, token id)``: each token as it is generated (``steer.generate``)."""
     watch = list(watch) or list(dict.fromkeys(e.feature for e in edits))
     ids = encode_prompts(lm, prompts, cfg.chat)
     edit = FeatureEdit(sae, edits, cfg.keep_error) if edits or not cfg.keep_error else None
-    gen = generate(lm, layer, ids, edit, cfg)
+    gen = generate(lm, layer, ids, edit, cfg, on_token=on_token)
     scores = score(lm, layer, sae, ids, gen, watch, promoted, cfg.batch_size)
     top = torch.as_tensor(max_act, dtype=torch.float32)[watch].clamp(min=1e-12)
     out = []

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=True, soft_wrap=True)  # one line per message, also in logs
@@ -174,7 +175,8 @@ def family(tree: Any) -> None:
 def search_results(query: str, result: Any) -> None:
     """A ``stages.features.SearchResult`` as a table, then the matching explanations."""
     table = _table(
-        f"{result.sae}: features for {query!r} (the query text + {result.n_corpus} corpus passages)",
+        f"{result.sae}: features for {escape(repr(query))} "
+        f"(the query text + {result.n_corpus} corpus passages)",
         ("feature", "score", "strength", "hit", "lift", "freq %", "top ctx", "sim", "strongest context"),
         left=("strongest context",),
         caption="score = strength x log2(lift); strength: activation on the query span / the "
@@ -192,11 +194,13 @@ def search_results(query: str, result: Any) -> None:
             f"{100 * h.freq:.3f}",
             f"{h.context_precision:.2f}",
             _fmt(h.similarity),
-            snip,
+            escape(snip),
         )
     Console(highlight=False, width=max(Console().width, 160)).print(table)
     if result.explained:
-        show("explanations mentioning it: " + "; ".join(f"#{j} {text}" for j, text in result.explained))
+        show(
+            "explanations mentioning it: " + "; ".join(f"#{j} {escape(text)}" for j, text in result.explained)
+        )
 
 
 def explanations(name: str, results: list[Any]) -> None:
@@ -212,7 +216,11 @@ def explanations(name: str, results: list[Any]) -> None:
     )
     for r in sorted(results, key=lambda r: -r.auc)[:15]:
         table.add_row(
-            str(r.feature), f"{r.auc:.2f}", f"{r.balanced_accuracy:.2f}", _fmt(r.fuzz_auc), r.explanation
+            str(r.feature),
+            f"{r.auc:.2f}",
+            f"{r.balanced_accuracy:.2f}",
+            _fmt(r.fuzz_auc),
+            escape(r.explanation),
         )
     show(table)
 
@@ -225,7 +233,7 @@ def catalog(result: Any) -> None:
         left=("probe set", "explanation / strongest context"),
     )
     for r in result.rows:
-        table.add_row(r.probe_set, str(r.feature), f"{r.score:.3f}", f"{r.auc:.2f}", r.label)
+        table.add_row(escape(r.probe_set), str(r.feature), f"{r.score:.3f}", f"{r.auc:.2f}", escape(r.label))
     Console(highlight=False, width=max(Console().width, 140)).print(table)
 
 
@@ -271,10 +279,10 @@ def steer_side_by_side(result: Any) -> None:
     """A ``stages.steer.SideBySide``: both completions, their clean log-probs, and the effect."""
     base, steered, ivs = result
     label = ", ".join(f"#{iv.feature} {iv.mode} {iv.scale:g}×max" for iv in ivs)
-    table = Table(title=f"prompt: {base.prompt!r}", show_lines=True)
+    table = Table(title=f"prompt: {escape(repr(base.prompt))}", show_lines=True)
     table.add_column("unsteered", ratio=1)
     table.add_column(f"steered: {label}", ratio=1)
-    table.add_row(base.text, steered.text)
+    table.add_row(escape(base.text), escape(steered.text))
     table.add_row(
         f"clean log-prob {base.logprob:.1f} ({base.logprob_per_token:.2f}/token)",
         f"clean log-prob {steered.logprob:.1f} ({steered.logprob_per_token:.2f}/token)",
@@ -293,11 +301,11 @@ def steer_side_by_side(result: Any) -> None:
 
 
 def steer_sweep(title: str, rows: list[tuple[float, Any]]) -> None:
-    """One completion per scale (``stages.steer.run_sweep``)."""
-    table = _table(title, ("scale", "completion", "log-prob/token", "fires on"), left=("completion",))
+    """One completion per scale (``stages.steer.run_sweep``); ``title`` is plain text."""
+    table = _table(escape(title), ("scale", "completion", "log-prob/token", "fires on"), left=("completion",))
     table.show_lines = True
     for s, c in rows:
-        table.add_row(f"{s:g}", c.text, f"{c.logprob_per_token:.2f}", _fires(c))
+        table.add_row(f"{s:g}", escape(c.text), f"{c.logprob_per_token:.2f}", _fires(c))
     _wide().print(table)
 
 
@@ -327,8 +335,8 @@ def steer_effects(sae: str, effects: list[Any], cfg: Any) -> None:
     for e in effects:  # the first prompt's completion at each scale
         if e.scale not in seen:
             seen.add(e.scale)
-            out.print(f"example at scale {e.scale:g}: {e.example!r}")
-    out.print(f"unsteered: {effects[0].base_example!r}")
+            out.print(f"example at scale {e.scale:g}: {escape(repr(e.example))}")
+    out.print(f"unsteered: {escape(repr(effects[0].base_example))}")
 
 
 def inspection(result: Any) -> None:
@@ -341,10 +349,10 @@ def inspection(result: Any) -> None:
     )
     for t in result.tokens:
         cells = [
-            f"#{f.feature} {f.activation:.2f} ({_fmt(f.relative)}) {f.explanation or ''}".rstrip()
+            escape(f"#{f.feature} {f.activation:.2f} ({_fmt(f.relative)}) {f.explanation or ''}".rstrip())
             for f in t.features
         ]
-        table.add_row(str(t.position), repr(t.token), "\n".join(cells))
+        table.add_row(str(t.position), escape(repr(t.token)), "\n".join(cells))
     out.print(table)
     summary = _table(
         "most active over the text, relative to each feature's max",
@@ -354,7 +362,7 @@ def inspection(result: Any) -> None:
     for f in result.top:
         summary.add_row(
             str(f.feature), f"{f.max_activation:.2f}", f"{f.relative:.2f}", str(f.n_tokens),
-            repr(result.tokens[f.peak - 1].token), f.explanation or "",
+            escape(repr(result.tokens[f.peak - 1].token)), escape(f.explanation or ""),
         )  # fmt: skip
     out.print(summary)
     out.print(
@@ -383,8 +391,8 @@ def demo_summary(s: Any) -> None:
     if s.concepts:
         out.print("\nfeatures it found for a few concepts (monosemantic search):")
         for c in s.concepts:
-            out.print(f"  {c.concept!r} -> {c.sae} #{c.feature}: {c.explanation}")
-            out.print(f"      strongest context: …{c.context}…")
+            out.print(f"  {escape(repr(c.concept))} -> {c.sae} #{c.feature}: {escape(c.explanation)}")
+            out.print(f"      strongest context: …{escape(c.context)}…")
     first = s.concepts[0] if s.concepts else None
     sae = f" --sae {first.sae}" if first else ""
     feature = first.feature if first else 0
@@ -397,4 +405,4 @@ def demo_summary(s: Any) -> None:
         ("steer the model with it", steer),
         ("browse every feature", f"monosemantic serve {s.run} --open"),
     ):
-        out.print(f"  {what:<24} {command}", soft_wrap=True)
+        out.print(f"  {what:<24} {escape(command)}", soft_wrap=True)

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from monosemantic.config import TrainConfig
-from monosemantic.dictionary import sae_name, save_dictionary
+from monosemantic.dictionary import dictionary_saved, sae_name, save_dictionary
 from monosemantic.distributed import DistContext, Layout, Whole
 from monosemantic.errors import UserError
 from monosemantic.feature_parallel import FeatureShard
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
+from monosemantic.integrity import load_checkpoint, write_checkpoint
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.resample import resample_dead, resample_steps
 from monosemantic.sae import ARCHITECTURES, LossContext, SparseAutoencoder
@@ -98,19 +99,14 @@ class SizeState:
         sae, opt, since_fired = whole
         state = {"step": self.step, "sae": sae, "opt": opt, "since_fired": since_fired, "cfg": cfg}
         with atomic_path(self.out_dir / "state.pt") as tmp:
-            torch.save(state, tmp)
+            write_checkpoint(tmp, state)
 
     def restore(self, cfg: dict[str, Any]) -> None:
         """Resume from state.pt if there is one; a feature shard takes its slice of it."""
         path = self.out_dir / "state.pt"
         if not path.is_file():
             return
-        try:
-            state = torch.load(path, map_location=self.layout.checkpoint_device, weights_only=True)
-        except Exception as e:  # torch raises several types for a truncated or foreign file
-            raise UserError(
-                f"checkpoint {path} is corrupt ({type(e).__name__}): delete it to restart this size"
-            ) from e
+        state = load_checkpoint(path, self.layout.checkpoint_device, "delete it to restart this size")
         if state.get("cfg") != cfg:
             raise UserError(
                 f"checkpoint {path} was written with another configuration: delete it, or rerun with --force"
@@ -335,7 +331,7 @@ def train(
             raise KeyboardInterrupt
     for st in states:
         whole = st.layout.whole()
-        if whole is not None and main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
+        if whole is not None and main and (meter.count or not dictionary_saved(st.out_dir)):
             flops = train_flops_per_token(d_model, whole.n_features, cfg.arch, cfg.k)
             save_dictionary(
                 whole,

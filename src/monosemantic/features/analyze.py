@@ -35,7 +35,7 @@ from monosemantic.features.logits import top_logit_effects
 from monosemantic.features.neighbors import store_neighbors
 from monosemantic.features.sources import Batch, model_batches, store_batches, store_sequences
 from monosemantic.features.tokens import decode_tokens, token_bytes
-from monosemantic.fsio import file_digest, fingerprint
+from monosemantic.fsio import disk_full_message, file_digest, fingerprint
 from monosemantic.models import LoadedModel
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.sae import SparseAutoencoder
@@ -116,11 +116,26 @@ def analyze(
     store = check_inputs(run_dir, cfg)
     layer, seq_len = int(store.manifest["layer"]), int(store.manifest["seq_len"])
     dirs = sae_dirs(run_dir, cfg.sae)
-    con = db.open_db(run_dir, create=True)
     try:
-        return _analyze(con, run_dir, cfg, lm, store, layer, seq_len, dirs, force, device)
-    finally:
-        con.close()
+        con = db.open_db(run_dir, create=True)
+        try:
+            return _analyze(con, run_dir, cfg, lm, store, layer, seq_len, dirs, force, device)
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        # SQLite says "full" for ENOSPC and "disk I/O error" for EFBIG (a file size limit); the
+        # transaction it was in is rolled back, so the database holds the last checkpoint
+        full = "full" in str(e) or "disk I/O error" in str(e)
+        if not full:
+            raise
+        raise UserError(disk_full_message(run_dir / db.DB_NAME, _db_bytes_estimate(store, dirs))) from e
+
+
+def _db_bytes_estimate(store: ActivationStore, dirs: list[Path]) -> int:
+    """A rough size of what analyze writes: the sequences (int32) and, per feature, ~50 contexts
+    of ~64 tokens (float16 activations, int32 positions) with their FTS text."""
+    n_features = sum(int(json.loads((d / "cfg.json").read_text())["n_features"]) for d in dirs)
+    return 4 * store.n_tokens("train") + n_features * 50 * 64 * 8
 
 
 def _analyze(

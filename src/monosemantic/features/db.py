@@ -34,6 +34,7 @@ import numpy as np
 
 from monosemantic.errors import UserError
 from monosemantic.features.tokens import decode_tokens, window_text
+from monosemantic.integrity import check_db, seal_path
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite"
@@ -118,20 +119,65 @@ class Context:
         return out
 
 
+_WRITES = {
+    sqlite3.SQLITE_INSERT,
+    sqlite3.SQLITE_UPDATE,
+    sqlite3.SQLITE_DELETE,
+    sqlite3.SQLITE_CREATE_TABLE,
+    sqlite3.SQLITE_CREATE_INDEX,
+    sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_DROP_INDEX,
+    sqlite3.SQLITE_ALTER_TABLE,
+}
+
+
+def _unseal_on_write(path: Path) -> Any:
+    """An SQLite authorizer that removes the database's checksum seal before the first statement
+    that changes it: whoever writes (a stage under the run lock, which seals again when it is
+    done, or any other code), a stale seal never makes a sound database look corrupt."""
+    seal = seal_path(path)
+    unsealed = False
+
+    def authorize(action: int, *_: Any) -> int:
+        nonlocal unsealed
+        if action in _WRITES and not unsealed:
+            seal.unlink(missing_ok=True)
+            unsealed = True
+        return sqlite3.SQLITE_OK
+
+    return authorize
+
+
 def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
     """Open ``run_dir/features.sqlite`` (creating the schema when ``create``), checking its version."""
     path = run_dir / DB_NAME
     if not path.is_file() and not create:
         raise UserError(f"{run_dir} has no feature database: run `monosemantic analyze {run_dir}` first")
-    con = sqlite3.connect(path)
+    rerun = f"delete it and rerun `monosemantic analyze {run_dir}`"
+    if path.is_file():
+        check_db(path, rerun)
+    con = sqlite3.connect(path, timeout=30.0)  # a writer's commit holds readers for milliseconds
     con.row_factory = sqlite3.Row
-    con.execute("PRAGMA foreign_keys = ON")
-    con.execute("PRAGMA journal_mode = WAL")  # a killed writer leaves the last commit intact
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    con.set_authorizer(_unseal_on_write(path))
+    try:
+        con.execute("PRAGMA foreign_keys = ON")
+        # WAL: a killed writer leaves the last commit intact, and readers (serve) go on reading
+        # while analyze writes
+        con.execute("PRAGMA journal_mode = WAL")
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise UserError(f"{path} is corrupt ({e}): {rerun}") from e
     if "meta" not in tables:
-        with con:
-            con.executescript(_SCHEMA)
-            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # one transaction: executescript would otherwise commit table by table, and a full disk
+        # midway would leave a database without its version that no rerun could open
+        try:
+            con.executescript(
+                f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
+        except sqlite3.Error:
+            con.close()
+            raise
         return con
     version = int(get_meta(con, "schema_version") or 0)
     if version != SCHEMA_VERSION:
@@ -373,6 +419,9 @@ def pick_sae(con: sqlite3.Connection, run: Path, sae: str) -> str:
     """
     done = analysed_saes(con)
     if sae:
+        if sae not in done and not (run / "saes" / sae).is_dir():
+            have = ", ".join(sorted(p.name for p in (run / "saes").glob("*") if p.is_dir())) or "none"
+            raise UserError(f"{run} has no dictionary {sae!r} (it has: {have})")
         if sae not in done:
             have = ", ".join(done) or "none"
             raise UserError(

@@ -156,12 +156,13 @@ class Inspector:
         return {int(r[0]): str(r[1]) for r in rows}
 
 
-def open_inspector(run: Path, sae: str, lm: LoadedModel) -> Inspector:
+def open_inspector(run: Path, sae: str, lm: LoadedModel, con: sqlite3.Connection | None = None) -> Inspector:
     """An Inspector on the analysed dictionary ``sae`` of ``run`` ('' = the largest analysed);
-    it keeps the database open for explanations (close ``inspector.con`` when done)."""
+    it keeps the database (or ``con``, e.g. a read-only connection) open for explanations
+    (close ``inspector.con`` when done)."""
     from monosemantic.dictionary import load_dictionary
 
-    con = db.open_db(run)
+    con = db.open_db(run) if con is None else con
     try:
         name = db.pick_sae(con, run, sae)
         module, cfg = load_dictionary(run / "saes" / name)

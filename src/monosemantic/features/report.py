@@ -1,7 +1,9 @@
 """The feature section of the run's report: analysed dictionaries, explanation scores, the catalog,
 a 2-D map of every analysed dictionary, splitting trees, a filterable table of features and a page
-per listed feature with its contexts highlighted. HTML strings; ``monosemantic.report`` places
-them in the page."""
+per listed feature with its contexts highlighted. The tables and the feature pages come from the
+browser's templates (``web/templates``: ``report_tables.html``, ``feature_body.html``) and data
+(``web.queries.feature``), so that the report and ``monosemantic serve`` show a feature the same
+way; the section is an HTML string that ``monosemantic.report`` places in the page."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from monosemantic.features.neighbors import nearest, unit_directions
 from monosemantic.fsio import write_text
 from monosemantic.plots import save_png
 from monosemantic.steer_report import steered_features, steering_section
+from monosemantic.web import queries
+from monosemantic.web.render import environment, stylesheet
+from monosemantic.web.state import ServedRun
 
 TABLE_ROWS = 300
 _FILTER_JS = (
@@ -34,53 +39,24 @@ def _e(x: object) -> str:
     return html.escape(str(x))
 
 
-def context_html(c: db.Context, scale: float) -> str:
-    spans = []
-    for tok, a, positions in c.spans():  # characters split over tokens show whole, at their max
-        alpha = min(1.0, a / scale) if scale > 0 and a > 0 else 0.0
-        style = f"background:rgba(255,120,40,{alpha:.2f})" + (
-            ";text-decoration:underline" if c.peak in positions else ""
-        )
-        title = " ".join(f"{c.acts[p - c.start]:.3g}" for p in positions)  # per token
-        spans.append(f'<span style="{style}" title="{title}">{_e(tok).replace(chr(10), "⏎")}</span>')
-    return f'<div class="ctx"><span class="note">{c.activation:.3g}</span> {"".join(spans)}</div>'
+def feature_page(
+    con: sqlite3.Connection, run: ServedRun, sae: str, feature: int, listed: set[tuple[str, int]], path: Path
+) -> str:
+    """Write the feature's page (the browser's template, ``feature_body.html``) to ``path``; links
+    to the features of ``listed`` (those with a page), the others shown without one."""
+    f = queries.feature(run, con, sae, feature)
 
+    def href(s: str, j: int) -> str:
+        return _href(s, j) if (s, j) in listed else ""
 
-def feature_page(con: sqlite3.Connection, sae: str, feature: int, words: list[bytes], path: Path) -> str:
-    row = db.feature_row(con, sae, feature)
-    parts = [f"<h1>{_e(sae)} feature #{feature}</h1>"]
-    parts.append(
-        f'<p class="meta">fires on <b>{100 * row["freq"]:.3f}%</b> of tokens'
-        f" · max <b>{row['max_act']:.3g}</b>"
-        f" · mean when firing <b>{row['mean_act']:.3g}</b></p>"
-    )
-    if row["explanation"]:
-        parts.append(
-            f"<p><b>explanation</b>: {_e(row['explanation'])} (detection AUC {row['score_auc']:.2f})</p>"
-        )
-    for kind, title in (
-        ("top", "Top contexts"),
-        ("quantile", "Sampled by activation quantile (lowest first)"),
-    ):
-        ctxs = db.contexts(con, sae, feature, kind, words)
-        parts.append(f"<h2>{title}</h2>" + "".join(context_html(c, row["max_act"]) for c in ctxs))
-    if row["promoted"]:
-        for label, key in (("promotes", "promoted"), ("suppresses", "suppressed")):
-            toks = ", ".join(f"<code>{_e(repr(t))}</code> {v:+.2f}" for t, v in json.loads(row[key]))
-            parts.append(f"<p><b>{label}</b>: {toks}</p>")
-    write_text(path, _page(f"{sae} #{feature}", "".join(parts)))
+    page = environment().get_template("report_feature.html").render(f=f, sae=sae, href=href, css=stylesheet())
+    write_text(path, page)
     return path.name
 
 
-def _page(title: str, body: str) -> str:
-    css = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-        "line-height:1.5}"
-        ".ctx{font-family:monospace;white-space:pre-wrap;border-bottom:1px solid #eee;padding:.2em 0}"
-        ".note{color:#777}"
-    )
-    head = f'<meta charset="utf-8"><title>{_e(title)}</title><style>{css}</style>'
-    return f'<!doctype html><html lang="en"><head>{head}</head><body>{body}</body></html>\n'
+def _href(sae: str, feature: int) -> str:
+    """A feature page's file name, relative to the other feature pages."""
+    return f"{sae}-{feature}.html"
 
 
 def _scores_plot(con: sqlite3.Connection, saes: list[str], path: Path) -> str | None:
@@ -174,7 +150,8 @@ def features_section(run_dir: Path, out_dir: Path) -> str:
 
 def _section(con: sqlite3.Connection, run_dir: Path, out_dir: Path) -> str:
     saes = db.analysed_saes(con)
-    words = db.vocab(con)
+    run = ServedRun(run_dir.resolve().name, run_dir)
+    tables = environment().get_template("report_tables.html").module
     pages = out_dir / "features"
     parts = ["<h2>Features</h2>"]
     rows = []
@@ -183,37 +160,23 @@ def _section(con: sqlite3.Connection, run_dir: Path, out_dir: Path) -> str:
         n_expl, mean_auc = con.execute(
             "SELECT count(score_auc), avg(score_auc) FROM features WHERE sae = ?", (s,)
         ).fetchone()
-        auc_text = f"{mean_auc:.3f}" if mean_auc is not None else "—"
-        rows.append(
-            f"<tr><td>{_e(s)}</td><td>{st['n_features']:,}</td><td>{st['n_tokens']:,}</td>"
-            f"<td>{100 * st['dead_fraction']:.1f}%</td>"
-            f"<td>{st['tokens_per_s']:,.0f}</td><td>{n_expl}</td><td>{auc_text}</td></tr>"
-        )
-    parts.append(
-        "<table><tr><th>dictionary</th><th>features</th><th>tokens analysed</th>"
-        "<th>dead (no firing in the tokens analysed)</th>"
-        "<th>tokens/s</th>"
-        f"<th>explained</th><th>mean detection AUC</th></tr>{''.join(rows)}</table>"
-    )
+        rows.append({"sae": s, **st, "n_explained": n_expl, "mean_auc": mean_auc})
+    parts.append(str(tables.analysed(rows)))  # type: ignore[attr-defined]
     if png := _scores_plot(con, saes, out_dir / "explanation_scores.png"):
         parts.append(f'<img src="{png}" alt="explanation scores">')
     listed: set[tuple[str, int]] = set()
-    catalog = con.execute(
-        "SELECT probe_set, sae, feature, score, auc FROM catalog WHERE rank < 3 ORDER BY probe_set, sae, rank"
-    ).fetchall()
-    if catalog:
-        parts.append(
-            "<h3>Catalog: features most specific to each probe set</h3><table><tr><th>probe set</th>"
-            "<th>dictionary</th><th>feature</th><th>score</th><th>AUC</th><th>explanation</th></tr>"
+    catalog = [
+        dict(r)
+        for r in con.execute(
+            "SELECT c.probe_set, c.sae, c.feature, c.score, c.auc, f.explanation FROM catalog c "
+            "LEFT JOIN features f ON f.sae = c.sae AND f.id = c.feature WHERE c.rank < 3 "
+            "ORDER BY c.probe_set, c.sae, c.rank"
         )
-        for p, s, f, score, auc in catalog:
-            listed.add((s, f))
-            expl = db.feature_row(con, s, f)["explanation"] or ""
-            parts.append(
-                f"<tr><td>{_e(p)}</td><td>{_e(s)}</td><td><a href='features/{_e(s)}-{f}.html'>#{f}</a></td>"
-                f"<td>{score:.3f}</td><td>{auc:.2f}</td><td>{_e(expl)}</td></tr>"
-            )
-        parts.append("</table>")
+    ]
+    listed |= {(r["sae"], r["feature"]) for r in catalog}
+    in_report = lambda s, j: "features/" + _href(s, j)  # noqa: E731
+    if catalog:
+        parts.append(str(tables.catalog(catalog, in_report)))  # type: ignore[attr-defined]
     parts.append(steering_section(con))
     listed |= steered_features(con)
     for s in saes:
@@ -224,26 +187,16 @@ def _section(con: sqlite3.Connection, run_dir: Path, out_dir: Path) -> str:
     for arch in arches:
         if trees := _trees(run_dir, arch):
             parts.append(f"<h3>Feature splitting ({_e(arch)}): families across sizes</h3>{trees}")
-    best = con.execute(
-        "SELECT sae, id, freq, max_act, explanation, score_auc FROM features WHERE n_fired > 0 "
-        "ORDER BY score_auc IS NULL, score_auc DESC, freq DESC LIMIT ?",
-        (TABLE_ROWS,),
-    ).fetchall()
-    parts.append(
-        f"<h3>Features (top {TABLE_ROWS}: explained first, by score)</h3>"
-        '<p><input placeholder="filter…" oninput="filt(this.value)"></p>'
-        "<table id='ftab'><thead><tr><th>dictionary</th><th>feature</th><th>fires on</th><th>max</th>"
-        "<th>AUC</th><th>explanation</th></tr></thead><tbody>"
-    )
-    for s, f, freq, mx, expl, auc in best:
-        listed.add((s, f))
-        auc_text = "—" if auc is None else f"{auc:.2f}"
-        parts.append(
-            f"<tr><td>{_e(s)}</td><td><a href='features/{_e(s)}-{f}.html'>#{f}</a></td>"
-            f"<td>{100 * freq:.3f}%</td>"
-            f"<td>{mx:.3g}</td><td>{auc_text}</td><td>{_e(expl or '')}</td></tr>"
+    best = [
+        dict(r)
+        for r in con.execute(
+            "SELECT sae, id, freq, max_act, explanation, score_auc FROM features WHERE n_fired > 0 "
+            "ORDER BY score_auc IS NULL, score_auc DESC, freq DESC LIMIT ?",
+            (TABLE_ROWS,),
         )
-    parts.append("</tbody></table>" + _FILTER_JS)
+    ]
+    listed |= {(r["sae"], r["id"]) for r in best}
+    parts.append(str(tables.features(best, TABLE_ROWS, in_report)) + _FILTER_JS)  # type: ignore[attr-defined]
     for s, f in sorted(listed):
-        feature_page(con, s, f, words, pages / f"{s}-{f}.html")
+        feature_page(con, run, s, f, listed, pages / _href(s, f))
     return "\n".join(parts)

@@ -20,9 +20,11 @@ from monosemantic.config import (
 )
 from monosemantic.errors import UserError
 from monosemantic.features.db import pick_sae
+from monosemantic.runlock import writes_run
 from monosemantic.stages.common import check_run, load_lm, load_run_dictionary, load_run_lm
 
 
+@writes_run("run", "analyze")
 def run_analyze(run: Path, cfg: AnalyzeConfig, force: bool = False) -> dict[str, dict[str, Any]]:
     """Analyse the run's dictionaries into features.sqlite (see ``features.analyze``); returns
     dictionary name -> summary (n_features, n_tokens, dead_fraction, tokens_per_s, seconds,
@@ -182,6 +184,7 @@ class ExplainResult(NamedTuple):
     """``features.explain.Explanation`` per scored feature (empty: none had held-out contexts)"""
 
 
+@writes_run("run", "explain")
 def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
     """Explain and score the chosen features (see ``features.explain_run``); the explanations go
     into the database."""
@@ -230,6 +233,7 @@ def _ranked(entries: list) -> list[tuple[int, Any]]:
     return out
 
 
+@writes_run("run", "catalog")
 def run_catalog(run: Path, cfg: CatalogConfig) -> CatalogResult:
     """Rank the features most specific to each labelled probe set into the database's ``catalog``.
 

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from monosemantic.config import ExportConfig, HarvestConfig, ImportConfig, record_stage
 from monosemantic.errors import UserError
+from monosemantic.runlock import writes_run
 from monosemantic.stages.common import clear_for_force, load_lm
 
 
@@ -40,6 +41,7 @@ def resolve_model(source_model: str, given: str, path: Path) -> str:
     return source_model
 
 
+@writes_run("out", "import", creates=True)
 def run_import(
     path: Path, out: Path, cfg: ImportConfig, harvest_cfg: HarvestConfig, force: bool
 ) -> ImportResult:

@@ -18,7 +18,16 @@ from monosemantic.config import (
     resolve_device,
 )
 from monosemantic.errors import UserError
-from monosemantic.stages.common import clear_for_force, harvested, load_lm
+from monosemantic.memory import check_train_memory
+from monosemantic.runlock import writes_run
+from monosemantic.stages.common import (
+    check_run,
+    clear_for_force,
+    harvested,
+    load_lm,
+    model_d_model,
+    store_d_model,
+)
 
 
 class HarvestResult(NamedTuple):
@@ -28,6 +37,7 @@ class HarvestResult(NamedTuple):
     """the loaded model, for the stages that follow in the same process"""
 
 
+@writes_run("out", "harvest", creates=True)
 def run_harvest(cfg: HarvestConfig, out: Path, force: bool) -> HarvestResult:
     """Harvest the activations of ``cfg`` into ``out/activations`` (resumes an interrupted one).
 
@@ -56,6 +66,7 @@ class TrainResult(NamedTuple):
     """the throughput line of rank 0 (None on the other ranks)"""
 
 
+@writes_run("out", "train", creates=True)
 def run_train(
     cfg: TrainConfig,
     out: Path,
@@ -78,6 +89,9 @@ def run_train(
     dirs = [out / "saes" / sae_name(cfg.arch, n) for n in cfg.sizes]
     if stream is not None:
         check_inputs(stream)
+    d_model = model_d_model(stream.model) if stream is not None else store_d_model(out)
+    shards = dist.world if dist is not None and cfg.feature_parallel else 1
+    check_train_memory(d_model, list(cfg.sizes), cfg.batch_size, device, shards)
     if stream is not None and lm is None:
         lm = load_lm(stream.model, device, stream.dtype)
     if main:
@@ -88,7 +102,12 @@ def run_train(
         if force:
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
-        started = any((d / "state.pt").is_file() or (d / "sae.safetensors").is_file() for d in dirs)
+        # a failed start binds nothing, but any dictionary of this architecture trained or begun
+        # (other sizes included) binds the recorded settings
+        started = any(
+            (d / "state.pt").is_file() or (d / "sae.safetensors").is_file()
+            for d in (out / "saes").glob(f"{cfg.arch}-*")
+        )
         record_stage(out, f"train.{cfg.arch}", cfg, force=force or not started)
     if dist is not None:
         dist.barrier()  # the other ranks read the store and checkpoints only once rank 0 has set them up
@@ -139,6 +158,9 @@ def run_train(
         dist.close()
     if not main:
         return TrainResult(dirs, None)
+    if meter.count == 0:
+        done = f"train: every dictionary in {out / 'saes'} is trained (--force trains again)"
+        return TrainResult(dirs, done)
     world = f" on {dist.world} ranks" if dist else ""
     world += ", features sharded" if dist and cfg.feature_parallel else ""
     return TrainResult(dirs, meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'}{world})"))
@@ -151,6 +173,7 @@ class EvalResult(NamedTuple):
     """dictionaries whose metrics.json was up to date and kept"""
 
 
+@writes_run("out", "evaluate")
 def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None, force: bool = False) -> EvalResult:
     """Measure every dictionary of the run (see ``evaluate.evaluate``).
 
@@ -180,8 +203,14 @@ def run_evaluate(out: Path, cfg: EvalConfig, lm: Any = None, force: bool = False
     return EvalResult(results, sorted(reused))
 
 
+@writes_run("out", "report")
 def run_report(out: Path) -> Path:
-    """Write ``out/report/index.html`` with its figures; returns its path."""
+    """Write ``out/report/index.html`` with its figures; returns its path.
+
+    Raises:
+        UserError: ``out`` is not a run directory.
+    """
     from monosemantic.report import build_report
 
+    check_run(out)
     return build_report(out)

@@ -9,8 +9,10 @@ from typing import Any
 
 from monosemantic.config import ScalingConfig, TrackingConfig, record_stage, resolve_device
 from monosemantic.errors import UserError
+from monosemantic.runlock import writes_run
 
 
+@writes_run("out", "scaling")
 def run_scaling(
     out: Path,
     cfg: ScalingConfig,

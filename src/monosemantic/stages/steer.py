@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -11,6 +12,7 @@ from typing import Any, NamedTuple
 from monosemantic.bounds import check_int
 from monosemantic.config import GenerateConfig
 from monosemantic.errors import UserError
+from monosemantic.runlock import writes_run
 from monosemantic.stages.common import check_run, load_run_lm
 from monosemantic.steer import MODES, Intervention
 
@@ -90,15 +92,28 @@ class SideBySide(NamedTuple):
     interventions: list[Intervention]
 
 
-def run_steer(target: Any, request: SteerRequest, prompt: str, cfg: GenerateConfig) -> SideBySide:
-    """The unsteered and steered completions of ``prompt``, both scored by the clean model."""
+def run_steer(
+    target: Any,
+    request: SteerRequest,
+    prompt: str,
+    cfg: GenerateConfig,
+    on_token: Callable[[str, int], None] | None = None,
+) -> SideBySide:
+    """The unsteered and steered completions of ``prompt``, both scored by the clean model; the
+    unsteered one first. ``on_token("base" | "steered", token id)`` sees each token as it comes
+    (the web app streams them)."""
     from monosemantic.steer_eval import run_completions
 
     ivs = request.interventions()
     require_prompt(prompt)
     watch = list(dict.fromkeys(request.features))
-    base = run_completions(target, [prompt], [], replace(cfg, keep_error=True), watch)[0]
-    return SideBySide(base, run_completions(target, [prompt], ivs, cfg, watch)[0], ivs)
+
+    def tell(which: str) -> Callable[[int, int], None] | None:
+        return None if on_token is None else lambda _, token: on_token(which, token)
+
+    base = run_completions(target, [prompt], [], replace(cfg, keep_error=True), watch, tell("base"))[0]
+    steered = run_completions(target, [prompt], ivs, cfg, watch, tell("steered"))[0]
+    return SideBySide(base, steered, ivs)
 
 
 def run_sweep(
@@ -116,6 +131,7 @@ def run_sweep(
     ]
 
 
+@writes_run("run", "steer --eval")
 def run_steer_eval(
     run: Path,
     target: Any,

@@ -8,8 +8,12 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
-from monosemantic.web import queries
+from monosemantic.stages.steer import SteerRequest
+from monosemantic.web import model_requests, queries
+from monosemantic.web.model_requests import MAX_FEATURES, MAX_NEW_TOKENS, MAX_SCALE
 from monosemantic.web.state import Served, ServedRun
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -25,6 +29,46 @@ FeatureId = Annotated[int, Path(ge=0, le=2**31 - 1, description="feature id")]
 Page = Annotated[int, Query(ge=0, le=MAX_PAGE, description="page number, from 0")]
 PerPage = Annotated[int, Query(ge=1, le=200, description="items per page")]
 SearchText = Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="text to look for")]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, description="the text to continue")]
+Scale = Annotated[
+    float, Field(ge=-MAX_SCALE, le=MAX_SCALE, description="a multiple of the feature's maximum activation")
+]
+FeatureItem = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Mode = Literal["clamp", "add"]
+NewTokens = Annotated[
+    int,
+    Field(
+        ge=1, le=MAX_NEW_TOKENS, description="tokens to generate per completion (the server may cap it lower)"
+    ),
+]
+Temperature = Annotated[float, Field(ge=0, le=2, description="0 = greedy; above 0, sampled")]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="seed of the sampling")]
+
+
+class SteerFeature(BaseModel):
+    feature: FeatureItem
+    scale: Scale = 10.0
+
+
+class SteerBody(BaseModel):
+    """A steering request: features with their scales, a mode, a prompt, generation settings."""
+
+    prompt: Prompt
+    features: list[SteerFeature] = Field(min_length=1, max_length=MAX_FEATURES)
+    mode: Mode = "clamp"
+    max_new_tokens: NewTokens = 32
+    temperature: Temperature = 0.0
+    seed: Seed = 0
+    keep_error: bool = Field(True, description="keep the dictionary's error term (the paper does)")
+
+
+class InspectBody(BaseModel):
+    """A text to analyse."""
+
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT, description="the text to read")]
+    per_token: Annotated[int, Field(ge=0, le=20, description="features listed per token")] = 5
+    top: Annotated[int, Field(ge=0, le=50, description="features listed for the whole text")] = 20
+
 
 _family_lock = threading.Lock()  # a family tree encodes held-out activations: one at a time
 
@@ -137,3 +181,62 @@ def feature_map(request: Request, run: RunName, sae: SaeName) -> dict[str, Any]:
     r = get_run(request, run)
     with r.connect() as con:
         return queries.feature_map(r, con, sae)
+
+
+@router.post(
+    "/runs/{run}/saes/{sae}/steer",
+    summary="unsteered and steered completions of a prompt, scored by the clean model (loads the model)",
+)
+def steer(request: Request, run: RunName, sae: SaeName, body: SteerBody) -> dict[str, Any]:
+    req = SteerRequest([f.feature for f in body.features], [f.scale for f in body.features], body.mode)
+    cfg = model_requests.generate_config(
+        served(request), body.max_new_tokens, temperature=body.temperature, seed=body.seed,
+        keep_error=body.keep_error,
+    )  # fmt: skip
+    return model_requests.steer(served(request), get_run(request, run), sae, req, body.prompt, cfg)
+
+
+@router.get(
+    "/runs/{run}/saes/{sae}/steer/stream",
+    summary="the same as server-sent events, token by token: queued, start, token {which, text}, done, error",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+)
+def steer_stream(
+    request: Request,
+    run: RunName,
+    sae: SaeName,
+    prompt: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="the text to continue")],
+    feature: Annotated[
+        list[FeatureItem], Query(min_length=1, max_length=MAX_FEATURES, description="feature ids")
+    ],
+    scale: Annotated[
+        list[Scale], Query(min_length=1, max_length=MAX_FEATURES, description="one scale, or one per feature")
+    ],
+    mode: Mode = "clamp",
+    max_new_tokens: Annotated[int, Query(ge=1, le=MAX_NEW_TOKENS)] = 32,
+    temperature: Annotated[float, Query(ge=0, le=2)] = 0.0,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    keep_error: bool = True,
+) -> StreamingResponse:
+    cfg = model_requests.generate_config(
+        served(request), max_new_tokens, temperature=temperature, seed=seed, keep_error=keep_error
+    )
+    events = model_requests.open_stream(
+        served(request), get_run(request, run), sae, SteerRequest(feature, scale, mode), prompt, cfg
+    )
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post(
+    "/runs/{run}/saes/{sae}/inspect",
+    summary="analyse a text: the features that fire on each token and over the whole text (loads the model)",
+)
+def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
+    return model_requests.inspect(
+        served(request), get_run(request, run), sae, body.text, body.per_token, body.top
+    )

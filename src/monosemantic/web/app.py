@@ -5,20 +5,19 @@ an HTML page elsewhere)."""
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from monosemantic.errors import UserError
-from monosemantic.web.render import context_html
+from monosemantic.web.model_requests import Busy
+from monosemantic.web.responses import templates
 from monosemantic.web.state import NotFound, Served
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,6 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 """No inline script, nothing from elsewhere: text from the database can only ever be text."""
-
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters["log1p"] = math.log1p
-templates.env.globals["context_html"] = context_html
 
 
 def _wants_json(request: Request) -> bool:
@@ -51,6 +46,10 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
         return error_response(request, 404, str(exc))
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> Response:
+        return error_response(request, 503, str(exc))
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> Response:
@@ -143,9 +142,3 @@ def _list_served_names(app: FastAPI, served: Served) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def html_page(request: Request, template: str, **context: Any) -> HTMLResponse:
-    """Render a page template with the served runs in its context."""
-    context.setdefault("served", request.app.state.served)
-    return templates.TemplateResponse(request, template, context)

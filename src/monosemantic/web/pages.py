@@ -9,8 +9,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from monosemantic.web import api, queries
-from monosemantic.web.app import html_page
+from monosemantic.errors import UserError
+from monosemantic.stages.steer import SteerRequest
+from monosemantic.web import api, model_requests, queries
+from monosemantic.web.model_requests import MAX_FEATURES, MAX_NEW_TOKENS
+from monosemantic.web.responses import html_page
 from monosemantic.web.state import ServedRun
 
 router = APIRouter(include_in_schema=False)
@@ -90,6 +93,7 @@ def search(
     sae: Annotated[str, Query(max_length=200)] = "",
     mode: Literal["text", "concept"] = "text",
     page: api.Page = 0,
+    text: Annotated[str, Query(max_length=api.MAX_TEXT, description="a text to analyse")] = "",
 ) -> Response:
     r = api.get_run(request, run)
     sae = _default_sae(r, sae)
@@ -100,6 +104,70 @@ def search(
         else:
             with r.connect() as con:
                 result = queries.text_search(r, con, sae, q, page, 20)
+    analysis = None
+    if text.strip() and sae:
+        analysis = model_requests.inspect(api.served(request), r, sae, text, per_token=5, top=20)
     with r.connect() as con:
         saes = list(r.saes(con))
-    return html_page(request, "search.html", run=run, sae=sae, saes=saes, q=q, mode=mode, result=result)
+    return html_page(
+        request, "search.html", run=run, sae=sae, saes=saes, q=q, mode=mode, result=result, text=text,
+        analysis=analysis, max_text=api.MAX_TEXT,
+    )  # fmt: skip
+
+
+def _steer_features(feature: list[str], scale: list[str]) -> list[tuple[int, float]]:
+    """The form's rows (feature id, scale), blank ids left out, a blank scale 10.
+
+    Raises:
+        UserError: an id or a scale that is not a number.
+    """
+    out = []
+    for i, f in enumerate(feature):
+        if not f.strip():
+            continue
+        s = scale[i] if i < len(scale) and scale[i].strip() else "10"
+        try:
+            j, x = int(f), float(s)
+        except ValueError as e:
+            raise UserError(f"feature {f!r} with scale {s!r}: give a feature id and a number") from e
+        if not 0 <= j < 2**31:
+            raise UserError(f"feature {j} does not exist: ids start at 0")
+        out.append((j, x))
+    return out
+
+
+@router.get("/run/{run}/steer", response_class=HTMLResponse)
+def steer(
+    request: Request,
+    run: api.RunName,
+    sae: Annotated[str, Query(max_length=200)] = "",
+    feature: Annotated[list[str], Query(max_length=MAX_FEATURES + 1)] = [],  # noqa: B006 (FastAPI copies it)
+    scale: Annotated[list[str], Query(max_length=MAX_FEATURES + 1)] = [],  # noqa: B006
+    mode: Literal["clamp", "add"] = "clamp",
+    prompt: Annotated[str, Query(max_length=api.MAX_TEXT)] = "",
+    max_new_tokens: Annotated[int, Query(ge=1, le=MAX_NEW_TOKENS)] = 32,
+    go: Annotated[str, Query(max_length=10)] = "",
+) -> Response:
+    """The playground; with ``go`` (the form's button without JavaScript) it also generates."""
+    r = api.get_run(request, run)
+    sae = _default_sae(r, sae)
+    served = api.served(request)
+    rows = _steer_features(feature, scale)
+    with r.connect() as con:
+        saes = list(r.saes(con))
+        expl = queries.explanations(con, sae, [j for j, _ in rows]) if sae else {}
+    result, error = None, ""
+    if go and sae:
+        req = SteerRequest([j for j, _ in rows], [s for _, s in rows], mode)
+        try:
+            result = model_requests.steer(
+                served, r, sae, req, prompt, model_requests.generate_config(served, max_new_tokens)
+            )
+        except UserError as e:
+            error = str(e)
+    features = [{"id": j, "scale": s, "explanation": expl.get(j)} for j, s in rows]
+    return html_page(
+        request, "steer.html", run=run, sae=sae, saes=saes, features=features, mode=mode, prompt=prompt,
+        max_new_tokens=min(max_new_tokens, served.max_new_tokens), max_new_tokens_cap=served.max_new_tokens,
+        result=result, error=error, max_text=api.MAX_TEXT,
+    )  # fmt: skip

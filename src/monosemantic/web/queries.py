@@ -9,6 +9,8 @@ import re
 import sqlite3
 from typing import Any
 
+import numpy as np
+
 from monosemantic.features import db
 from monosemantic.features.search import fts_phrase
 from monosemantic.fsio import read_json
@@ -35,7 +37,7 @@ def _num(d: dict[str, Any], key: str) -> float | None:
 def overview(run: ServedRun) -> dict[str, Any]:
     """The run's model and layer, every dictionary with its metrics (and analysis summary when
     analysed), and the report's figures."""
-    from monosemantic.report import load_saes
+    from monosemantic.dictionary import load_saes
 
     manifest_path = run.path / "activations" / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
@@ -87,11 +89,11 @@ def _context(c: db.Context) -> dict[str, Any]:
         "band": c.band,
         "activation": c.activation,
         "peak": c.peak - c.start,
-        "tokens": [[t, round(a, 4)] for t, a in zip(c.tokens, c.acts, strict=True)],
+        "tokens": [[t, a] for t, a in zip(c.tokens, np.round(c.acts, 4).tolist(), strict=True)],
     }
 
 
-def _explanations(con: sqlite3.Connection, sae: str, ids: list[int]) -> dict[int, str]:
+def explanations(con: sqlite3.Connection, sae: str, ids: list[int]) -> dict[int, str]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
@@ -118,7 +120,7 @@ def feature(run: ServedRun, con: sqlite3.Connection, sae: str, fid: int, top: in
     words = run.words(con)
     near = []
     for other, items in neighbors_of(con, sae, fid).items():
-        expl = _explanations(con, other, [j for j, _ in items])
+        expl = explanations(con, other, [j for j, _ in items])
         near.append({"sae": other, "features": [{"id": j, "cosine": c, "explanation": expl.get(j)}
                                                 for j, c in items]})  # fmt: skip
     labels = [
@@ -190,7 +192,7 @@ def text_search(
     except sqlite3.OperationalError as e:
         raise UserError(f"cannot search for {query!r}: {e}") from e
     ids = [int(r[0]) for r in counts]
-    expl = _explanations(con, sae, ids)
+    expl = explanations(con, sae, ids)
     return {
         "sae": sae,
         "query": query,

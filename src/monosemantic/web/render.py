@@ -1,13 +1,37 @@
-"""HTML fragments too hot for a template loop: a context is dozens of tokens, a feature page shows
-up to 50 contexts, and Jinja's per-token overhead made the page 3x slower than its data. Every
-piece of text goes through ``html.escape``; templates receive the result as ``Markup``."""
+"""The Jinja2 environment of the browser's pages and of the static report (one set of templates,
+so that both show a feature the same way), and the HTML fragments too hot for a template loop: a
+context is dozens of tokens, a feature page shows up to 50 contexts, and Jinja's per-token overhead
+made the page 3x slower than its data. Every piece of text goes through ``html.escape``; templates
+receive the result as ``Markup``. No web framework here: the report imports this module."""
 
 from __future__ import annotations
 
+import functools
+import math
 from html import escape
+from pathlib import Path
 from typing import Any
 
+import jinja2
 from markupsafe import Markup
+
+HERE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The templates of ``web/templates``, autoescaped, with the filters and helpers they use."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.Undefined
+    )
+    env.filters["log1p"] = math.log1p
+    env.globals["context_html"] = context_html
+    return env
+
+
+def stylesheet() -> str:
+    """The pages' CSS (the static report inlines it: one self-contained file)."""
+    return (HERE / "static" / "style.css").read_text(encoding="utf-8")
 
 
 def context_html(c: dict[str, Any], scale: float) -> Markup:

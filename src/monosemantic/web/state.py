@@ -20,6 +20,10 @@ from monosemantic.features import db
 T = TypeVar("T")
 
 
+MAX_STREAMS = 16
+"""Steering streams open at once (running or queued for the model), at most; more get HTTP 503."""
+
+
 class NotFound(UserError):
     """A run, dictionary, feature or file that the request names does not exist (HTTP 404)."""
 
@@ -38,9 +42,8 @@ class ServedRun:
     def has_db(self) -> bool:
         return (self.path / db.DB_NAME).is_file()
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection (SQLite refuses any write through it), closed afterwards.
+    def open_ro(self) -> sqlite3.Connection:
+        """A read-only connection (SQLite refuses any write through it); the caller closes it.
 
         Raises:
             NotFound: the run has no feature database.
@@ -50,6 +53,12 @@ class ServedRun:
         uri = f"file:{quote(str((self.path / db.DB_NAME).resolve()))}?mode=ro"
         con = sqlite3.connect(uri, uri=True, check_same_thread=False)
         con.row_factory = sqlite3.Row
+        return con
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection (``open_ro``), closed afterwards."""
+        con = self.open_ro()
         try:
             yield con
         finally:
@@ -121,6 +130,7 @@ class ModelHolder:
     def __init__(self, load: Callable[[Path], Any]):
         self._load = load
         self._models: dict[Path, Any] = {}
+        self._built: dict[tuple[Path, str], Any] = {}
         self.lock = threading.Lock()
 
     @contextmanager
@@ -130,6 +140,21 @@ class ModelHolder:
                 self._models[run] = self._load(run)
             yield self._models[run]
 
+    @contextmanager
+    def use_with(self, run: Path, key: str, make: Callable[[Any], T]) -> Iterator[T]:
+        """Like ``use``, but yields ``make(model)``, built once per run and ``key`` and kept (a
+        ``SteerTarget`` or an ``Inspector`` per dictionary: their dictionary and statistics load
+        once)."""
+        with self.use(run) as lm:
+            if (run, key) not in self._built:
+                self._built[run, key] = make(lm)
+            yield self._built[run, key]
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request holds the model now (a new one would queue)."""
+        return self.lock.locked()
+
     def loaded(self, run: Path) -> bool:
         return run in self._models
 
@@ -137,11 +162,34 @@ class ModelHolder:
 class Served:
     """Every run the app serves, with the model holder they share."""
 
-    def __init__(self, paths: list[Path], load_lm: Callable[[Path], Any] | None = None):
+    def __init__(
+        self,
+        paths: list[Path],
+        load_lm: Callable[[Path], Any] | None = None,
+        max_new_tokens: int = 128,
+    ):
+        """``max_new_tokens``: the most tokens a steering request generates per completion (a
+        request asking for more gets this many)."""
         from monosemantic.stages.common import load_run_lm
 
         self.runs = {name: ServedRun(name, path) for name, path in run_names(paths).items()}
         self.models = ModelHolder(load_lm or load_run_lm)
+        self.max_new_tokens = max_new_tokens
+        self.streams = 0
+        """steering streams open now (generating or waiting for the model)"""
+        self.streams_lock = threading.Lock()
+
+    def stream_opened(self) -> bool:
+        """Count a new steering stream; False (and not counted) when ``MAX_STREAMS`` are open."""
+        with self.streams_lock:
+            if self.streams >= MAX_STREAMS:
+                return False
+            self.streams += 1
+            return True
+
+    def stream_closed(self) -> None:
+        with self.streams_lock:
+            self.streams -= 1
 
     def run(self, name: str) -> ServedRun:
         """Raises NotFound for a name that is not served."""

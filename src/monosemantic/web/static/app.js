@@ -1,4 +1,4 @@
-// Progressive enhancement only: every page reads without this file.
+// Progressive enhancement only: every page reads (and the playground steers) without this file.
 "use strict";
 document.documentElement.classList.add("js");
 
@@ -140,8 +140,111 @@ async function featureMap() {
   }, {passive: false});
 }
 
+function completionNote(c) {
+  let s = c.n_tokens + " tokens";
+  if (c.logprob_per_token !== null) s += " · log-prob/token " + c.logprob_per_token.toFixed(2);
+  for (const w of c.watched) {
+    s += " · #" + w.feature + " fires on " + Math.round(100 * (w.fire_fraction || 0)) + "% of them, up to " +
+      (w.max_relative || 0).toFixed(2) + "× its max";
+  }
+  return s;
+}
+
+// The playground: the form's request streamed (server-sent events read from fetch, so that an
+// error answer's message can be shown), each token appended to its column as it comes.
+function steering() {
+  const form = document.getElementById("steer-form");
+  if (!form) return;
+  const body = document.querySelector("#steer-features tbody");
+  document.getElementById("add-feature").addEventListener("click", () => {
+    const row = body.querySelector("tr.blank").cloneNode(true);
+    row.querySelector("input[name=feature]").value = "";
+    body.append(row);
+    row.querySelector("input").focus();
+  });
+  const status = document.getElementById("steer-status");
+  const out = {base: document.getElementById("out-base"), steered: document.getElementById("out-steered")};
+  const note = {base: document.getElementById("score-base"), steered: document.getElementById("score-steered")};
+  const prompts = document.querySelectorAll("#steer-out b.prompt");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const params = new URLSearchParams();
+    const scales = data.getAll("scale");
+    data.getAll("feature").forEach((f, i) => {
+      if (String(f).trim() === "") return;
+      params.append("feature", f);
+      params.append("scale", String(scales[i] || "").trim() || "10");
+    });
+    if (!params.has("feature")) { status.textContent = "give a feature id to steer"; return; }
+    for (const k of ["prompt", "mode", "max_new_tokens"]) params.set(k, data.get(k));
+    const sae = data.get("sae");
+    history.replaceState(null, "", "?" + params.toString() + "&sae=" + encodeURIComponent(sae));
+    for (const k in out) { out[k].textContent = ""; note[k].textContent = ""; }
+    for (const b of prompts) b.textContent = data.get("prompt");
+    status.textContent = "sending…";
+    form.dataset.state = "running";
+    const r = await fetch(form.dataset.api + encodeURIComponent(sae) + "/steer/stream?" + params.toString(),
+                          {headers: {Accept: "text/event-stream"}});
+    if (!r.ok) {
+      const d = await r.json().catch(() => ({error: "error " + r.status}));
+      status.textContent = d.error;
+      form.dataset.state = "error";
+      return;
+    }
+    const handle = (event, d) => {
+      if (event === "queued") status.textContent = d.message;
+      else if (event === "start") status.textContent = "generating…";
+      else if (event === "token") out[d.which].textContent += d.text;
+      else if (event === "done") {
+        for (const k in out) { out[k].textContent = d[k].text; note[k].textContent = completionNote(d[k]); }
+        status.textContent = "done";
+        form.dataset.state = "done";
+      } else if (event === "error") {
+        status.textContent = d.error;
+        form.dataset.state = "error";
+      }
+    };
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        let event = "message", payload = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event: ")) event = line.slice(7);
+          else if (line.startsWith("data: ")) payload += line.slice(6);
+        }
+        handle(event, JSON.parse(payload));
+      }
+    }
+  });
+}
+
+// "Analyse a text": a click on a token shows its features (without JavaScript, :target does).
+function analysedTokens() {
+  const box = document.querySelector(".analysed");
+  if (!box) return;
+  box.addEventListener("click", (e) => {
+    const t = e.target.closest(".atok");
+    if (!t) return;
+    e.preventDefault();
+    for (const x of document.querySelectorAll(".atok.selected")) x.classList.remove("selected");
+    for (const x of document.querySelectorAll(".tokfeats.shown")) x.classList.remove("shown");
+    t.classList.add("selected");
+    document.getElementById("tok-" + t.dataset.pos).classList.add("shown");
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   tooltip();
   family();
   featureMap();
+  steering();
+  analysedTokens();
 });
