@@ -19,6 +19,8 @@ import pytest
 
 from tests.helpers import TRAIN, cli, harvest_args, one_line_error, run_cli
 
+pytestmark = pytest.mark.slow  # real processes racing for a run
+
 WINDOW = ["--before", "6", "--after", "3"]
 
 HOLD = """

@@ -18,9 +18,12 @@ from monosemantic.web.state import Served
 from tests.web_run import EXPLAINED, SCRIPT, make_analysed_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (apt-get install chromium)"
+    ),
+    pytest.mark.slow,  # a real browser
+]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from monosemantic.web.app import create_app
 from monosemantic.web.state import Served
 from tests.web_run import make_analysed_run
 
+pytestmark = pytest.mark.slow  # a thousand generated requests
+
 MIN_REQUESTS = 1_000
 EXAMPLES = 250
 """Examples per operation, at most (an operation with few possible inputs gets fewer)."""

@@ -15,6 +15,10 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # builds a wheel into a fresh venv
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
