@@ -24,7 +24,8 @@ EXAMPLES = 250
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, tiny_corpus: Path):
     run = make_analysed_run(tmp_path_factory.mktemp("web") / "tiny", tiny_llama_dir, tiny_corpus)
-    return create_app(Served([run], max_new_tokens=4))  # generation stays quick
+    # generation and concept search stay quick: a thousand requests, not a thousand MiniLM reranks
+    return create_app(Served([run], max_new_tokens=4, semantic=False))
 
 
 def test_generated_requests_never_get_a_server_error(app) -> None:

@@ -4,6 +4,7 @@ scores natural-language explanations (a local llama.cpp or vLLM server, ``--expl
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import urllib.error
@@ -129,3 +130,9 @@ def llm_detect(client: ChatClient, explanation: str, texts: Sequence[str]) -> np
     answer = client.ask(DETECT_SYSTEM, f"Explanation: {explanation}\n\nExcerpts:\n{listed}")
     chosen = {int(m) - 1 for m in re.findall(r"\d+", answer)}
     return np.array([1.0 if i in chosen else 0.0 for i in range(len(texts))])
+
+
+@functools.lru_cache(maxsize=1)
+def shared_embedder() -> Embedder:
+    """One MiniLM per process (loading it takes a second or two): search requests reuse it."""
+    return Embedder()

@@ -147,7 +147,7 @@ def run_search(
     """
     from monosemantic.features import db
     from monosemantic.features.rerank import POOL, WindowEmbeddings, semantic_rerank
-    from monosemantic.features.scorers import Embedder, embedder_installed
+    from monosemantic.features.scorers import embedder_installed, shared_embedder
     from monosemantic.features.search import analysed_texts, fts_phrase, search
 
     check_int("--top", top, 1)
@@ -165,7 +165,7 @@ def run_search(
         pool = max(top, POOL) if rerank else top
         hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=pool, texts=texts)
         if rerank:
-            hits = semantic_rerank(hits, query, WindowEmbeddings(con, name, Embedder()))[:top]
+            hits = semantic_rerank(hits, query, WindowEmbeddings(con, name, shared_embedder()))[:top]
         words = db.vocab(con)
         return SearchResult(
             name,

@@ -166,7 +166,7 @@ def concept_search(
     with r.connect() as con:
         r.check_sae(con, sae)
     with served(request).models.use(r.path) as lm:
-        result = run_search(r.path, q, sae, top, matches, lm=lm)
+        result = run_search(r.path, q, sae, top, matches, lm=lm, semantic=served(request).semantic)
     return {
         "sae": result.sae,
         "query": q,

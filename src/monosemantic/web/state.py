@@ -167,14 +167,17 @@ class Served:
         paths: list[Path],
         load_lm: Callable[[Path], Any] | None = None,
         max_new_tokens: int = 128,
+        semantic: bool = True,
     ):
         """``max_new_tokens``: the most tokens a steering request generates per completion (a
-        request asking for more gets this many)."""
+        request asking for more gets this many); ``semantic``: concept search reranks by meaning
+        (MiniLM over each candidate's firing windows, as the ``search`` command does)."""
         from monosemantic.stages.common import load_run_lm
 
         self.runs = {name: ServedRun(name, path) for name, path in run_names(paths).items()}
         self.models = ModelHolder(load_lm or load_run_lm)
         self.max_new_tokens = max_new_tokens
+        self.semantic = semantic
         self.streams = 0
         """steering streams open now (generating or waiting for the model)"""
         self.streams_lock = threading.Lock()
