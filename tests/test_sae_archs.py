@@ -287,14 +287,17 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
     "topk": {"k": 5, "k_aux": 7, "aux_coeff": 0.5},
     "batchtopk": {"k": 6, "k_aux": 9, "aux_coeff": 0.25},
     "jumprelu": {"bandwidth": 0.02, "init_threshold": 0.3, "preact_coeff": 0.01},
+    "matryoshka": {"k": 3, "k_aux": 5, "aux_coeff": 0.5, "group_sizes": [4, 12, 16]},
 }
+# TrainConfig settings an architecture needs beside its own (matryoshka's groups end at --sizes)
+CONFIG_EXTRA: dict[str, dict[str, Any]] = {"matryoshka": {"sizes": [4, 32]}}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_hyperparameters_rebuild_the_dictionary(arch: str) -> None:
     assert set(NON_DEFAULT) == set(ARCHITECTURES)
     cls = ARCHITECTURES[arch]
-    sae = build_sae(TrainConfig(arch=arch, **NON_DEFAULT[arch]), 8, 32)
+    sae = build_sae(TrainConfig(arch=arch, **NON_DEFAULT[arch], **CONFIG_EXTRA.get(arch, {})), 8, 32)
     assert type(sae) is cls and cls.arch == arch
     assert sae.hyperparameters() == NON_DEFAULT[arch]
     _perturbed(sae)
@@ -314,7 +317,7 @@ def test_from_config_passes_every_constructor_setting(arch: str) -> None:
     assert set(keywords) <= {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(keywords) == set(NON_DEFAULT[arch])
     assert all(NON_DEFAULT[arch][name] != default for name, default in keywords.items())
-    cfg = TrainConfig(arch=arch, **NON_DEFAULT[arch])
+    cfg = TrainConfig(arch=arch, **NON_DEFAULT[arch], **CONFIG_EXTRA.get(arch, {}))
     assert cls.from_config(8, 32, cfg).hyperparameters() == {name: getattr(cfg, name) for name in keywords}
 
 

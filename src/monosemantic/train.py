@@ -61,8 +61,9 @@ def l1_at(step: int, total: int, base: float, warmup: float) -> float:
 def train_flops_per_token(d_model: int, n_features: int, arch: str = "relu", k: int = 0) -> int:
     """Training FLOPs per token, counting the matmuls (2 FLOPs per multiply-add; backward twice the
     forward): a dense SAE's encoder and decoder cost 2dn each forward, so 12·d·n in all; TopK and
-    BatchTopK decode only k columns, so 6·d·n for the encoder plus 6·d·k for the decoder."""
-    if arch in ("topk", "batchtopk"):
+    BatchTopK decode only k columns, so 6·d·n for the encoder plus 6·d·k for the decoder (Matryoshka
+    counted alike: its prefixes' decoders re-read the same k columns)."""
+    if arch in ("topk", "batchtopk", "matryoshka"):
         return 6 * d_model * (n_features + min(k, n_features))
     return 12 * d_model * n_features
 
@@ -225,7 +226,7 @@ def make_states(
     """A fresh state per size; with ``cfg.feature_parallel`` under ``dist``, this rank's shards
     (initialised whole on the CPU, identically on every rank, then sliced)."""
     states = []
-    for n in cfg.sizes:
+    for n in ARCHITECTURES[cfg.arch].trained_sizes(cfg.sizes):
         sae = build_sae(cfg, d_model, n)
         sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
         layout = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else Whole(sae, dist)
@@ -267,6 +268,7 @@ def train(
     ckpt_cfg = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKPOINTED}
     ckpt_cfg |= {"sizes": list(cfg.sizes), "device": None, "n_steps": total}
     states = make_states(cfg, d_model, run_dir, device, dist)
+    trained = [st.layout.n_features for st in states]
     for st in states:
         st.restore(ckpt_cfg)
         if main:
@@ -276,12 +278,12 @@ def train(
     batches = batches_from(step)
     resample_at = resample_steps(total)
     meter = Throughput(
-        flops_per_item=sum(train_flops_per_token(d_model, n, cfg.arch, cfg.k) for n in cfg.sizes)
+        flops_per_item=sum(train_flops_per_token(d_model, n, cfg.arch, cfg.k) for n in trained)
     )
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
     with progress_bar("tok", disable=not main) as bar, deferred_interrupt() as interrupted:
         task = bar.add_task(
-            "train " + "/".join(map(str, cfg.sizes)),
+            "train " + "/".join(map(str, trained)),
             total=total * cfg.batch_size,
             completed=step * cfg.batch_size,
             info="",
@@ -337,12 +339,14 @@ def train(
         whole = st.layout.whole()
         if whole is not None and main and (meter.count or not (st.out_dir / "sae.safetensors").is_file()):
             flops = train_flops_per_token(d_model, whole.n_features, cfg.arch, cfg.k)
-            save_dictionary(
-                whole,
-                st.out_dir,
-                {**meta, **ckpt_cfg, "train_flops_per_token": flops, "train": meter.as_dict()},
-                scale,
-            )
+            # a Matryoshka dictionary also saves its prefixes, each as a dictionary of its own
+            for n, view in whole.views(cfg.sizes).items():
+                save_dictionary(
+                    view,
+                    run_dir / "saes" / sae_name(cfg.arch, n),
+                    {**meta, **ckpt_cfg, "train_flops_per_token": flops, "train": meter.as_dict()},
+                    scale,
+                )
     return states, meter
 
 

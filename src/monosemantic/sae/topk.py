@@ -97,15 +97,19 @@ class TopKSAE(SparseAutoencoder):
         flat = pre.reshape(-1, self.n_features)
         active = self.select(flat)
         recon = self.collectives.sum(sparse_decode(self.W_dec, active, flat.shape[0])) + self.b_dec
-        return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x))
+        return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x), active)
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
-        """MSE and AuxK; with a slice of the features, AuxK's top-k_aux runs over the dead latents
-        of every slice and their decoded sum over the slices."""
+        """MSE and AuxK."""
+        return self.combine(x, mse_loss(x, out.recon), self.auxk(x, out, ctx))
+
+    def auxk(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> Tensor:
+        """The AuxK term (``auxk_loss``) of a batch x (B, d); with a slice of the features, its
+        top-k_aux runs over the dead latents of every slice and their decoded sum over the slices."""
         collectives = self.collectives
         n_dead = 0 if ctx.dead is None else int(collectives.count(ctx.dead.sum()))
         batch = x.shape[0]
-        aux = auxk_loss(
+        return auxk_loss(
             x,
             out.recon,
             out.pre_acts,
@@ -115,7 +119,6 @@ class TopKSAE(SparseAutoencoder):
             collectives.top_k,
             lambda active: collectives.sum(sparse_decode(self.W_dec, active, batch)),
         )
-        return self.combine(x, mse_loss(x, out.recon), aux)
 
     def combine(self, x: Tensor, mse: Tensor, aux: Tensor) -> LossOutput:
         """mse + α · Var(x) · AuxK. OpenAI's objective is nmse + α · AuxK with both terms
