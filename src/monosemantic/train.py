@@ -30,7 +30,7 @@ from monosemantic.feature_parallel import FeatureShard
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.resample import resample_dead, resample_steps
-from monosemantic.sae import ARCHITECTURES, LossContext, SparseAutoencoder
+from monosemantic.sae import ARCHITECTURES, ForwardOutput, LossContext, SparseAutoencoder
 
 
 def dead_window(cfg: TrainConfig, total_steps: int) -> int:
@@ -71,6 +71,18 @@ def train_flops_per_token(d_model: int, n_features: int, arch: str = "relu", k: 
 def variance_explained(x: Tensor, recon: Tensor) -> float:
     """1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over a batch (B, d)."""
     return 1.0 - ((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+
+
+def firing(out: ForwardOutput, batch: int) -> tuple[Tensor, Tensor]:
+    """(n,) bool: which features fired on the batch, and () the mean active features per token;
+    from the active entries where the architecture lists them (a pass over M entries rather
+    than two over the dense (B, n) features)."""
+    if out.active is not None:
+        on = (out.active.values > 0).float()
+        n = out.feats.shape[-1]
+        return on.new_zeros(n).index_add_(0, out.active.cols, on) > 0, on.sum() / batch
+    on = out.feats > 0
+    return on.any(0), on.sum() / batch
 
 
 @dataclass
@@ -167,17 +179,9 @@ def train_step(st: SizeState, x: Tensor, cfg: TrainConfig, total: int) -> dict[s
     st.opt.step()
     with torch.no_grad():
         sae.after_optimizer_step(out)
-        fired = (out.feats > 0).any(0)
-        values = torch.stack(
-            [
-                lo.loss,
-                lo.mse,
-                lo.sparsity,
-                lo.aux,
-                (out.feats > 0).sum(-1).float().mean(),
-                torch.tensor(variance_explained(x, out.recon), device=x.device),
-            ]
-        ).detach()
+        fired, l0 = firing(out, x.shape[0])
+        ve = 1.0 - (x - out.recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()  # a tensor: no host sync
+        values = torch.stack([lo.loss, lo.mse, lo.sparsity, lo.aux, l0, ve]).detach()
         fired, values, tokens = layout.sync_step(fired, values, x.shape[0])
         st.since_fired += tokens
         st.since_fired[fired] = 0
@@ -231,7 +235,12 @@ def make_states(
         sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
         layout = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else Whole(sae, dist)
         layout.sae.to(device)
-        opt = torch.optim.Adam(param_groups(layout.sae, cfg), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        # fused: one pass over each parameter instead of ~10 (11 vs 72 ms per step for a 16,384 x 576
+        # dictionary on this CPU), the same update to rounding
+        fused = torch.device(device).type in ("cpu", "cuda")
+        opt = torch.optim.Adam(
+            param_groups(layout.sae, cfg), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0, fused=fused
+        )
         states.append(
             SizeState(
                 layout,

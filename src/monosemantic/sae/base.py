@@ -117,7 +117,8 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (..., d) -> (pre_acts, feats), each (..., n)."""
-        pre = x @ self.W_enc.T + self.b_enc
+        # addmm adds the bias inside the matmul: one pass over (B, n) instead of two
+        pre = torch.addmm(self.b_enc, x.reshape(-1, self.d_model), self.W_enc.T).view(*x.shape[:-1], -1)
         return pre, self.activation(pre)
 
     def decode(self, feats: Tensor) -> Tensor:
