@@ -9,7 +9,7 @@ PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/tes
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast test-peers browser lint typecheck clean
+.PHONY: install demo test test-fast test-peers browser lint typecheck clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -64,6 +64,18 @@ test-peers: $(PEERS_STAMP)
 # The edit-test loop: every test but those marked slow (see pyproject.toml); `make test` and CI run them all.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The side-by-side benchmark against SAELens and sparsify (not part of `make test`): the peers'
+# environment, the demo store (harvested if absent), then docs/benchmarks.md. Timings on a shared
+# machine move with its load: bench/benchmarks.py records `uptime` with every table.
+BENCH_RUN ?= runs/demo
+BENCH_THREADS ?= 2
+BENCH_ARGS ?= --repeats 3
+
+bench: $(STAMP) $(PEERS_STAMP)
+	test -f $(BENCH_RUN)/activations/manifest.json || $(BIN)/monosemantic harvest --out $(BENCH_RUN)
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(PEERS)/bin/python bench/benchmarks.py --run-dir $(BENCH_RUN) \
+		--threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs .pytest_cache .mypy_cache .ruff_cache

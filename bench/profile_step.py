@@ -50,7 +50,8 @@ def main() -> None:
             step(x)
     ms = (time.perf_counter() - t0) / args.steps * 1e3
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
-    print(f"{args.arch} n={args.n} B={args.batch} threads={torch.get_num_threads()}: {ms:.1f} ms/step (profiled)")
+    threads = torch.get_num_threads()
+    print(f"{args.arch} n={args.n} B={args.batch} threads={threads}: {ms:.1f} ms/step (profiled)")
 
 
 if __name__ == "__main__":
