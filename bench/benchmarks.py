@@ -29,7 +29,12 @@ import compare_trainers  # noqa: E402
 from monosemantic.fsio import write_text  # noqa: E402
 from monosemantic.train import train_flops_per_token  # noqa: E402
 
-RATIOS = (("ours-relu", "saelens-standard"), ("ours-topk", "sparsify-topk"), ("ours-topk", "saelens-topk"))
+RATIOS = (
+    ("ours-relu", "saelens-standard"),
+    ("ours-topk", "sparsify-topk"),
+    ("ours-topk", "saelens-topk"),
+    ("ours-topk", "ours-topk-plain"),  # the fast TopK step against its plain autograd reference
+)
 
 
 def uptime() -> str:
@@ -51,6 +56,21 @@ def mm_flops(batch: int, d: int, n: int, threads: int, repeats: int = 7) -> floa
 
 def arch_of(trainer: str) -> str:
     return "relu" if trainer.endswith(("relu", "standard")) else "topk"
+
+
+def ratio_rows(rows: dict[tuple[str, int], dict], sizes: list[int]) -> list[str]:
+    """One markdown row per (ours, peer, size) measured."""
+    out = []
+    for ours, peer in RATIOS:
+        for n in sizes:
+            a, b = rows.get((ours, n)), rows.get((peer, n))
+            if a and b:
+                out.append(
+                    f"| {ours} | {peer} | {n:,} | {a['tokens_per_s'] / b['tokens_per_s']:.2f}x | "
+                    f"{b['cpu_ms_per_step'] / a['cpu_ms_per_step']:.2f}x | "
+                    f"{a['variance_explained']:.3f} | {b['variance_explained']:.3f} |"
+                )
+    return out
 
 
 def _json_lines(cmd: list[str]) -> list[dict]:
@@ -158,19 +178,15 @@ def main() -> None:
         "",
         compare_trainers.markdown_table(report["results"]),
         "",
-        "## Ratios (tokens/s, median over repeats)",
+        "## Ratios to each peer (medians over repeats)",
         "",
-        "| ours | peer | features | ratio | VE ours | VE peer |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "Wall: tokens/s ours / peer. CPU: the peer's CPU ms per step / ours (process CPU time of all "
+        "threads), which other load on the machine moves less than wall time.",
+        "",
+        "| ours | peer | features | wall ratio | CPU ratio | VE ours | VE peer |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for ours, peer in RATIOS:
-        for n in sizes:
-            a, b = rows.get((ours, n)), rows.get((peer, n))
-            if a and b:
-                lines.append(
-                    f"| {ours} | {peer} | {n:,} | {a['tokens_per_s'] / b['tokens_per_s']:.2f}x | "
-                    f"{a['variance_explained']:.3f} | {b['variance_explained']:.3f} |"
-                )
+    lines += ratio_rows(rows, sizes)
     lines += [
         "",
         "## Roofline: each trainer's matmul FLOP/s as a fraction of torch.mm at the SAE's shape",
