@@ -75,7 +75,7 @@ BENCH_ARGS ?= --repeats 3
 bench: $(STAMP) $(PEERS_STAMP)
 	test -f $(BENCH_RUN)/activations/manifest.json || $(BIN)/monosemantic harvest --out $(BENCH_RUN)
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(PEERS)/bin/python bench/benchmarks.py --run-dir $(BENCH_RUN) \
-		--threads $(BENCH_THREADS) $(BENCH_ARGS)
+		--threads $(BENCH_THREADS) --side-python $(BIN)/python $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs .pytest_cache .mypy_cache .ruff_cache

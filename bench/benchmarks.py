@@ -80,11 +80,10 @@ def _json_lines(cmd: list[str]) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def side_measurements(args: argparse.Namespace) -> list[str]:
-    """The harvest/analyze overheads and the training-memory curve, as markdown lines."""
-    lines = ["## Stage overheads", "", f"Load before: `{uptime()}`.", ""]
-    cmd = [sys.executable, str(HERE / "overheads.py"), "--run-dir", args.run_dir, "--sae", args.overhead_sae]
-    for row in _json_lines(cmd):
+def overhead_lines(rows: list[dict], sae: str) -> list[str]:
+    """Markdown lines for bench/overheads.py's JSON lines."""
+    lines = []
+    for row in rows:
         if "harvest" in row:
             h = row["harvest"]
             lines.append(
@@ -94,19 +93,22 @@ def side_measurements(args: argparse.Namespace) -> list[str]:
         elif "analyze" in row:
             a = row["analyze"]
             lines.append(
-                f"- analyze ({args.overhead_sae}): {a['analyze_tok_s']:,.0f} tokens/s against "
+                f"- analyze ({sae}): {a['analyze_tok_s']:,.0f} tokens/s against "
                 f"{a['read_encode_tok_s']:,.0f} for reading the store and encoding ({a['tokens']:,} tokens): "
                 f"{a['overhead']:+.1%}."
             )
         else:
             lines.append(f"- not measured: {row.get('error')}")
-    lines += ["", "## Training memory against the store's size", "", f"Load before: `{uptime()}`.", ""]
-    lines += [
+    return lines
+
+
+def memory_lines(rows: list[dict]) -> list[str]:
+    """A markdown table for bench/memory_curve.py's JSON lines."""
+    lines = [
         "| store tokens | store MiB | seconds | peak RSS MiB | RSS over time (s: MiB) |",
         "| ---: | ---: | ---: | ---: | --- |",
     ]
-    cmd = [sys.executable, str(HERE / "memory_curve.py"), "--tokens", args.memory_tokens]
-    for row in _json_lines(cmd):
+    for row in rows:
         if "error" in row:
             lines.append(f"| not measured: {row['error']} | | | | |")
             continue
@@ -115,6 +117,26 @@ def side_measurements(args: argparse.Namespace) -> list[str]:
             f"| {row['store_tokens']:,} | {row['store_mib']:,} | {row['seconds']:.0f} | "
             f"{row['peak_rss_mib']:,} | {curve} |"
         )
+    return lines
+
+
+def side_measurements(args: argparse.Namespace) -> list[str]:
+    """The harvest/analyze overheads and the training-memory curve, as markdown lines; run with
+    ``args.side_python`` (the project's environment, which has the default model)."""
+    lines = ["## Stage overheads", "", f"Load before: `{uptime()}`.", ""]
+    cmd = [
+        args.side_python,
+        str(HERE / "overheads.py"),
+        "--run-dir",
+        args.run_dir,
+        "--sae",
+        args.overhead_sae,
+    ]
+    lines += overhead_lines(_json_lines(cmd), args.overhead_sae)
+    lines += ["", "## Training memory against the store's size", "", f"Load before: `{uptime()}`.", ""]
+    lines += memory_lines(
+        _json_lines([args.side_python, str(HERE / "memory_curve.py"), "--tokens", args.memory_tokens])
+    )
     return lines
 
 
