@@ -9,7 +9,7 @@ PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/tes
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean chaos
+.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean chaos bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -71,6 +71,18 @@ test-fast: $(STAMP)
 # kill -9 at 20 seeded random points per stage (docs/reliability.md); tests/test_chaos.py is its CI part.
 chaos: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m tests.chaos --kills 20 --torchrun-kills 20
+
+# The side-by-side benchmark against SAELens and sparsify (not part of `make test`): the peers'
+# environment, the demo store (harvested if absent), then docs/benchmarks.md. Timings on a shared
+# machine move with its load: bench/benchmarks.py records `uptime` with every table.
+BENCH_RUN ?= runs/demo
+BENCH_THREADS ?= 2
+BENCH_ARGS ?= --repeats 3
+
+bench: $(STAMP) $(PEERS_STAMP)
+	test -f $(BENCH_RUN)/activations/manifest.json || $(BIN)/monosemantic harvest --out $(BENCH_RUN)
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(PEERS)/bin/python bench/benchmarks.py --run-dir $(BENCH_RUN) \
+		--threads $(BENCH_THREADS) --side-python $(BIN)/python $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs .pytest_cache .mypy_cache .ruff_cache

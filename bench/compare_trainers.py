@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ from monosemantic.fsio import write_text
 from monosemantic.train import dead_window, lr_at
 
 DEFAULT_TRAINERS = ("ours-relu", "ours-topk", "saelens-standard", "saelens-topk", "sparsify-topk")
-EXTRA_TRAINERS = ("saelens-topk-sparse", "sparsify-topk-signum")
+EXTRA_TRAINERS = ("ours-topk-plain", "saelens-topk-sparse", "sparsify-topk-signum")
 HERE = Path(__file__).resolve().parent
 WARMUP, DECAY = 0.05, 0.2  # λ warm-up and LR decay fractions, as in monosemantic's defaults
 
@@ -81,6 +82,8 @@ class Job:
     dead_window: int
     """tokens without firing after which a feature counts as dead (AuxK), the same for every trainer"""
     out: str
+    repeats: int = 1
+    """trainings from a fresh dictionary, timed alike: the timings are their medians"""
 
     @property
     def n_steps(self) -> int:
@@ -99,8 +102,11 @@ class Trainer:
 # --- the trainers -----------------------------------------------------------------------------
 
 
-def ours(job: Job, d: int, arch: str) -> Trainer:
+def ours(job: Job, d: int, arch: str, fast: bool = True) -> Trainer:
+    from monosemantic.sae import TopKSAE
     from monosemantic.train import make_states, train_step
+
+    TopKSAE.fast = fast  # False: the plain autograd reference of the TopK step
 
     cfg = TrainConfig(
         arch=arch,
@@ -250,6 +256,7 @@ MODULES = {
 BUILDERS: dict[str, Callable[[Job, int], Trainer]] = {
     "ours-relu": lambda job, d: ours(job, d, "relu"),
     "ours-topk": lambda job, d: ours(job, d, "topk"),
+    "ours-topk-plain": lambda job, d: ours(job, d, "topk", fast=False),
     "saelens-standard": lambda job, d: saelens(job, d, "standard"),
     "saelens-topk": lambda job, d: saelens(job, d, "topk"),
     "saelens-topk-sparse": lambda job, d: saelens(job, d, "topk", sparse=True),
@@ -321,14 +328,20 @@ def run_job(job: Job) -> dict[str, Any]:
 
     exact_peak = _reset_peak_rss()
     rss_before = _proc_kib("VmRSS")
-    trainer = BUILDERS[job.trainer](job, d)
-    seconds = cpu_seconds = 0.0
-    for x in batches:
-        t0, c0 = time.perf_counter(), time.process_time()
-        trainer.step(x)
-        seconds += time.perf_counter() - t0
-        cpu_seconds += time.process_time() - c0
-    peak = _proc_kib("VmHWM")
+    walls, cpus, peak = [], [], 0
+    for _ in range(job.repeats):  # each from a fresh dictionary; the last one is evaluated
+        gc.collect()
+        trainer = BUILDERS[job.trainer](job, d)
+        seconds = cpu_seconds = 0.0
+        for x in batches:
+            t0, c0 = time.perf_counter(), time.process_time()
+            trainer.step(x)
+            seconds += time.perf_counter() - t0
+            cpu_seconds += time.process_time() - c0
+        walls.append(seconds)
+        cpus.append(cpu_seconds)
+        peak = max(peak, _proc_kib("VmHWM"))
+    seconds, cpu_seconds = statistics.median(walls), statistics.median(cpus)
     metrics = evaluate(trainer, xs, job.n_features)
     n_tokens = job.n_steps * job.batch_size
     return {
@@ -337,6 +350,8 @@ def run_job(job: Job) -> dict[str, Any]:
         "n_train_tokens": n_tokens,
         "n_eval_tokens": len(xs),
         "train_seconds": seconds,
+        "train_seconds_each": walls,
+        "tokens_per_s_each": [n_tokens / w for w in walls],
         "tokens_per_s": n_tokens / seconds,
         "ms_per_step": 1000 * seconds / job.n_steps,
         # CPU time of all threads: less sensitive than wall time to other processes on the machine
@@ -434,6 +449,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(DEFAULT_TRAINERS),
         help=f"comma-separated, from {', '.join(DEFAULT_TRAINERS + EXTRA_TRAINERS)}",
     )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="trainings per (trainer, size); the timings are medians"
+    )
     p.add_argument("--out", default=str(HERE / "results"), help="folder for compare-<date>.json/.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -473,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
                 threads=args.threads,
                 dead_window=window,
                 out=str(out_dir / f"{name}-{n}.tmp"),
+                repeats=args.repeats,
             )
             r = run_in_subprocess(job)
             rows.append(r)

@@ -27,6 +27,8 @@ ARCHS: dict[str, dict[str, Any]] = {
     # many features, few active: some die within the run, so that AuxK takes part
     "topk": dict(k=2, k_aux=8, sizes=[32, 256]),
     "batchtopk": dict(k=2, k_aux=8, sizes=[32, 256]),
+    # one dictionary of 256 whose 32-prefix is saved too; the ranks split the second group
+    "matryoshka": dict(k=2, k_aux=8, sizes=[32, 256]),
     "jumprelu": dict(l1_coeff=0.01, init_threshold=0.05, bandwidth=0.05, preact_coeff=1e-3),
 }
 # A feature counts as dead after a batch in which it did not fire (not after 100k tokens).
@@ -80,7 +82,7 @@ def unsharded(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def assert_same_weights(a: Path, b: Path, arch: str) -> None:
-    tol = TOL_AUXK if arch in ("topk", "batchtopk") else TOL
+    tol = TOL_AUXK if arch in ("topk", "batchtopk", "matryoshka") else TOL
     assert_same_saes(a, b, [f"{arch}-{n}" for n in config(arch, False).sizes], **tol)
 
 
@@ -98,7 +100,7 @@ def test_feature_parallel_equals_unsharded(unsharded: Any, tmp_path: Path, arch:
     for a, b in zip(single, sharded, strict=True):  # the logged statistics are global
         for key in ("loss", "mse", "sparsity", "aux", "l0", "variance_explained", "dead_fraction"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
-    if arch in ("topk", "batchtopk"):  # AuxK took part, over the dead latents of both ranks
+    if arch in ("topk", "batchtopk", "matryoshka"):  # AuxK took part, over the dead latents of both ranks
         assert any(row["aux"] > 0 and row["dead_fraction"] > 0 for row in single)
 
 

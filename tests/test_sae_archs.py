@@ -263,6 +263,36 @@ def test_sparse_decoder_matches_the_dense_one(cls: type[TopKSAE], training: bool
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("layout", ["csr", "coo", "index_add", "dense"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_fast_training_step_has_the_reference_gradients(arch: str, layout: str) -> None:
+    """The fast path (pre-activations without autograd, gradients from the selected entries only,
+    AuxK over the dead columns only) against plain autograd, with dead latents so that AuxK runs."""
+    extra = {"group_sizes": [16, 24, 24]} if arch == "matryoshka" else {}
+    sae = _perturbed(ARCHITECTURES[arch](6, 64, k=4, k_aux=5, **extra)).train()
+    x = _randn(32, 6, seed=20)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+
+    def grads(fast: bool) -> tuple[Any, list[Tensor]]:
+        sae.fast, sae.grad_layout = fast, layout
+        sae.zero_grad(set_to_none=True)
+        out = sae(x)
+        lo = sae.loss(x, out, LossContext(0.0, dead=dead))
+        lo.loss.backward()
+        return lo, [
+            p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec) if p.grad is not None
+        ]
+
+    (fast, fast_grads), (ref, ref_grads) = grads(True), grads(False)
+    assert ref.aux.item() > 0
+    torch.testing.assert_close(fast.loss, ref.loss)
+    torch.testing.assert_close(fast.aux, ref.aux)
+    assert len(fast_grads) == len(ref_grads) == 4
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # --- every architecture ------------------------------------------------------------------------
 
 
@@ -287,14 +317,17 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
     "topk": {"k": 5, "k_aux": 7, "aux_coeff": 0.5},
     "batchtopk": {"k": 6, "k_aux": 9, "aux_coeff": 0.25},
     "jumprelu": {"bandwidth": 0.02, "init_threshold": 0.3, "preact_coeff": 0.01},
+    "matryoshka": {"k": 3, "k_aux": 5, "aux_coeff": 0.5, "group_sizes": [4, 12, 16]},
 }
+# TrainConfig settings an architecture needs beside its own (matryoshka's groups end at --sizes)
+CONFIG_EXTRA: dict[str, dict[str, Any]] = {"matryoshka": {"sizes": [4, 32]}}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_hyperparameters_rebuild_the_dictionary(arch: str) -> None:
     assert set(NON_DEFAULT) == set(ARCHITECTURES)
     cls = ARCHITECTURES[arch]
-    sae = build_sae(TrainConfig(arch=arch, **NON_DEFAULT[arch]), 8, 32)
+    sae = build_sae(TrainConfig(arch=arch, **NON_DEFAULT[arch], **CONFIG_EXTRA.get(arch, {})), 8, 32)
     assert type(sae) is cls and cls.arch == arch
     assert sae.hyperparameters() == NON_DEFAULT[arch]
     _perturbed(sae)
@@ -314,7 +347,7 @@ def test_from_config_passes_every_constructor_setting(arch: str) -> None:
     assert set(keywords) <= {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(keywords) == set(NON_DEFAULT[arch])
     assert all(NON_DEFAULT[arch][name] != default for name, default in keywords.items())
-    cfg = TrainConfig(arch=arch, **NON_DEFAULT[arch])
+    cfg = TrainConfig(arch=arch, **NON_DEFAULT[arch], **CONFIG_EXTRA.get(arch, {}))
     assert cls.from_config(8, 32, cfg).hyperparameters() == {name: getattr(cfg, name) for name in keywords}
 
 

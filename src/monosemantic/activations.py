@@ -286,7 +286,21 @@ class ActivationStore:
         the store, so that runs which read a small store again and again (a scaling sweep, every
         epoch of a store that fits one group) load it once."""
         if self._cached is None or self._cached[0] != group:
-            self._cached = (group, torch.cat([self.kept(shards[i]) for i in group]) * self.scale)
+            # Drop the previous group first and fill one preallocated buffer shard by shard: the
+            # peak is one group plus one shard, not the three groups (the old group, the shards'
+            # list, their concatenation, then its scaled copy) that took 3.0 GB of RSS to train
+            # from an 800k-token store against 1.1 GB from 200k (docs/benchmarks.md).
+            self._cached = None
+            total = sum(int(shards[i]["n_kept"]) for i in group)
+            out, filled = torch.empty(total, self.d_model), 0
+            for i in group:
+                acts = self.kept(shards[i])
+                if filled + len(acts) > total:  # a manifest count that disagrees with its shard
+                    out = torch.cat([out[:filled], acts.new_empty(filled + len(acts) - total, self.d_model)])
+                    total = filled + len(acts)
+                out[filled : filled + len(acts)] = acts
+                filled += len(acts)
+            self._cached = (group, out[:filled].mul_(self.scale))
         return self._cached[1]
 
     def batch_source(self, cfg: TrainConfig) -> Callable[[int], Iterator[Tensor]]:

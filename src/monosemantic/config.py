@@ -74,14 +74,30 @@ DEFAULT_LR = {"topk": 1e-3}
 
 @dataclass
 class TrainConfig:
-    arch: str = _f("relu", "dictionary architecture: relu (Anthropic, April 2024), topk, batchtopk, jumprelu")
-    sizes: list[int] = _f((512, 2048, 16384), "dictionary sizes trained together from one batch stream")
+    arch: str = _f(
+        "relu",
+        "dictionary architecture: relu (Anthropic, April 2024), topk, batchtopk, jumprelu, "
+        "matryoshka (Matryoshka BatchTopK)",
+    )
+    sizes: list[int] = _f(
+        (512, 2048, 16384),
+        "dictionary sizes trained together from one batch stream (matryoshka: one dictionary of the "
+        "largest size whose prefixes are the others)",
+    )
     l1_coeff: float = _f(
         1.0, "lambda: weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0)"
     )
-    k: int = _f(32, "topk/batchtopk: active features per token")
-    k_aux: int = _f(0, "topk/batchtopk: dead latents the AuxK loss reconstructs with (0 = d_model / 2)")
-    aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the AuxK loss")
+    k: int = _f(32, "topk/batchtopk/matryoshka: active features per token")
+    k_aux: int = _f(
+        0, "topk/batchtopk/matryoshka: dead latents the AuxK loss reconstructs with (0 = d_model / 2)"
+    )
+    aux_coeff: float = _f(1 / 32, "topk/batchtopk/matryoshka: weight of the AuxK loss")
+    group_sizes: list[int] = _f(
+        (),
+        "matryoshka: sizes of the consecutive feature groups, summing to the largest of --sizes; "
+        "each prefix of groups reconstructs the input on its own, and every size in --sizes must "
+        "end a group (empty = the groups between the --sizes)",
+    )
     bandwidth: float = _f(
         0.1, "jumprelu: width of the straight-through estimator's kernel (on the √d-normalised scale)"
     )
@@ -156,7 +172,8 @@ class TrainConfig:
         check_float("--l1-coeff", self.l1_coeff, 0.0)
         check_float("--preact-coeff", self.preact_coeff, 0.0)
         # A TopK dictionary with k = 0 never fires; k above the size would keep every latent.
-        topk = self.arch in ("topk", "batchtopk")
+        self._check_group_sizes()
+        topk = self.arch in ("topk", "batchtopk", "matryoshka")
         check_int(
             "--k",
             self.k,
@@ -177,6 +194,23 @@ class TrainConfig:
         check_int("checkpoint_every", self.checkpoint_every, 1)
         check_int("log_every", self.log_every, 1)
         check_int("buffer_shards", self.buffer_shards, 1)
+
+    def _check_group_sizes(self) -> None:
+        """Matryoshka's groups: given, or the steps between the sizes; every size ends a group."""
+        self.group_sizes = [int(s) for s in self.group_sizes]
+        if self.arch != "matryoshka":
+            if self.group_sizes:
+                raise UserError("--group-sizes applies to --arch matryoshka: drop it")
+            return
+        sizes = sorted(set(self.sizes))
+        if not self.group_sizes:
+            self.group_sizes = [b - a for a, b in zip([0, *sizes[:-1]], sizes, strict=True)]
+        ends = [sum(self.group_sizes[: i + 1]) for i in range(len(self.group_sizes))]
+        if min(self.group_sizes) <= 0 or ends[-1] != sizes[-1] or not set(sizes) <= set(ends):
+            raise UserError(
+                f"--group-sizes {','.join(map(str, self.group_sizes))} must be positive, sum to the "
+                f"largest of --sizes ({sizes[-1]}) and have a group end at each of --sizes"
+            )
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from monosemantic.sae.collectives import LOCAL, Collectives
+from monosemantic.sae.sparse import Active
 
 if TYPE_CHECKING:
     from typing import Self
@@ -30,6 +31,9 @@ class ForwardOutput(NamedTuple):
     """(..., n) feature activations f(x) ≥ 0."""
     recon: Tensor
     """(..., d) reconstruction x̂."""
+    active: Active | None = None
+    """The nonzero entries of feats (flattened to (B, n)) with their gradient, where the
+    architecture selected them sparsely (TopK variants); None otherwise."""
 
 
 class LossContext(NamedTuple):
@@ -113,7 +117,8 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (..., d) -> (pre_acts, feats), each (..., n)."""
-        pre = x @ self.W_enc.T + self.b_enc
+        # addmm adds the bias inside the matmul: one pass over (B, n) instead of two
+        pre = torch.addmm(self.b_enc, x.reshape(-1, self.d_model), self.W_enc.T).view(*x.shape[:-1], -1)
         return pre, self.activation(pre)
 
     def decode(self, feats: Tensor) -> Tensor:
@@ -142,3 +147,14 @@ class SparseAutoencoder(nn.Module):
     def after_optimizer_step(self, out: ForwardOutput) -> None:
         """Called after the optimizer step with the batch's forward output (e.g. to renormalise
         the decoder or update an inference threshold)."""
+
+    @classmethod
+    def trained_sizes(cls, sizes: list[int]) -> list[int]:
+        """The dictionaries to train for ``--sizes``: one per size (a Matryoshka dictionary trains
+        only the largest, whose prefixes are the others)."""
+        return list(sizes)
+
+    def views(self, sizes: list[int]) -> dict[int, SparseAutoencoder]:
+        """The dictionaries this trained one yields, by size, to be saved as ``<arch>-<size>``:
+        itself (a Matryoshka dictionary also yields its prefixes at each of ``sizes``)."""
+        return {self.n_features: self}

@@ -38,5 +38,6 @@ def relu_sae_loss(
     With a slice of the features (``collectives`` over ranks), out.recon is the whole dictionary's
     and the penalty's sum over features runs over every slice."""
     mse = mse_loss(x, out.recon)
-    sparsity = collectives.sum((out.feats * decoder_norms).sum(dim=-1).mean())
+    # a matrix-vector product: no (B, n) temporary, forward or backward (f ≥ 0, so no abs)
+    sparsity = collectives.sum((out.feats.reshape(-1, out.feats.shape[-1]) @ decoder_norms).mean())
     return LossOutput(mse + l1_coeff * sparsity, mse, sparsity, torch.zeros((), device=x.device))

@@ -9,7 +9,8 @@ runs sparse.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,3 +49,77 @@ def topk_per_row(pre: Tensor, k: int) -> Active:
     values, cols = pre.topk(min(k, n), dim=-1, sorted=False)
     rows = torch.arange(batch, device=pre.device).repeat_interleave(values.shape[1])
     return Active(rows, cols.reshape(-1), torch.relu(values).reshape(-1))
+
+
+def transposed_matmul(active: Active, x: Tensor, n_features: int, layout: str = "csr") -> Tensor:
+    """Sᵀ x for the sparse (B, n) matrix S of ``active``'s entries and x (B, d) -> (n, d), at a cost
+    of M·d instead of the dense 2·B·n·d: the encoder's weight gradient from the entries a TopK
+    selection kept.
+
+    ``layout`` (all equal up to rounding; measured at B = 512, d = 576 on the 2-core CPU, see
+    docs/benchmarks.md): "csr" sorts the entries by feature into a CSR matrix of Sᵀ (fastest here
+    at both k = 32 and AuxK's k = 288), "coo" lets torch coalesce a COO matrix, "index_add" gathers
+    the M rows of x and adds them into place (slowest: it writes an (M, d) temporary), "dense"
+    scatters into a (B, n) matrix and multiplies (the reference)."""
+    batch = x.shape[0]
+    if layout == "dense":
+        return active.dense(batch, n_features).T @ x
+    if layout == "index_add":
+        return x.new_zeros(n_features, x.shape[1]).index_add_(
+            0, active.cols, active.values[:, None] * x[active.rows]
+        )
+    with warnings.catch_warnings():  # torch warns once that its sparse CSR support is "beta"
+        warnings.simplefilter("ignore", UserWarning)
+        if layout == "coo":
+            indices = torch.stack([active.cols, active.rows])
+            coo = torch.sparse_coo_tensor(indices, active.values, (n_features, batch), check_invariants=False)
+            return torch.sparse.mm(coo, x)
+        order = active.cols.argsort(stable=True)
+        crow = active.cols.new_zeros(n_features + 1)
+        crow[1:] = torch.bincount(active.cols, minlength=n_features).cumsum(0)
+        shape = (n_features, batch)
+        csr = torch.sparse_csr_tensor(
+            crow, active.rows[order], active.values[order], shape, check_invariants=False
+        )
+        return csr @ x
+
+
+class EncoderEntries(torch.autograd.Function):
+    """The selected entries ReLU(W_enc x + b_enc)[rows, cols], already computed without autograd,
+    with the gradient of W_enc and b_enc from those M entries alone: the dense (B, n) gradient of
+    the pre-activations, zero outside them, is never formed."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        values: Tensor,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        layout: str,
+    ) -> Tensor:
+        ctx.save_for_backward(values, x, rows, cols)
+        ctx.n_features, ctx.layout = W_enc.shape[0], layout
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        values, x, rows, cols = ctx.saved_tensors
+        g = grad * (values > 0)  # ReLU's derivative
+        n = ctx.n_features
+        grad_w = (
+            transposed_matmul(Active(rows, cols, g), x, n, ctx.layout) if ctx.needs_input_grad[2] else None
+        )
+        grad_b = g.new_zeros(n).index_add_(0, cols, g) if ctx.needs_input_grad[3] else None
+        return None, None, grad_w, grad_b, None, None, None
+
+
+def encoder_entries(active: Active, x: Tensor, W_enc: Tensor, b_enc: Tensor, layout: str = "csr") -> Active:
+    """``active`` (selected from pre-activations of x (B, d) computed without autograd, values
+    ReLU'd) with values that carry the gradient of W_enc (n, d) and b_enc (n,)."""
+    if not torch.is_grad_enabled() or not (W_enc.requires_grad or b_enc.requires_grad):
+        return active
+    values = EncoderEntries.apply(active.values, x, W_enc, b_enc, active.rows, active.cols, layout)
+    return Active(active.rows, active.cols, values)

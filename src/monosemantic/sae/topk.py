@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
-from monosemantic.sae.sparse import Active, sparse_decode
+from monosemantic.sae.collectives import LOCAL
+from monosemantic.sae.sparse import Active, encoder_entries, sparse_decode
 from monosemantic.sae.sparse import topk_per_row as topk_per_row  # re-exported: its home before sparse.py
 
 if TYPE_CHECKING:
@@ -60,8 +61,41 @@ def auxk_loss(
     return (decode(active) - residual).pow(2).sum() / spread
 
 
+def auxk_dead_only(
+    x: Tensor,
+    recon: Tensor,
+    pre: Tensor,
+    dead: Tensor,
+    k_aux: int,
+    entries: Callable[[Active], Active],
+    decode: Callable[[Active], Tensor],
+) -> Tensor:
+    """``auxk_loss`` for a whole dictionary, its top-k_aux taken over the dead columns of pre
+    (B, n) only (gathered first, (B, n_dead)) instead of over a masked copy of all of them, and
+    without host synchronisation beyond finding the dead columns; ``entries`` gives the selected
+    entries their gradient (``encoder_entries``)."""
+    dead_idx = dead.nonzero().flatten()
+    if dead_idx.numel() == 0:
+        return x.new_zeros(())
+    residual = (x - recon).detach()
+    spread = (residual - residual.mean(0)).pow(2).sum()
+    with torch.no_grad():
+        picked = topk_per_row(pre[:, dead_idx], min(k_aux, dead_idx.numel()))
+    active = entries(Active(picked.rows, dead_idx[picked.cols], picked.values))
+    loss = (decode(active) - residual).pow(2).sum()
+    # 0 for a single token or a perfect reconstruction (nothing to learn), without a branch on spread
+    return torch.where(spread > 0, loss / spread.clamp_min(torch.finfo(spread.dtype).tiny), 0.0)
+
+
 class TopKSAE(SparseAutoencoder):
+    """``fast`` (default) computes the pre-activations without autograd and gives only the
+    selected entries a gradient (``encoder_entries``; AuxK over the dead columns alone); False runs
+    the plain autograd reference, which forms the dense (B, n) gradient. They agree to rounding
+    (tests/test_sae_archs.py)."""
+
     arch = "topk"
+    fast: bool = True
+    grad_layout: str = "csr"
 
     def __init__(
         self, d_model: int, n_features: int, k: int = 32, k_aux: int = 0, aux_coeff: float = 1 / 32
@@ -93,29 +127,57 @@ class TopKSAE(SparseAutoencoder):
         return self.select(flat).dense(*flat.shape).view_as(pre)
 
     def forward(self, x: Tensor) -> ForwardOutput:
-        pre = x @ self.W_enc.T + self.b_enc
-        flat = pre.reshape(-1, self.n_features)
-        active = self.select(flat)
+        flat_x = x.reshape(-1, self.d_model)
+        if self.fast:
+            with torch.no_grad():
+                flat = torch.addmm(self.b_enc, flat_x, self.W_enc.T)
+            active = self._entries(self.select(flat), flat_x)
+        else:
+            flat = flat_x @ self.W_enc.T + self.b_enc
+            active = self.select(flat)
         recon = self.collectives.sum(sparse_decode(self.W_dec, active, flat.shape[0])) + self.b_dec
-        return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x))
+        pre = flat.view(*x.shape[:-1], self.n_features)
+        return ForwardOutput(pre, active.dense(*flat.shape).view_as(pre), recon.view_as(x), active)
+
+    def _entries(self, active: Active, x: Tensor) -> Active:
+        return encoder_entries(active, x, self.W_enc, self.b_enc, self.grad_layout)
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
-        """MSE and AuxK; with a slice of the features, AuxK's top-k_aux runs over the dead latents
-        of every slice and their decoded sum over the slices."""
+        """MSE and AuxK."""
+        return self.combine(x, mse_loss(x, out.recon), self.auxk(x, out, ctx))
+
+    def auxk(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> Tensor:
+        """The AuxK term (``auxk_loss``) of a batch x (B, d); with a slice of the features, its
+        top-k_aux runs over the dead latents of every slice and their decoded sum over the slices."""
         collectives = self.collectives
-        n_dead = 0 if ctx.dead is None else int(collectives.count(ctx.dead.sum()))
         batch = x.shape[0]
-        aux = auxk_loss(
+        if self.fast and ctx.dead is not None and collectives is LOCAL:
+            return auxk_dead_only(
+                x,
+                out.recon,
+                out.pre_acts.reshape(batch, -1),
+                ctx.dead,
+                self.k_aux,
+                lambda active: self._entries(active, x),
+                lambda active: sparse_decode(self.W_dec, active, batch),
+            )
+
+        def select(scores: Tensor, k: int) -> Active:
+            # a feature shard: the ranks' top-k needs equal shapes, so it masks, then re-gathers
+            active = collectives.top_k(scores, k)
+            return self._entries(active, x) if self.fast else active
+
+        n_dead = 0 if ctx.dead is None else int(collectives.count(ctx.dead.sum()))
+        return auxk_loss(
             x,
             out.recon,
             out.pre_acts,
             ctx.dead,
             n_dead,
             self.k_aux,
-            collectives.top_k,
+            select,
             lambda active: collectives.sum(sparse_decode(self.W_dec, active, batch)),
         )
-        return self.combine(x, mse_loss(x, out.recon), aux)
 
     def combine(self, x: Tensor, mse: Tensor, aux: Tensor) -> LossOutput:
         """mse + α · Var(x) · AuxK. OpenAI's objective is nmse + α · AuxK with both terms
@@ -131,7 +193,9 @@ class TopKSAE(SparseAutoencoder):
         the columns (to first order) along the unit sphere."""
         grad, w = self.W_dec.grad, self.W_dec
         if grad is not None:
-            grad.sub_(w * ((grad * w).sum(0) / w.pow(2).sum(0)))
+            # vecdot and addcmul_ leave out the (d, n) temporaries of (grad * w).sum(0) and w * c
+            along = torch.linalg.vecdot(grad, w, dim=0) / torch.linalg.vecdot(w, w, dim=0)
+            grad.addcmul_(w, along, value=-1)
 
     @torch.no_grad()
     def after_optimizer_step(self, out: ForwardOutput) -> None:
