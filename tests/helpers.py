@@ -415,3 +415,36 @@ def reseal_shard(run: Path, name: str) -> None:
         if s["file"] == name:
             s["crc32"] = crc32_file(run / "activations" / name)
     path.write_text(json.dumps(manifest))
+
+
+class _Stop(Exception):
+    """What stops ``train_with_a_stop`` (a crash at a chosen step)."""
+
+
+def train_with_a_stop(
+    cfg: TrainConfig,
+    batches_from: Callable[[int], Iterator[Tensor]],
+    run_dir: Path,
+    stop_at: int,
+    n_train_tokens: int,
+    d_model: int = 32,
+) -> None:
+    """Train into ``run_dir`` as ``train`` would, but die (an exception, as a crash) when batch
+    ``stop_at`` is due: what is on disk is what the last checkpoint left."""
+
+    def interrupted(step: int) -> Iterator[Tensor]:
+        for i, x in enumerate(batches_from(step)):
+            if step + i == stop_at:
+                raise _Stop
+            yield x
+
+    with contextlib.suppress(_Stop):
+        train(
+            cfg,
+            interrupted,
+            run_dir=run_dir,
+            d_model=d_model,
+            n_train_tokens=n_train_tokens,
+            scale=2.0,
+            meta={},
+        )

@@ -4,8 +4,6 @@ weights."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from monosemantic.errors import UserError
 from monosemantic.fsio import read_jsonl
 from monosemantic.sae import BatchTopKSAE, ForwardOutput, LossContext, MatryoshkaSAE
 from monosemantic.train import train
-from tests.helpers import planted
+from tests.helpers import planted, train_with_a_stop
 
 
 def _sae(d: int = 6, groups: tuple[int, ...] = (3, 4, 5), k: int = 3, seed: int = 0) -> MatryoshkaSAE:
@@ -159,17 +157,7 @@ def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     train(cfg, batches_from, run_dir=a, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
 
-    class Stop(Exception):
-        pass
-
-    def interrupted(step: int) -> Iterator[Tensor]:
-        for i, x in enumerate(batches_from(step)):
-            if step + i == 17:
-                raise Stop
-            yield x
-
-    with contextlib.suppress(Stop):
-        train(cfg, interrupted, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
+    train_with_a_stop(cfg, batches_from, b, stop_at=17, n_train_tokens=512 * steps)
     assert not (b / "saes" / "matryoshka-256" / "sae.safetensors").exists()
     assert not (b / "saes" / "matryoshka-8").exists()  # the prefixes have no checkpoint of their own
     train(cfg, batches_from, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})

@@ -3,18 +3,15 @@ per-architecture defaults."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
 
 from monosemantic.config import TrainConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.train import train
-from tests.helpers import planted
+from tests.helpers import planted, train_with_a_stop
 
 
 @pytest.mark.slow
@@ -39,17 +36,7 @@ def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     train(cfg, batches_from, run_dir=a, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
 
-    class Stop(Exception):
-        pass
-
-    def interrupted(step: int) -> Iterator[Tensor]:
-        for i, x in enumerate(batches_from(step)):
-            if step + i == 17:
-                raise Stop
-            yield x
-
-    with contextlib.suppress(Stop):
-        train(cfg, interrupted, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
+    train_with_a_stop(cfg, batches_from, b, stop_at=17, n_train_tokens=512 * steps)
     assert not (b / "saes" / "relu-32" / "sae.safetensors").exists()
     assert torch.load(b / "saes" / "relu-32" / "state.pt", weights_only=True)["step"] == 14
     train(cfg, batches_from, run_dir=b, d_model=32, n_train_tokens=512 * steps, scale=2.0, meta={})
