@@ -333,6 +333,7 @@ class ActivationStore:
                 for b in range(n // batch_size):
                     if step >= start_step:
                         if loaded != group:
+                            buffer = torch.empty(0)  # let the old group go before the new one loads
                             buffer, loaded = self._group(group, shards), group
                         yield buffer[perm[b * batch_size : (b + 1) * batch_size]]
                     step += 1
