@@ -448,3 +448,17 @@ def train_with_a_stop(
             scale=2.0,
             meta={},
         )
+
+
+def perturbed(sae: SparseAutoencoder, seed: int = 0) -> SparseAutoencoder:
+    """Initialised, then moved off the initialisation so that biases and norms matter."""
+    sae.initialize(torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return sae
+
+
+def seeded_randn(*shape: int, seed: int = 0) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

@@ -16,21 +16,14 @@ from monosemantic.errors import UserError
 from monosemantic.fsio import read_jsonl
 from monosemantic.sae import BatchTopKSAE, ForwardOutput, LossContext, MatryoshkaSAE
 from monosemantic.train import train
-from tests.helpers import planted, train_with_a_stop
+from tests.helpers import perturbed, planted, train_with_a_stop
+from tests.helpers import seeded_randn as _randn
 
 
 def _sae(d: int = 6, groups: tuple[int, ...] = (3, 4, 5), k: int = 3, seed: int = 0) -> MatryoshkaSAE:
-    sae = MatryoshkaSAE(d, sum(groups), k=k, k_aux=4, group_sizes=groups)
-    sae.initialize(torch.Generator().manual_seed(seed))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    sae = perturbed(MatryoshkaSAE(d, sum(groups), k=k, k_aux=4, group_sizes=groups), seed)
+    assert isinstance(sae, MatryoshkaSAE)
     return sae
-
-
-def _randn(*shape: int, seed: int = 0) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def test_loss_is_the_mean_of_every_prefix_mse_with_its_gradients() -> None:

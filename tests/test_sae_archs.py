@@ -21,28 +21,14 @@ from monosemantic.sae import (
     ForwardOutput,
     JumpReLUSAE,
     LossContext,
-    SparseAutoencoder,
     TopKSAE,
 )
 from monosemantic.sae.jumprelu import jumprelu, step
 from monosemantic.sae.topk import auxk_loss, sparse_decode, topk_per_row
 from monosemantic.train import build_sae, train
+from tests.helpers import perturbed as _perturbed
 from tests.helpers import planted
-
-
-def _perturbed(sae: SparseAutoencoder, seed: int = 0) -> SparseAutoencoder:
-    """Initialised, then moved off the initialisation so that biases and norms matter."""
-    sae.initialize(torch.Generator().manual_seed(seed))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return sae
-
-
-def _randn(*shape: int, seed: int = 0) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
+from tests.helpers import seeded_randn as _randn
 
 # --- activations -------------------------------------------------------------------------------
 

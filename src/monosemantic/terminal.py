@@ -38,6 +38,17 @@ def harvest_done(out: Path, manifest: dict[str, Any]) -> None:
         console.print(f"[yellow]note: the corpus ran out of {split} text before the requested --tokens")
 
 
+def _metric_cells(name: str, m: dict[str, Any]) -> list[str]:
+    """A metrics.json's first cells: dictionary, features, L0, variance explained, dead %."""
+    return [
+        name,
+        f"{m['n_features']:,}",
+        f"{m['l0']:.1f}",
+        f"{m['variance_explained']:.3f}",
+        f"{100 * m['dead_fraction']:.1f}",
+    ]
+
+
 def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None:
     """The metrics table (stdout) with why loss recovered is n/a where it is, then the throughput
     line or that nothing needed measuring."""
@@ -52,11 +63,7 @@ def evaluate_done(metrics: dict[str, dict[str, Any]], reused: list[str]) -> None
         if m.get("loss_recovered_na"):
             notes.setdefault(m["loss_recovered_na"], []).append(name)
         table.add_row(
-            name,
-            f"{m['n_features']:,}",
-            f"{m['l0']:.1f}",
-            f"{m['variance_explained']:.3f}",
-            f"{100 * m['dead_fraction']:.1f}",
+            *_metric_cells(name, m),
             f"{100 * m['dense_fraction']:.1f}",
             "n/a" if ce is None else f"{ce:.3f}",
             "n/a" if rec is None else f"{rec:.3f}",
@@ -379,14 +386,7 @@ def demo_summary(s: Any) -> None:
     )
     for name, m in sorted(s.metrics.items(), key=lambda kv: kv[1]["n_features"]):
         rec = m.get("loss_recovered")
-        table.add_row(
-            name,
-            f"{m['n_features']:,}",
-            f"{m['l0']:.1f}",
-            f"{m['variance_explained']:.3f}",
-            f"{100 * m['dead_fraction']:.1f}",
-            "n/a" if rec is None else f"{rec:.3f}",
-        )
+        table.add_row(*_metric_cells(name, m), "n/a" if rec is None else f"{rec:.3f}")
     out.print(table)
     if s.concepts:
         out.print("\nfeatures it found for a few concepts (monosemantic search):")
