@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,15 @@ def main() -> None:
         # exceptions `click.ClickException` does not catch) prints usage errors itself, in typer's
         # short form with exit status 2, and turns --help and success into SystemExit.
         group.main(prog_name="monosemantic")
+    except SystemExit as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A torchrun rank whose work is done (files closed, process group destroyed) leaves
+            # without interpreter finalization: there gloo's worker threads can still hold tensors
+            # and abort the process ("terminate called without an active exception", rc -6).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        raise
     except UserError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
