@@ -136,7 +136,7 @@ class Run:
         """Features that fire strongly and specifically on ``query``: (feature, score), best first."""
         from monosemantic.stages.features import run_search
 
-        result = run_search(self.path, query, sae or "", top=top)
+        result = run_search(self.path, query, sae or "", top=top, lm=self.model)
         return [(h.feature, h.score) for h in result.hits]
 
     @torch.no_grad()
