@@ -149,6 +149,15 @@ def unseal_db(run: Path, db_name: str = "features.sqlite") -> tuple[Any, str | N
     return _db_state(path), text
 
 
+def _nonempty(path: Path) -> bool:
+    """Whether ``path`` exists and holds bytes, read in one ``stat`` (an SQLite WAL comes and goes
+    as other processes open and close the database: testing, then reading, races with them)."""
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def seal_db(
     run: Path, before: tuple[Any, str | None] = (None, None), db_name: str = "features.sqlite"
 ) -> None:
@@ -164,7 +173,7 @@ def seal_db(
     if not path.is_file():
         return
     unchanged = before[0] is not None and _db_state(path) == before[0]
-    if unchanged and before[1] is not None and not (wal.is_file() and wal.stat().st_size > 0):
+    if unchanged and before[1] is not None and not _nonempty(wal):
         write_text(seal_path(path), before[1])
         return
     try:
@@ -175,7 +184,7 @@ def seal_db(
             con.close()
     except sqlite3.DatabaseError:
         return  # a corrupt database stays unsealed; its readers report it
-    if busy or (wal.is_file() and wal.stat().st_size > 0):
+    if busy or _nonempty(wal):
         return
     seal = {"crc32": crc32_file(path), "size": path.stat().st_size}
     write_text(seal_path(path), json.dumps(seal) + "\n")
@@ -195,7 +204,7 @@ def check_db(path: Path, rerun: str) -> None:
     if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
         raise UserError(f"{path} is not an SQLite database (corrupt or truncated): {rerun}")
     wal = path.with_name(path.name + "-wal")
-    if wal.is_file() and wal.stat().st_size > 0:
+    if _nonempty(wal):
         return  # committed pages live in the WAL too: the file alone says nothing
     page = int.from_bytes(head[16:18], "big")
     page = 65536 if page == 1 else page
