@@ -94,11 +94,6 @@ def test_concept_search(page: Any, base_url: str) -> None:
     assert "Features that fire on" in page.inner_text("main h2")
 
 
-@pytest.mark.xfail(
-    reason="regression found at the end of stop 19 (after the last merges): hovering the map shows no "
-    "feature tooltip; noted in the closing note, to fix next",
-    strict=False,
-)
 def test_map_hover_and_click_open_a_feature(page: Any, base_url: str) -> None:
     page.goto(base_url + "/run/tiny/relu-16/map")
     page.wait_for_selector("#map[data-ready]", timeout=120_000)
@@ -110,15 +105,25 @@ def test_map_hover_and_click_open_a_feature(page: Any, base_url: str) -> None:
     page.mouse.wheel(0, -200)  # zoom in, then out: no error
     page.mouse.wheel(0, 200)
     page.wait_for_timeout(300)  # the zoom settles (a loaded machine draws late)
-    # hover over the canvas until the tooltip names a feature, then click there
-    for fx in [i / 20 for i in range(1, 20)]:
-        for fy in [i / 20 for i in range(1, 20)]:
-            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-            page.wait_for_timeout(15)  # the tooltip follows the pointer on the next frame
-            if page.locator("#tip").is_visible() and page.inner_text("#tip").startswith("#"):
-                page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-                page.wait_for_url("**/run/tiny/relu-16/feature/*")
-                return
+    # hover over each drawn point (read back from the canvas's pixels) and click the first that names
+    # a feature: a grid of pointer positions missed 16 small points depending on the UMAP layout
+    points = page.evaluate(
+        """() => {
+        const c = document.getElementById("map"), px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        const out = [];
+        for (let y = 0; y < c.height; y += 1) for (let x = 0; x < c.width; x += 1)
+          if (px[4 * (y * c.width + x) + 3] > 0) out.push([x / c.width, y / c.height]);
+        return out;
+      }"""
+    )
+    assert points, "the map drew nothing"
+    for fx, fy in points[:: max(1, len(points) // 40)]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        page.wait_for_timeout(15)  # the tooltip follows the pointer on the next frame
+        if page.locator("#tip").is_visible() and page.inner_text("#tip").startswith("#"):
+            page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+            page.wait_for_url("**/run/tiny/relu-16/feature/*")
+            return
     pytest.fail("no point of the map answered a hover")
 
 
@@ -178,3 +183,4 @@ def test_analyse_a_text_and_click_a_token(page: Any, base_url: str) -> None:
     link.click()
     page.wait_for_url("**" + href)
     assert "feature #" in page.inner_text("h1")
+
