@@ -109,7 +109,8 @@ def test_map_hover_and_click_open_a_feature(page: Any, base_url: str) -> None:
     # a feature: a grid of pointer positions missed 16 small points depending on the UMAP layout
     points = page.evaluate(
         """() => {
-        const c = document.getElementById("map"), px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        const c = document.getElementById("map");
+        const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
         const out = [];
         for (let y = 0; y < c.height; y += 1) for (let x = 0; x < c.width; x += 1)
           if (px[4 * (y * c.width + x) + 3] > 0) out.push([x / c.width, y / c.height]);
