@@ -184,4 +184,3 @@ def test_analyse_a_text_and_click_a_token(page: Any, base_url: str) -> None:
     link.click()
     page.wait_for_url("**" + href)
     assert "feature #" in page.inner_text("h1")
-
