@@ -195,6 +195,7 @@ def test_import_runs_through_evaluate_analyze_search_and_exports_back(
     run = tmp_path / "run"
     code, err = cli(capsys, monkeypatch, "import", source, "--out", run, *harvest_opts(tiny_corpus))
     assert code == 2 and "pass --model" in err and err.count("\n") == 1
+    assert not run.exists()  # a refused import leaves no empty run behind
     code, err = cli(
         capsys,
         monkeypatch,
@@ -245,3 +246,13 @@ def test_import_runs_through_evaluate_analyze_search_and_exports_back(
     assert code == 2 and "d_model 32" in err
     code, err = cli(capsys, monkeypatch, "export", run, "--sae", "nope")
     assert code == 2 and "no dictionary 'nope'" in err
+
+
+def test_the_default_model_is_exported_under_its_hub_id(tmp_path: Path) -> None:
+    from monosemantic.models import DEFAULT_HUB_ID, DEFAULT_MODEL, from_hub_id, hub_id
+
+    assert hub_id(DEFAULT_MODEL) == DEFAULT_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert from_hub_id(hub_id(DEFAULT_MODEL)) == DEFAULT_MODEL  # imported back: the embedded copy
+    assert hub_id("/models/mine") == from_hub_id("/models/mine") == "/models/mine"
+    saelens.write(random_sae("relu", d=8, n=16), ExportMeta("x", hub_id(DEFAULT_MODEL), 2), tmp_path / "s")
+    assert read_dictionary(tmp_path / "s").model == DEFAULT_HUB_ID

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -301,11 +302,33 @@ def main() -> None:
     for command in getattr(group, "commands", {}).values():
         if command.callback is not None:
             command.callback = _interruptible(command.callback)
+    # typer >= 0.29 vendors its own click (typer.core._click), older ones use click itself: the
+    # exceptions to catch are those of the click that typer runs on.
+    click_ = getattr(typer.core, "_click", None) or importlib.import_module("click")
     try:
-        # Standalone mode: the click that typer runs on (typer >= 0.29 vendors its own copy, whose
-        # exceptions `click.ClickException` does not catch) prints usage errors itself, in typer's
-        # short form with exit status 2, and turns --help and success into SystemExit.
-        group.main(prog_name="monosemantic")
+        try:
+            # Not standalone: usage errors come back to us as exceptions and are printed on one line
+            # (typer's own form is a five-line box); --help and success return an exit status.
+            code = group.main(prog_name="monosemantic", standalone_mode=False)
+        except click_.exceptions.UsageError as e:
+            message = e.format_message().strip().rstrip(".")
+            if not message:  # bare `monosemantic`: the group printed its help
+                sys.exit(e.exit_code)
+            where = e.ctx.command_path if e.ctx is not None else "monosemantic"
+            console.print(
+                f"[bold red]error:[/] {escape(message)} (see `{escape(where)} --help`)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(e.exit_code)
+        except click_.exceptions.ClickException as e:
+            text = escape(e.format_message())
+            console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            console.print("[yellow]aborted[/]", soft_wrap=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
     except SystemExit as e:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # A torchrun rank whose work is done (files closed, process group destroyed) leaves

