@@ -398,23 +398,25 @@ def plant_feature(run: Path, sae_name: str, feature: int, word: str) -> None:
 
 def reseal_dictionary(sae_dir: Path) -> None:
     """Record the checksum of a ``sae.safetensors`` a test rewrote on purpose in its cfg.json."""
+    from monosemantic.fsio import read_json, write_json
     from monosemantic.integrity import sha256_file
 
-    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    cfg = read_json(sae_dir / "cfg.json")
     cfg["sae_sha256"] = sha256_file(sae_dir / "sae.safetensors")
-    (sae_dir / "cfg.json").write_text(json.dumps(cfg))
+    write_json(sae_dir / "cfg.json", cfg)
 
 
 def reseal_shard(run: Path, name: str) -> None:
     """Record the checksum of a shard a test rewrote on purpose in the store's manifest."""
+    from monosemantic.fsio import read_json, write_json
     from monosemantic.integrity import crc32_file
 
     path = run / "activations" / "manifest.json"
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)
     for s in manifest["shards"]:
         if s["file"] == name:
             s["crc32"] = crc32_file(run / "activations" / name)
-    path.write_text(json.dumps(manifest))
+    write_json(path, manifest)
 
 
 class _Stop(Exception):

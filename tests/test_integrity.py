@@ -3,6 +3,8 @@ or a truncation gets a one-line error naming the file and what to rerun."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -144,3 +146,52 @@ def test_database_seal_follows_its_writers(capsys, monkeypatch, copy: Path) -> N
         con.close()
     seal_db(copy)
     assert cli(capsys, monkeypatch, "search", copy, "paris")[0] == 0
+
+
+def change_digit(path: Path) -> None:
+    """Change the last digit of the file's first number: still valid JSON, a different value."""
+    text = path.read_text()
+    m = re.search(r":\s*-?\d+", text)
+    assert m is not None, path
+    at = m.end() - 1
+    path.write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1 :])
+
+
+JSON_DAMAGE: dict[str, Callable[[Path], None]] = {**DAMAGE, "digit": change_digit}
+
+
+@pytest.mark.parametrize("how", JSON_DAMAGE)
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [
+        ("activations/manifest.json", ["train", "--out", "{run}", *TRAIN, "--sizes", "16", "--force"]),
+        ("saes/relu-16/cfg.json", ["evaluate", "{run}", "--loss-sequences", "0"]),
+        ("saes/relu-16/metrics.json", ["report", "{run}"]),
+    ],
+)
+def test_damaged_json_is_named(capsys, monkeypatch, copy: Path, name: str, command: list, how: str) -> None:
+    if name.endswith("metrics.json"):
+        assert cli(capsys, monkeypatch, "evaluate", copy, "--loss-sequences", "0")[0] == 0
+    JSON_DAMAGE[how](copy / name)
+    code, err = cli(capsys, monkeypatch, *[str(copy) if a == "{run}" else a for a in command])
+    one_line_error(code, err, f"{name} is corrupt")
+
+
+def test_json_checksum_round_trips_and_catches_a_changed_value(tmp_path: Path) -> None:
+    from monosemantic.errors import UserError
+    from monosemantic.fsio import CHECKSUM_KEY, read_json, write_json
+
+    obj = {"b": 1.0000000000000002, "a": {"3": [1, None, "x"]}, "nan": float("nan"), 7: "int key"}
+    write_json(tmp_path / "f.json", obj)
+    back = read_json(tmp_path / "f.json")
+    assert CHECKSUM_KEY not in back and back["b"] == obj["b"] and back["7"] == "int key"
+    write_json(tmp_path / "g.json", back)  # rewriting what was read gives the same file
+    assert (tmp_path / "g.json").read_text() == (tmp_path / "f.json").read_text()
+    change_digit(tmp_path / "f.json")
+    with pytest.raises(UserError, match="f.json is corrupt .*checksum"):
+        read_json(tmp_path / "f.json")
+    write_json(tmp_path / "foreign.json", {"a": 1}, checksum=False)  # another library's format
+    assert CHECKSUM_KEY not in (tmp_path / "foreign.json").read_text()
+    stale = {**json.loads((tmp_path / "g.json").read_text()), "b": 2}  # read raw, checksum included
+    write_json(tmp_path / "g.json", stale)  # the old checksum is replaced, not trusted
+    assert read_json(tmp_path / "g.json")["b"] == 2

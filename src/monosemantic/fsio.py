@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,16 +67,45 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+CHECKSUM_KEY = "_crc32"
+"""The key under which ``write_json`` stores the CRC-32 of a JSON object's other contents."""
+
+
+def json_checksum(obj: Any) -> str:
+    """CRC-32 (8 hex digits) of ``obj`` in a canonical form: as it reads back from JSON (integer
+    keys become strings), keys sorted, no spaces, so the writer and a reader compute the same."""
+    canonical = json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"))
+    return f"{zlib.crc32(canonical.encode()):08x}"
+
+
+def write_json(path: str | Path, obj: Any, *, checksum: bool = True) -> None:
+    """Write ``obj`` as indented JSON, atomically. A dict gets its ``json_checksum`` under
+    ``CHECKSUM_KEY`` (last), which ``read_json`` verifies; ``checksum=False`` for files in another
+    library's format, whose readers may refuse keys they do not know."""
+    if checksum and isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}  # one read with json.loads
+        obj[CHECKSUM_KEY] = json_checksum(obj)
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a dict's ``CHECKSUM_KEY`` (if any: files from other libraries and older
+    runs have none) is checked and removed.
+
+    Raises:
+        UserError: the file does not parse, or does not match its checksum (a flipped byte).
+    """
     path = Path(path)
+    fix = "delete it and rerun the stage that writes it"
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is corrupt ({e}); delete it and rerun the stage that writes it") from e
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({str(e).splitlines()[0]}); {fix}") from e
+    if isinstance(obj, dict) and CHECKSUM_KEY in obj:
+        want = obj.pop(CHECKSUM_KEY)
+        if want != json_checksum(obj):
+            raise UserError(f"{path} is corrupt (its contents do not match its checksum); {fix}")
+    return obj
 
 
 def append_jsonl(path: str | Path, obj: dict[str, Any]) -> None:

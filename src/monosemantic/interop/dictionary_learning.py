@@ -167,5 +167,6 @@ def write(sae: SparseAutoencoder, meta: ExportMeta, out: Path) -> list[Path]:
         "lm_name": meta.model,
         "submodule_name": f"resid_post_layer_{meta.layer - 1}",
     }
-    write_json(out / CFG, {"trainer": trainer, "exported_by": "monosemantic", "name": meta.name})
+    cfg = {"trainer": trainer, "exported_by": "monosemantic", "name": meta.name}
+    write_json(out / CFG, cfg, checksum=False)
     return [out / CFG, out / WEIGHTS]

@@ -180,5 +180,5 @@ def write(sae: SparseAutoencoder, meta: ExportMeta, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:
         save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp))
-    write_json(out / CFG, cfg)
+    write_json(out / CFG, cfg, checksum=False)
     return [out / CFG, out / WEIGHTS]

@@ -96,8 +96,10 @@ def write(sae: SparseAutoencoder, meta: ExportMeta, out: Path) -> list[Path]:
         "transcode": False,
         "d_in": sae.d_model,
     }
-    write_json(folder / CFG, cfg)
+    write_json(folder / CFG, cfg, checksum=False)
     write_json(
-        out / "config.json", {"model": meta.model, "hookpoints": [hook], "exported_by": "monosemantic"}
+        out / "config.json",
+        {"model": meta.model, "hookpoints": [hook], "exported_by": "monosemantic"},
+        checksum=False,
     )
     return [folder / CFG, folder / WEIGHTS, out / "config.json"]
