@@ -6,11 +6,10 @@ Stages that have not run yet are reported as such; the report never requires a c
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
 
@@ -186,23 +185,31 @@ def plot_loss_recovered(saes: list[SaeRun], path: Path) -> str | None:
     return save_png(fig, path)
 
 
-def _cell(value: float | None, fmt: str, ok: bool | None = None) -> str:
+class Cell(NamedTuple):
+    """One table cell of the report: its text, CSS class ('ok', 'miss', 'na' or '') and hover title."""
+
+    text: str
+    cls: str = ""
+    title: str = ""
+
+
+def _cell(value: float | None, fmt: str, ok: bool | None = None) -> Cell:
     """A table cell; ``ok`` True/False marks it as meeting/missing a reference bound."""
     if value is None:
-        return '<td class="na">—</td>'
-    text = html.escape(fmt.format(value))
+        return Cell("—", "na")
+    text = fmt.format(value)
     if ok is None:
-        return f"<td>{text}</td>"
-    return f'<td class="ok">{text} ✓</td>' if ok else f'<td class="miss">{text} ✗</td>'
+        return Cell(text)
+    return Cell(f"{text} ✓", "ok") if ok else Cell(f"{text} ✗", "miss")
 
 
-def _na_cell(why: str) -> str:
+def _na_cell(why: str) -> Cell:
     """A metric that is undefined for this run, with the reason on hover."""
-    return f'<td class="na" title="{html.escape(why)}">n/a</td>'
+    return Cell("n/a", "na", why)
 
 
-def metrics_notes(saes: list[SaeRun]) -> str:
-    """What the metrics table's dead fraction, KL and any n/a loss recovered mean, in one note."""
+def metrics_notes(saes: list[SaeRun]) -> list[str]:
+    """What the metrics table's dead fraction, KL and any n/a loss recovered mean (plain text)."""
     tokens = {int(s.metrics["n_density_tokens"]) for s in saes if s.metrics.get("n_density_tokens")}
     counts = " / ".join(f"{t:,}" for t in sorted(tokens))
     dead = f"never fired on {counts} tokens of the store" if tokens else "never fired"
@@ -212,20 +219,19 @@ def metrics_notes(saes: list[SaeRun]) -> str:
         "distributions, in nats, averaged over tokens."
     ]
     reasons = {s.metrics["loss_recovered_na"] for s in saes if s.metrics.get("loss_recovered_na")}
-    parts += [f"Loss recovered n/a: {html.escape(r)}; the raw CE values are shown." for r in sorted(reasons)]
-    return f'<p class="note">{" ".join(parts)}</p>'
+    parts += [f"Loss recovered n/a: {r}; the raw CE values are shown." for r in sorted(reasons)]
+    return parts
 
 
-def _metrics_table(saes: list[SaeRun]) -> str:
+def _metrics_table(saes: list[SaeRun]) -> dict[str, Any]:
     """One row per dictionary, bound-checked cells marked ✓ (meets) or ✗ (misses)."""
     heads = ["SAE", "features", "L0", "variance explained", "MSE", "dead (evaluation)", "dead bound", "dense",
              "CE clean", "CE spliced", "CE zero-ablated", "loss recovered", "KL (nats/token)"]  # fmt: skip
     rows = []
     for s in saes:
         m = s.metrics
-        lead = f"<td>{html.escape(s.name)}</td><td>{s.n_features:,}</td>"
         if not m:
-            rows.append(f'<tr>{lead}<td class="na" colspan="{len(heads) - 2}">not evaluated yet</td></tr>')
+            rows.append({"name": s.name, "n_features": s.n_features, "cells": None})
             continue
         l0, ve, dead = _num(m, "l0"), _num(m, "variance_explained"), _num(m, "dead_fraction")
         bound = dead_bound(s.n_features)
@@ -242,9 +248,8 @@ def _metrics_table(saes: list[SaeRun]) -> str:
             else _cell(_num(m, "loss_recovered"), "{:.1%}"),
             _cell(_num(m, "kl_spliced"), "{:.4f}"),
         ]
-        rows.append(f"<tr>{lead}{''.join(cells)}</tr>")
-    head = "".join(f"<th>{h}</th>" for h in heads)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        rows.append({"name": s.name, "n_features": s.n_features, "cells": cells})
+    return {"heads": heads, "rows": rows, "notes": metrics_notes(saes)}
 
 
 CORE_COLUMNS = (
@@ -263,41 +268,26 @@ CORE_COLUMNS = (
 """The columns of the core-metrics table: metrics.json "core" key, heading, format."""
 
 
-def _core_table(saes: list[SaeRun]) -> str:
-    """The SAELens/SAEBench core metrics of each evaluated dictionary (docs/metrics.md), or ''."""
-    rows = []
-    for s in saes:
-        core = s.metrics.get("core") or {}
-        if core:
-            cells = "".join(_cell(_num(core, k), fmt) for k, _, fmt in CORE_COLUMNS)
-            rows.append(f"<tr><td>{html.escape(s.name)}</td>{cells}</tr>")
-    if not rows:
-        return ""
-    head = "".join(f"<th>{h}</th>" for h in ("SAE", *(h for _, h, _ in CORE_COLUMNS)))
-    note = (
-        '<p class="note">The same dictionaries measured with the definitions of SAELens '
-        "(<code>sae_lens.evals.run_evals</code>) and SAEBench's core evaluation, for comparison with "
-        "published numbers: raw activation scale, token-pooled means, zero-ablation of every position "
-        "(ours keeps position 0), KL also at each sequence's last position. The CE loss score is "
-        "noise where the loss-recovered column above is n/a. See docs/metrics.md.</p>"
-    )
-    return (
-        "<h2>Core metrics (SAELens / SAEBench definitions)</h2>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
-    )
-
-
-def _header(name: str, manifest: dict[str, Any] | None) -> str:
-    """Title and the harvest summary (model, layer, tokens, scale, throughput, peak memory)."""
-    title = f"<h1>Run report: {html.escape(name)}</h1>"
-    if manifest is None:
-        return title + '<p class="pending">Harvest has not run yet: no activations/manifest.json.</p>'
-    facts = [
-        ("model", manifest.get("model")),
-        ("layer", manifest.get("layer")),
-        ("d_model", manifest.get("d_model")),
-        ("seq_len", manifest.get("seq_len")),
+def _core_table(saes: list[SaeRun]) -> dict[str, Any]:
+    """The SAELens/SAEBench core metrics of each evaluated dictionary (docs/metrics.md); no rows
+    when none has them."""
+    rows = [
+        {
+            "name": s.name,
+            "n_features": None,
+            "cells": [_cell(_num(core, k), fmt) for k, _, fmt in CORE_COLUMNS],
+        }
+        for s in saes
+        if (core := s.metrics.get("core") or {})
     ]
+    return {"heads": ["SAE", *(h for _, h, _ in CORE_COLUMNS)], "rows": rows}
+
+
+def _facts(manifest: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """The harvest summary (model, layer, tokens, scale, throughput, peak memory); None before harvest."""
+    if manifest is None:
+        return None
+    facts = [(k, manifest.get(k)) for k in ("model", "layer", "d_model", "seq_len")]
     if (n := _num(manifest, "n_tokens")) is not None:
         facts.append(("tokens harvested", f"{n:,.0f}"))
     if (scale := _num(manifest, "scale")) is not None:
@@ -310,97 +300,87 @@ def _header(name: str, manifest: dict[str, Any] | None) -> str:
     ]:
         if (v := _num(harvest, key)) is not None:
             facts.append((label, fmt.format(v)))
-    items = " · ".join(f"{html.escape(k)} <b>{html.escape(str(v))}</b>" for k, v in facts if v is not None)
-    return title + f'<p class="meta">{items}</p>'
+    return [(k, str(v)) for k, v in facts if v is not None]
 
 
-def _scaling_section(run_dir: Path, out_dir: Path) -> list[str]:
-    """The scaling sweep's figures and fitted laws, when ``monosemantic scaling`` has run."""
+def _scaling_section(run_dir: Path, out_dir: Path) -> dict[str, Any] | None:
+    """The scaling sweep's fitted laws and figures, when ``monosemantic scaling`` has run."""
     fits_path = run_dir / "scaling" / "fits.json"
     if not fits_path.is_file():
-        return []
+        return None
     fits = read_json(fits_path)
-    rows = [
-        f"<tr><td>{html.escape(k)}</td><td>{v['exponent']:.3f}</td><td>[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
-        f"</td><td>{v['r2']:.3f}</td></tr>"
-        for k, v in fits["laws"].items()
-    ]
     lo, hi = fits["flops_range"]
-    parts = [
-        "<h2>Scaling laws</h2>",
-        f'<p class="note">{fits["n_points"]} trainings over {lo:.2g}–{hi:.2g} FLOPs; y ∝ C^a fitted in '
-        "log-log space, 95% bootstrap interval over sweep points.</p>",
-        "<table><tr><th>law</th><th>exponent a</th><th>95% CI</th><th>R²</th></tr>"
-        + "".join(rows)
-        + "</table>",
+    return {
+        "n_points": fits["n_points"],
+        "lo": lo,
+        "hi": hi,
+        "laws": list(fits["laws"].items()),
+        "figures": scaling_figures(load_results(run_dir), fits, out_dir),
+    }
+
+
+def _figures(saes: list[SaeRun], out_dir: Path) -> list[dict[str, Any]]:
+    """The metric figures, each with its PNG (None when its stage has not run) and caption."""
+    plots: list[tuple[str, str, Callable[[list[SaeRun], Path], str | None]]] = [
+        ("Training curves", "training.png", plot_training),
+        ("Feature density", "density.png", plot_density),
+        ("Sparsity vs reconstruction", "l0_vs_variance.png", plot_l0_ve),
+        ("Loss recovered", "loss_recovered.png", plot_loss_recovered),
     ]
-    for title, png in scaling_figures(load_results(run_dir), fits, out_dir):
-        parts.append(
-            f'<h3>{html.escape(title)}</h3><img src="{html.escape(png)}" alt="{html.escape(title)}">'
-        )
-    return parts
+    captions = {
+        "training.png": "The dead fraction here counts the features that did not fire in a short window "
+        "of recent training tokens (see its title); the table's counts those that never fired on the "
+        "evaluation tokens."
+    }
+    missing = "Not available yet (the stage that produces it has not run)."
+    undefined = any(s.metrics.get("loss_recovered_na") for s in saes)
+    return [
+        {
+            "title": title,
+            "png": plot(saes, out_dir / file),
+            "caption": captions.get(file, ""),
+            "missing": "Undefined for this run: see the note under the table."
+            if undefined and file == "loss_recovered.png"
+            else missing,
+        }
+        for title, file, plot in plots
+    ]
 
 
 def build_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report/index.html`` and its PNGs from whatever stages have run; return its path."""
+    """Write ``run_dir/report/index.html`` (template ``web/templates/report.html``) and its PNGs
+    from whatever stages have run; return its path."""
+    from markupsafe import Markup
+
+    from monosemantic.web.render import environment
+
     run_dir = Path(run_dir)
     out_dir = run_dir / "report"
     toml_path, manifest_path = run_dir / "run.toml", run_dir / "activations" / "manifest.json"
-    toml_text = toml_path.read_text(encoding="utf-8") if toml_path.exists() else None
     manifest = read_json(manifest_path) if manifest_path.exists() else None
     saes = load_saes(run_dir)
-
-    name = run_dir.resolve().name  # runs/<name>/: the directory is the run's name
-    parts = [_header(name, manifest), "<h2>Dictionaries</h2>"]
-    if not saes:
-        parts.append('<p class="pending">Training has not run yet: no dictionaries under saes/.</p>')
-    else:
-        sizes = " / ".join(f"{n // 1_000_000}M" for n, _ in DEAD_BOUNDS)
-        deads = " / ".join(f"{d:.0%}" for _, d in DEAD_BOUNDS)
-        parts.append(
-            f'<p class="note">Reference bounds from <i>Scaling Monosemanticity</i> (Templeton et al., 2024): '
-            f"L0 &lt; {L0_BOUND:.0f}, variance explained ≥ {VE_BOUND:.0%}, dead features {deads} for "
-            f"{sizes} features (each row uses the paper's size nearest in log scale). "
-            "✓ meets the bound, ✗ misses it.</p>"
-        )
-        parts.append(_metrics_table(saes))
-        parts.append(metrics_notes(saes))
-        parts.append(_core_table(saes))
-        figures: list[tuple[str, str, Callable[[list[SaeRun], Path], str | None]]] = [
-            ("Training curves", "training.png", plot_training),
-            ("Feature density", "density.png", plot_density),
-            ("Sparsity vs reconstruction", "l0_vs_variance.png", plot_l0_ve),
-            ("Loss recovered", "loss_recovered.png", plot_loss_recovered),
-        ]
-        captions = {
-            "training.png": '<p class="note">The dead fraction here counts the features that did not '
-            "fire in a short window of recent training tokens (see its title); the table's counts "
-            "those that never fired on the evaluation tokens.</p>"
-        }
-        missing = '<p class="note">Not available yet (the stage that produces it has not run).</p>'
-        if any(s.metrics.get("loss_recovered_na") for s in saes):
-            missing_loss = '<p class="note">Undefined for this run: see the note under the table.</p>'
-        else:
-            missing_loss = missing
-        for title, file, plot in figures:
-            png = plot(saes, out_dir / file)
-            if png:
-                body = f'<img src="{html.escape(png)}" alt="{html.escape(title)}">' + captions.get(file, "")
-            else:
-                body = missing_loss if file == "loss_recovered.png" else missing
-            parts.append(f"<h2>{html.escape(title)}</h2>{body}")
-    parts.append(features_section(run_dir, out_dir))
-    parts += _scaling_section(run_dir, out_dir)
-    parts.append("<h2>Configuration</h2>")
-    if toml_text is None:
-        parts.append('<p class="note">No run.toml found.</p>')
-    else:
-        parts.append(f"<details><summary>run.toml</summary><pre>{html.escape(toml_text)}</pre></details>")
     page = (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)} · '
-        f"monosemantic</title><style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+        environment()
+        .get_template("report.html")
+        .render(
+            name=run_dir.resolve().name,  # runs/<name>/: the directory is the run's name
+            css=Markup(_CSS),
+            facts=_facts(manifest),
+            bounds={
+                "l0": f"{L0_BOUND:.0f}",
+                "ve": f"{VE_BOUND:.0%}",
+                "deads": " / ".join(f"{d:.0%}" for _, d in DEAD_BOUNDS),
+                "sizes": " / ".join(f"{n // 1_000_000}M" for n, _ in DEAD_BOUNDS),
+            },
+            metrics=_metrics_table(saes),
+            core=_core_table(saes),
+            figures=_figures(saes, out_dir) if saes else [],
+            features=Markup(features_section(run_dir, out_dir)),
+            scaling=_scaling_section(run_dir, out_dir),
+            toml=toml_path.read_text(encoding="utf-8") if toml_path.exists() else None,
+        )
     )
     index = out_dir / "index.html"
     with atomic_path(index) as tmp:
-        tmp.write_text(page, encoding="utf-8")  # explicit: the page has non-ASCII marks (✓ ✗ ≥)
+        tmp.write_text(page + "\n", encoding="utf-8")  # explicit: the page has non-ASCII marks (✓ ✗ ≥)
     return index
