@@ -293,6 +293,11 @@ def _rank(rank: int, world: int, init_file: str, fn: Callable[..., None], *args:
     fn(*args)
     dist.barrier()  # tear down together: a rank leaving early aborts its peer's gloo threads
     dist.destroy_process_group()
+    # leave without interpreter finalization, as `monosemantic` does under torchrun: gloo's
+    # threads can still hold tensors then and abort the process (rc -6, seen in CI)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def on_ranks(world: int, tmp_path: Path, fn: Callable[..., None], *args: Any) -> None:
