@@ -208,7 +208,7 @@ class Chaos:
 
         explain = ["--sae", "relu-64", "--features", "6", "--explainer-url", self.url]
         out = [Stage("harvest", "", lambda r: harvest_args(self.model, self.corpus, r), shards)]
-        for arch in ("relu", "topk", "batchtopk", "jumprelu"):
+        for arch in ("relu", "topk", "batchtopk", "jumprelu", "matryoshka"):
             out.append(Stage(f"train {arch}", "harvested", train(arch), dictionaries))
         if torchrun:
             out.append(
