@@ -22,10 +22,17 @@ OptionalText = Annotated[str, Query(max_length=api.MAX_QUERY)]
 
 
 def _default_sae(r: ServedRun, sae: str) -> str:
-    """The dictionary asked for, else the largest analysed one ('' when none is)."""
-    if sae:
-        return sae
+    """The dictionary asked for, else the largest analysed one ('' when none is).
+
+    Raises:
+        NotFound: the dictionary asked for is not analysed in the run.
+    """
+    if not r.has_db:
+        return ""
     with r.connect() as con:
+        if sae:
+            r.check_sae(con, sae)
+            return sae
         names = list(r.saes(con))
     return names[-1] if names else ""
 
