@@ -3,7 +3,7 @@
 feature pages, full-text searches, concept searches and "analyse a text" requests (POST inspect)
 in a fixed mix; p50/p99 latency and errors per kind.
 
-    python bench/web_load.py RUN [--clients 50] [--seconds 60] [--sae relu-64] [--json OUT]
+    python bench/web_load.py RUN [--clients 50] [--seconds 60] [--sae relu-64] [--mix page=1] [--json OUT]
     python bench/web_load.py --tiny [...]   # the web tests' tiny run, built in a temporary directory
 
 The clients are asyncio tasks over httpx (one connection each), so that 50 of them cost the client
@@ -38,8 +38,21 @@ WORDS = ["the", "code", "paris", "select", "python", "return", "buffer overflow"
 TEXTS = ["the code of paris", "select from where", "def return import class", "einstein was in paris",
          "buffer overflow in the shell", "the population of the country grew"]  # fmt: skip
 MIX = {"feature page": 8, "full-text search": 4, "concept search": 1, "inspect (POST)": 1}
-"""Relative frequency of each kind: what a reader does most (the model-backed kinds queue for the
-one model: one forward pass at a time)."""
+"""Relative frequency of each kind by default: what a reader does most (the model-backed kinds
+queue for the one model: one request at a time)."""
+SHORT = {"page": "feature page", "search": "full-text search", "concept": "concept search",
+         "inspect": "inspect (POST)"}  # fmt: skip
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """``page=8,search=4,concept=1,inspect=1`` -> weights by kind (kinds left out: 0)."""
+    mix = dict.fromkeys(MIX, 0)
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name.strip() not in SHORT or not weight.strip().isdigit():
+            raise SystemExit(f"--mix {text!r}: give NAME=WEIGHT pairs, names among {', '.join(SHORT)}")
+        mix[SHORT[name.strip()]] = int(weight)
+    return mix
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -75,18 +88,21 @@ async def client(base: str, deadline: float, timeout: float, pick: Any, times: d
                 errors[kind].append(why)
 
 
+Load = tuple[dict[str, list[float]], dict[str, list[str]], float]
+
+
 async def load(base: str, run: str, sae: str, n_features: int, clients: int, seconds: float, timeout: float,
-               seed: int) -> tuple[dict[str, list[float]], dict[str, list[str]], float]:  # fmt: skip
+               seed: int, mix: dict[str, int]) -> Load:  # fmt: skip
     """Latencies (ms) and errors per kind, and the wall time, of ``clients`` clients for ``seconds``."""
     rng = random.Random(seed)
-    kinds = [k for k, w in MIX.items() for _ in range(w)]
+    kinds = [k for k, w in mix.items() for _ in range(w)]
 
     def pick() -> tuple[str, tuple[str, str, Any]]:
         kind = rng.choice(kinds)
         return kind, request(kind, run, sae, n_features, rng)
 
-    times: dict[str, list[float]] = {k: [] for k in MIX}
-    errors: dict[str, list[str]] = {k: [] for k in MIX}
+    times: dict[str, list[float]] = {k: [] for k, w in mix.items() if w}
+    errors: dict[str, list[str]] = {k: [] for k, w in mix.items() if w}
     t0 = time.monotonic()
     deadline = t0 + seconds
     await asyncio.gather(*(client(base, deadline, timeout, pick, times, errors) for _ in range(clients)))
@@ -125,13 +141,13 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         sae = args.sae or max(sizes, key=lambda s: sizes[s])
         # warm-up: the vocabulary, the model, the inspector and the embedder load once per server
         rng = random.Random(args.seed)
-        for kind in MIX:
+        for kind in (k for k, w in args.mix.items() if w):
             method, path, body = request(kind, name, sae, sizes[sae], rng)
             r = httpx.request(method, base + path, json=body, timeout=300)
             if r.status_code != 200:
                 sys.exit(f"warm-up {kind} failed: {r.status_code} {r.text[:300]}")
         times, errors, wall = asyncio.run(
-            load(base, name, sae, sizes[sae], args.clients, args.seconds, args.timeout, args.seed)
+            load(base, name, sae, sizes[sae], args.clients, args.seconds, args.timeout, args.seed, args.mix)
         )
     finally:
         server.send_signal(signal.SIGINT)
@@ -153,7 +169,7 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         for kind, ts in times.items()
     }
     return {"run": str(run), "sae": sae, "n_features": sizes[sae], "clients": args.clients,
-            "seconds": args.seconds, "wall_s": wall, "cpus": os.cpu_count(), "mix": MIX,
+            "seconds": args.seconds, "wall_s": wall, "cpus": os.cpu_count(), "mix": args.mix,
             "results": results}  # fmt: skip
 
 
@@ -179,6 +195,7 @@ def main() -> None:
     )
     ap.add_argument("--sae", default="", help="dictionary (default: the largest analysed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mix", type=parse_mix, default=MIX, help="default: page=8,search=4,concept=1,inspect=1")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     if (args.run is None) == (not args.tiny):

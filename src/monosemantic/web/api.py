@@ -3,9 +3,12 @@ pages, counts); the work is in ``queries`` and in the same ``stages`` functions 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
@@ -35,6 +38,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": said[s]} for s in statuses}
 
 
+T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["api"], responses=_errors(400, 404, 422))
 """Every route documents its errors (the app's handlers answer them all with ``ErrorBody``)."""
 
@@ -114,6 +118,12 @@ def get_run(request: Request, run: str) -> ServedRun:
     return served(request).run(run)
 
 
+async def model_work(request: Request, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in the served model's own thread (``Served.model_thread``), awaited."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(served(request).model_thread, functools.partial(work, *args))
+
+
 @router.get("/runs", summary="the served runs")
 def runs(request: Request) -> list[dict[str, Any]]:
     return [{"name": r.name, "analysed": r.has_db} for r in served(request).runs.values()]
@@ -185,7 +195,7 @@ def text_search(
     "/runs/{run}/saes/{sae}/concepts",
     summary="concept search: features that fire strongly and specifically on the query (loads the model)",
 )
-def concept_search(
+async def concept_search(
     request: Request,
     run: RunName,
     sae: SaeName,
@@ -193,6 +203,13 @@ def concept_search(
     top: Annotated[int, Query(ge=1, le=50, description="features to list")] = 10,
     matches: Annotated[int, Query(ge=0, le=64, description="corpus passages to use, at most")] = 16,
 ) -> dict[str, Any]:
+    return await model_work(request, concept_search_result, request, run, sae, q, top, matches)
+
+
+def concept_search_result(
+    request: Request, run: str, sae: str, q: str, top: int = 10, matches: int = 16
+) -> dict[str, Any]:
+    """What ``concept_search`` answers, computed in the calling thread (it holds the model)."""
     from monosemantic.stages.features import run_search
 
     r = get_run(request, run)
@@ -277,7 +294,8 @@ def steer_stream(
     summary="analyse a text: the features that fire on each token and over the whole text (loads the model)",
     responses=_errors(413),
 )
-def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
-    return model_requests.inspect(
-        served(request), get_run(request, run), sae, body.text, body.per_token, body.top
+async def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
+    r = get_run(request, run)
+    return await model_work(
+        request, model_requests.inspect, served(request), r, sae, body.text, body.per_token, body.top
     )

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,11 @@ class Served:
         self.streams = 0
         """steering streams open now (generating or waiting for the model)"""
         self.streams_lock = threading.Lock()
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        """where the requests that run the model (concept search, analyse a text) run, one after
+        the other: those waiting for it wait as coroutines, and the thread pool that pages and
+        searches share stays free (with 50 clients, waiting ones took all its 40 threads, and a
+        feature page waited 20 s for a thread)"""
 
     def stream_opened(self) -> bool:
         """Count a new steering stream; False (and not counted) when ``MAX_STREAMS`` are open."""
