@@ -7,7 +7,9 @@ in a fixed mix; p50/p99 latency and errors per kind.
     python bench/web_load.py --tiny [...]   # the web tests' tiny run, built in a temporary directory
 
 The clients are asyncio tasks over httpx (one connection each), so that 50 of them cost the client
-process little; every answer other than 200 (and every timeout or dropped connection) is an error.
+process little. A 503 (the model is busy for longer than the server lets a request wait: it refuses
+at once) is counted apart and left out of the latencies; every other answer than 200, and every
+timeout or dropped connection, is an error.
 The test stops by itself: no new request after S seconds, each request times out after
 ``--timeout`` seconds, and the server is stopped at the end. Nothing is written into the run.
 Writes the figures as JSON (``--json``) and prints a Markdown table; asserts nothing.
@@ -73,22 +75,25 @@ def request(kind: str, run: str, sae: str, n_features: int, rng: random.Random) 
 
 
 async def client(base: str, deadline: float, timeout: float, pick: Any, times: dict[str, list[float]],
-                 errors: dict[str, list[str]]) -> None:  # fmt: skip
+                 errors: dict[str, list[str]], busy: dict[str, int]) -> None:  # fmt: skip
     async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=httpx.Limits(max_connections=1)) as c:
         while time.monotonic() < deadline:
             kind, (method, path, body) = pick()
             t0 = time.perf_counter()
             try:
                 r = await c.request(method, path, json=body)
-                ok, why = r.status_code == 200, f"{r.status_code} {path}: {r.text[:200]}"
+                status, why = r.status_code, f"{r.status_code} {path}: {r.text[:200]}"
             except httpx.HTTPError as e:
-                ok, why = False, f"{type(e).__name__} {path}"
+                status, why = 0, f"{type(e).__name__} {path}"
+            if status == 503:  # refused at once: the model is busy for longer than the server lets one wait
+                busy[kind] += 1
+                continue
             times[kind].append((time.perf_counter() - t0) * 1000)
-            if not ok:
+            if status != 200:
                 errors[kind].append(why)
 
 
-Load = tuple[dict[str, list[float]], dict[str, list[str]], float]
+Load = tuple[dict[str, list[float]], dict[str, list[str]], dict[str, int], float]
 
 
 async def load(base: str, run: str, sae: str, n_features: int, clients: int, seconds: float, timeout: float,
@@ -103,10 +108,13 @@ async def load(base: str, run: str, sae: str, n_features: int, clients: int, sec
 
     times: dict[str, list[float]] = {k: [] for k, w in mix.items() if w}
     errors: dict[str, list[str]] = {k: [] for k, w in mix.items() if w}
+    busy = {k: 0 for k, w in mix.items() if w}
     t0 = time.monotonic()
     deadline = t0 + seconds
-    await asyncio.gather(*(client(base, deadline, timeout, pick, times, errors) for _ in range(clients)))
-    return times, errors, time.monotonic() - t0
+    await asyncio.gather(
+        *(client(base, deadline, timeout, pick, times, errors, busy) for _ in range(clients))
+    )
+    return times, errors, busy, time.monotonic() - t0
 
 
 def wait_ready(base: str, server: subprocess.Popen[str], limit: float = 120) -> list[dict[str, Any]]:
@@ -146,7 +154,7 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
             r = httpx.request(method, base + path, json=body, timeout=300)
             if r.status_code != 200:
                 sys.exit(f"warm-up {kind} failed: {r.status_code} {r.text[:300]}")
-        times, errors, wall = asyncio.run(
+        times, errors, busy, wall = asyncio.run(
             load(base, name, sae, sizes[sae], args.clients, args.seconds, args.timeout, args.seed, args.mix)
         )
     finally:
@@ -176,10 +184,10 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
 def table(out: dict[str, Any]) -> str:
     head = (f"{out['sae']} ({out['n_features']:,} features), {out['clients']} concurrent clients for "
             f"{out['wall_s']:.0f} s, {out['cpus']} CPUs\n\n"
-            "| request | requests | errors | p50 (ms) | p99 (ms) | max (ms) | requests/s |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
-    rows = [f"| {k} | {r['requests']} | {r['errors']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-            f"{r['max_ms']:.0f} | {r['requests_per_s']:.1f} |"
+            "| request | answered | errors | busy (503) | p50 (ms) | p99 (ms) | max (ms) | answered/s |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
+    rows = [f"| {k} | {r['requests']} | {r['errors']} | {r['busy_503']} | {r['p50_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['requests_per_s']:.1f} |"
             for k, r in out["results"].items()]  # fmt: skip
     return "\n".join([head, *rows])
 

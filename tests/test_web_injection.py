@@ -322,3 +322,25 @@ def test_a_real_server_refuses_what_its_parser_cannot_take(server: str) -> None:
         chunked = c.post(f"{API}/inspect", content=chunks(), headers={"content-type": "application/json"})
         assert chunked.status_code == 413
         assert c.post(f"{API}/inspect", json={"text": "the code"}).status_code == 200  # still serving
+
+
+def test_a_request_that_would_wait_too_long_for_the_model_is_refused_at_once(client: TestClient) -> None:
+    queue = client.app.state.served.model_queue  # type: ignore[attr-defined]
+    assert client.post(f"{API}/inspect", json={"text": "the code"}).status_code == 200
+    saved = queue.waiting, queue.mean_s
+    queue.waiting, queue.mean_s = 3, 20.0  # three requests ahead, 20 s each: 60 s > MAX_MODEL_WAIT
+    try:
+        page = {"q": "code", "mode": "concept", "sae": "relu-64"}
+        answers = [
+            client.post(f"{API}/inspect", json={"text": "the code"}),
+            client.get(f"{API}/concepts", params={"q": "code"}),
+            client.get("/run/tiny/search", params=page),
+        ]
+        for r in answers:
+            assert "script-src" in r.headers["content-security-policy"] and "Traceback" not in r.text
+            assert r.status_code == 503 and "busy for about 60 s" in r.text, r.text[:300]
+        assert client.get(f"{API}/features/1").status_code == 200  # pages and searches are not held up
+    finally:
+        queue.waiting, queue.mean_s = saved
+    assert client.post(f"{API}/inspect", json={"text": "the code"}).status_code == 200
+    assert queue.waiting == 0

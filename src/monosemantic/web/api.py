@@ -33,7 +33,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "no such run, dictionary, feature or figure",
         413: "a body larger than the API reads",
         422: "a parameter or body outside its bounds",
-        503: "too many steering requests at once",
+        503: "the model is busy: too many requests wait for it",
     }
     return {s: {"model": ErrorBody, "description": said[s]} for s in statuses}
 
@@ -119,9 +119,22 @@ def get_run(request: Request, run: str) -> ServedRun:
 
 
 async def model_work(request: Request, work: Callable[..., T], *args: Any) -> T:
-    """``work(*args)`` in the served model's own thread (``Served.model_thread``), awaited."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(served(request).model_thread, functools.partial(work, *args))
+    """``work(*args)`` in the served model's own thread (``state.ModelQueue``), awaited.
+
+    Raises:
+        Busy: the requests ahead would keep it waiting longer than ``state.MAX_MODEL_WAIT``.
+    """
+    queue = served(request).model_queue
+    wait = queue.enter()
+    if wait:
+        raise model_requests.Busy(
+            f"the model is busy for about {wait:.0f} s with {queue.waiting} requests: try again in a minute"
+        )
+    try:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(queue.thread, queue.timed, functools.partial(work, *args))
+    finally:
+        queue.leave()
 
 
 @router.get("/runs", summary="the served runs")
@@ -194,6 +207,7 @@ def text_search(
 @router.get(
     "/runs/{run}/saes/{sae}/concepts",
     summary="concept search: features that fire strongly and specifically on the query (loads the model)",
+    responses=_errors(503),
 )
 async def concept_search(
     request: Request,
@@ -292,7 +306,7 @@ def steer_stream(
 @router.post(
     "/runs/{run}/saes/{sae}/inspect",
     summary="analyse a text: the features that fire on each token and over the whole text (loads the model)",
-    responses=_errors(413),
+    responses=_errors(413, 503),
 )
 async def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
     r = get_run(request, run)

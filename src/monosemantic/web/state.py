@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -160,6 +161,51 @@ class ModelHolder:
         return run in self._models
 
 
+MAX_MODEL_WAIT = 30.0
+"""Seconds a request for the model may expect to wait for its turn; beyond, it is refused (503)."""
+
+
+class ModelQueue:
+    """Where the requests that run the model (concept search, analyse a text) run: one thread,
+    one request after the other. Those waiting for it wait as coroutines, so that the thread pool
+    that pages and searches share stays free (with 50 clients, waiting ones took all its 40
+    threads, and a feature page waited 20 s for a thread); a request that would wait longer than
+    ``MAX_MODEL_WAIT`` (the requests ahead times the mean time of the recent ones) is refused at
+    once instead of timing out."""
+
+    def __init__(self) -> None:
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.waiting = 0
+        """requests queued or running"""
+        self.mean_s = 0.0
+        """moving average of a request's time in the thread (seconds)"""
+        self._lock = threading.Lock()
+
+    def enter(self) -> float:
+        """Count a new request; returns 0, or the expected wait (seconds) when it is too long
+        (then the request is not counted)."""
+        with self._lock:
+            wait = self.waiting * self.mean_s
+            if wait > MAX_MODEL_WAIT:
+                return wait
+            self.waiting += 1
+            return 0.0
+
+    def leave(self) -> None:
+        with self._lock:
+            self.waiting -= 1
+
+    def timed(self, work: Callable[[], T]) -> T:
+        """``work()``, its time folded into ``mean_s``."""
+        t0 = time.monotonic()
+        try:
+            return work()
+        finally:
+            dt = time.monotonic() - t0
+            with self._lock:
+                self.mean_s = dt if self.mean_s == 0 else 0.8 * self.mean_s + 0.2 * dt
+
+
 class Served:
     """Every run the app serves, with the model holder they share."""
 
@@ -182,11 +228,7 @@ class Served:
         self.streams = 0
         """steering streams open now (generating or waiting for the model)"""
         self.streams_lock = threading.Lock()
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        """where the requests that run the model (concept search, analyse a text) run, one after
-        the other: those waiting for it wait as coroutines, and the thread pool that pages and
-        searches share stays free (with 50 clients, waiting ones took all its 40 threads, and a
-        feature page waited 20 s for a thread)"""
+        self.model_queue = ModelQueue()
 
     def stream_opened(self) -> bool:
         """Count a new steering stream; False (and not counted) when ``MAX_STREAMS`` are open."""
