@@ -167,6 +167,7 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
         kind: {
             "requests": len(ts),
             "errors": len(errors[kind]),
+            "busy_503": busy[kind],
             "p50_ms": percentile(ts, 50),
             "p99_ms": percentile(ts, 99),
             "max_ms": max(ts, default=float("nan")),
