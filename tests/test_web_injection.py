@@ -327,8 +327,9 @@ def test_a_real_server_refuses_what_its_parser_cannot_take(server: str) -> None:
 def test_a_request_that_would_wait_too_long_for_the_model_is_refused_at_once(client: TestClient) -> None:
     queue = client.app.state.served.model_queue  # type: ignore[attr-defined]
     assert client.post(f"{API}/inspect", json={"text": "the code"}).status_code == 200
-    saved = queue.waiting, queue.mean_s
-    queue.waiting, queue.mean_s = 3, 20.0  # three requests ahead, 20 s each: 60 s > MAX_MODEL_WAIT
+    saved = list(queue.recent["inspect"])
+    queue.waiting["inspect"] += 3  # three requests ahead, 20 s each: 60 s > MAX_MODEL_WAIT
+    queue.recent["inspect"].extend([20.0] * 9)
     try:
         page = {"q": "code", "mode": "concept", "sae": "relu-64"}
         answers = [
@@ -341,6 +342,8 @@ def test_a_request_that_would_wait_too_long_for_the_model_is_refused_at_once(cli
             assert r.status_code == 503 and "busy for about 60 s" in r.text, r.text[:300]
         assert client.get(f"{API}/features/1").status_code == 200  # pages and searches are not held up
     finally:
-        queue.waiting, queue.mean_s = saved
+        queue.waiting["inspect"] -= 3
+        queue.recent["inspect"].clear()
+        queue.recent["inspect"].extend(saved)
     assert client.post(f"{API}/inspect", json={"text": "the code"}).status_code == 200
-    assert queue.waiting == 0
+    assert sum(queue.waiting.values()) == 0

@@ -118,23 +118,32 @@ def get_run(request: Request, run: str) -> ServedRun:
     return served(request).run(run)
 
 
-async def model_work(request: Request, work: Callable[..., T], *args: Any) -> T:
-    """``work(*args)`` in the served model's own thread (``state.ModelQueue``), awaited.
+async def model_work(request: Request, kind: str, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in the served model's own thread (``state.ModelQueue``), awaited; ``kind``
+    names what it does (its recent times predict the next one's).
 
     Raises:
         Busy: the requests ahead would keep it waiting longer than ``state.MAX_MODEL_WAIT``.
     """
     queue = served(request).model_queue
-    wait = queue.enter()
+    wait = queue.enter(kind)
     if wait:
+        n = sum(queue.waiting.values())
         raise model_requests.Busy(
-            f"the model is busy for about {wait:.0f} s with {queue.waiting} requests: try again in a minute"
+            f"the model is busy for about {wait:.0f} s with {n} requests: try again in a minute"
         )
     try:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(queue.thread, queue.timed, functools.partial(work, *args))
+        future = loop.run_in_executor(queue.thread, queue.timed, kind, functools.partial(work, *args))
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=0.5)
+            if done:
+                return future.result()
+            if await request.is_disconnected():  # nobody waits for it: drop it unless it runs
+                future.cancel()
+                raise model_requests.Busy("the client went away")
     finally:
-        queue.leave()
+        queue.leave(kind)
 
 
 @router.get("/runs", summary="the served runs")
@@ -217,7 +226,7 @@ async def concept_search(
     top: Annotated[int, Query(ge=1, le=50, description="features to list")] = 10,
     matches: Annotated[int, Query(ge=0, le=64, description="corpus passages to use, at most")] = 16,
 ) -> dict[str, Any]:
-    return await model_work(request, concept_search_result, request, run, sae, q, top, matches)
+    return await model_work(request, "concept", concept_search_result, request, run, sae, q, top, matches)
 
 
 def concept_search_result(
@@ -311,5 +320,13 @@ def steer_stream(
 async def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
     r = get_run(request, run)
     return await model_work(
-        request, model_requests.inspect, served(request), r, sae, body.text, body.per_token, body.top
+        request,
+        "inspect",
+        model_requests.inspect,
+        served(request),
+        r,
+        sae,
+        body.text,
+        body.per_token,
+        body.top,
     )

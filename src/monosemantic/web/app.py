@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +137,14 @@ def create_app(served: Served, token: str = "") -> FastAPI:
     """The browser over ``served``; with ``token``, every route (pages, API, static files) needs it."""
     from monosemantic.web import api, pages
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # model requests still queued are dropped: a stopped server does not run them first
+        served.model_queue.thread.shutdown(wait=False, cancel_futures=True)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="monosemantic feature browser",
         version="1",
         description="Read-only JSON API over the feature databases of the served runs (see docs/browser.md).",

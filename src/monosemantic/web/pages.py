@@ -106,7 +106,7 @@ async def search(
 ) -> Response:
     work = functools.partial(_search_page, request, run, q, sae, mode, page, text)
     if (q.strip() and mode == "concept") or text.strip():
-        return await api.model_work(request, work)
+        return await api.model_work(request, "search page", work)
     return await run_in_threadpool(work)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import statistics
 import threading
 import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -170,40 +172,48 @@ class ModelQueue:
     one request after the other. Those waiting for it wait as coroutines, so that the thread pool
     that pages and searches share stays free (with 50 clients, waiting ones took all its 40
     threads, and a feature page waited 20 s for a thread); a request that would wait longer than
-    ``MAX_MODEL_WAIT`` (the requests ahead times the mean time of the recent ones) is refused at
+    ``MAX_MODEL_WAIT`` (the typical time of each request ahead, by kind, added up) is refused at
     once instead of timing out."""
 
     def __init__(self) -> None:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self.waiting = 0
-        """requests queued or running"""
-        self.mean_s = 0.0
-        """moving average of a request's time in the thread (seconds)"""
+        self.waiting: Counter[str] = Counter()
+        """requests queued or running, by kind"""
+        self.recent: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=9))
+        """the last requests' times in the thread (seconds), by kind"""
         self._lock = threading.Lock()
 
-    def enter(self) -> float:
-        """Count a new request; returns 0, or the expected wait (seconds) when it is too long
-        (then the request is not counted)."""
+    def typical_s(self, kind: str) -> float:
+        """A request's time in the thread: the lower median of the recent ones of its kind (the
+        one that loaded the model, a minute for a large one, stops counting once one more has run)."""
+        times = self.recent.get(kind)
+        return statistics.median_low(times) if times else 0.0
+
+    def expected_wait(self) -> float:
+        return sum(n * self.typical_s(kind) for kind, n in self.waiting.items())
+
+    def enter(self, kind: str) -> float:
+        """Count a new request of ``kind``; returns 0, or the expected wait (seconds) when it is
+        too long (then the request is not counted)."""
         with self._lock:
-            wait = self.waiting * self.mean_s
+            wait = self.expected_wait()
             if wait > MAX_MODEL_WAIT:
                 return wait
-            self.waiting += 1
+            self.waiting[kind] += 1
             return 0.0
 
-    def leave(self) -> None:
+    def leave(self, kind: str) -> None:
         with self._lock:
-            self.waiting -= 1
+            self.waiting[kind] -= 1
 
-    def timed(self, work: Callable[[], T]) -> T:
-        """``work()``, its time folded into ``mean_s``."""
+    def timed(self, kind: str, work: Callable[[], T]) -> T:
+        """``work()``, its time recorded under ``kind``."""
         t0 = time.monotonic()
         try:
             return work()
         finally:
-            dt = time.monotonic() - t0
             with self._lock:
-                self.mean_s = dt if self.mean_s == 0 else 0.8 * self.mean_s + 0.2 * dt
+                self.recent[kind].append(time.monotonic() - t0)
 
 
 class Served:
