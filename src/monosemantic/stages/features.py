@@ -167,9 +167,8 @@ def run_search(
         pool = max(top, POOL) if rerank else top
         hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=pool, texts=texts)
         if rerank:
-            hits = semantic_rerank(hits, query, WindowEmbeddings(con, name, shared_embedder(), window_cache))[
-                :top
-            ]
+            windows = WindowEmbeddings(con, name, shared_embedder(), window_cache)
+            hits = semantic_rerank(hits, query, windows)[:top]
         words = db.vocab(con)
         return SearchResult(
             name,

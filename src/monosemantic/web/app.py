@@ -140,8 +140,7 @@ def create_app(served: Served, token: str = "") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        # model requests still queued are dropped: a stopped server does not run them first
-        served.model_queue.thread.shutdown(wait=False, cancel_futures=True)
+        served.model_queue.drop()
 
     app = FastAPI(
         lifespan=lifespan,

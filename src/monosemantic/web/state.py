@@ -206,6 +206,12 @@ class ModelQueue:
         with self._lock:
             self.waiting[kind] -= 1
 
+    def drop(self) -> None:
+        """Drop the requests still queued (the server stops: it does not run them first); the
+        queue takes new ones in a new thread (an app served again)."""
+        old, self.thread = self.thread, ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        old.shutdown(wait=False, cancel_futures=True)
+
     def timed(self, kind: str, work: Callable[[], T]) -> T:
         """``work()``, its time recorded under ``kind``."""
         t0 = time.monotonic()
