@@ -23,12 +23,21 @@ CONTEXTS = 10
 
 
 class WindowEmbeddings:
-    """Each feature's mean firing-window embedding (unit vector), computed once per feature."""
+    """Each feature's mean firing-window embedding (unit vector), computed once per feature;
+    ``cache``: a dict kept by the caller across searches of the same dictionary (the web app keeps
+    one per served run and dictionary: a concept search then embeds only features not seen before,
+    instead of 200 windows each time)."""
 
-    def __init__(self, con: sqlite3.Connection, sae: str, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        con: sqlite3.Connection,
+        sae: str,
+        embedder: Embedder,
+        cache: dict[int, np.ndarray] | None = None,
+    ) -> None:
         self.con, self.sae, self.embedder = con, sae, embedder
         self.words = db.vocab(con)
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache: dict[int, np.ndarray] = {} if cache is None else cache
 
     def __call__(self, feature: int) -> np.ndarray:
         if feature not in self._cache:

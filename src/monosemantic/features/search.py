@@ -72,7 +72,9 @@ class Hit:
 
 
 def fts_phrase(query: str) -> str:
-    return '"' + query.replace('"', '""') + '"'
+    """``query`` as one FTS5 phrase: operators and syntax in it are text; a NUL byte (which FTS5
+    takes for the end of the string, and no context contains) is dropped."""
+    return '"' + query.replace("\x00", "").replace('"', '""') + '"'
 
 
 def query_pattern(query: str) -> re.Pattern[str]:

@@ -136,11 +136,13 @@ def run_search(
     matches: int = 32,
     lm: Any = None,
     semantic: bool = True,
+    window_cache: dict[int, Any] | None = None,
 ) -> SearchResult:
     """Features that fire strongly and specifically on ``query`` (see ``features.search``),
     reranked by meaning (``features.rerank``) when ``semantic`` and the MiniLM embedder is
     installed; ``lm``: the run's model when the caller holds it loaded (the web app), else loaded
-    here.
+    here; ``window_cache``: the reranker's per-feature embeddings of this dictionary, kept by a
+    caller that searches it again (the web app).
 
     Raises:
         UserError: empty query, no such run or analysed dictionary.
@@ -165,7 +167,8 @@ def run_search(
         pool = max(top, POOL) if rerank else top
         hits, occs = search(con, lm, d.layer, name, d.sae, query, max_matches=matches, top=pool, texts=texts)
         if rerank:
-            hits = semantic_rerank(hits, query, WindowEmbeddings(con, name, shared_embedder()))[:top]
+            windows = WindowEmbeddings(con, name, shared_embedder(), window_cache)
+            hits = semantic_rerank(hits, query, windows)[:top]
         words = db.vocab(con)
         return SearchResult(
             name,

@@ -3,26 +3,53 @@ pages, counts); the work is in ``queries`` and in the same ``stages`` functions 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from monosemantic.stages.steer import SteerRequest
 from monosemantic.web import model_requests, queries
 from monosemantic.web.model_requests import MAX_FEATURES, MAX_NEW_TOKENS, MAX_SCALE
 from monosemantic.web.state import Served, ServedRun
 
-router = APIRouter(prefix="/api", tags=["api"])
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API: a one-line message and the HTTP status."""
+
+    error: str = Field(description="what went wrong and what to do")
+    status: int = Field(description="the HTTP status, repeated")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    said = {
+        400: "a request the data cannot answer (e.g. a text too long for the model)",
+        404: "no such run, dictionary, feature or figure",
+        413: "a body larger than the API reads",
+        422: "a parameter or body outside its bounds",
+        503: "the model is busy: too many requests wait for it",
+    }
+    return {s: {"model": ErrorBody, "description": said[s]} for s in statuses}
+
+
+T = TypeVar("T")
+router = APIRouter(prefix="/api", tags=["api"], responses=_errors(400, 404, 422))
+"""Every route documents its errors (the app's handlers answer them all with ``ErrorBody``)."""
 
 MAX_QUERY = 200
 """Characters of a search query, at most."""
 MAX_TEXT = 2_000
 """Characters of a text to analyse or a prompt to steer, at most."""
 MAX_PAGE = 100_000
+MAX_BODY = 64 * 1024
+"""Bytes of a request body, at most (the largest valid one, a steering request with a 2,000-character
+prompt written as JSON escapes, is under 30 kB); a larger one is refused before it is read whole."""
 RunName = Annotated[str, Path(max_length=200, description="a served run's name (see /api/runs)")]
 SaeName = Annotated[str, Path(max_length=200, description="an analysed dictionary, e.g. relu-16384")]
 FeatureId = Annotated[int, Path(ge=0, le=2**31 - 1, description="feature id")]
@@ -45,13 +72,21 @@ Temperature = Annotated[float, Field(ge=0, le=2, description="0 = greedy; above 
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="seed of the sampling")]
 
 
+STRICT = ConfigDict(strict=True, extra="ignore")
+"""Bodies are taken as typed: ``true`` or ``"5"`` is not a count, ``5.0`` is not a feature id (a
+number is still a scale); unknown keys are ignored."""
+
+
 class SteerFeature(BaseModel):
+    model_config = STRICT
     feature: FeatureItem
     scale: Scale = 10.0
 
 
 class SteerBody(BaseModel):
     """A steering request: features with their scales, a mode, a prompt, generation settings."""
+
+    model_config = STRICT
 
     prompt: Prompt
     features: list[SteerFeature] = Field(min_length=1, max_length=MAX_FEATURES)
@@ -64,6 +99,8 @@ class SteerBody(BaseModel):
 
 class InspectBody(BaseModel):
     """A text to analyse."""
+
+    model_config = STRICT
 
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT, description="the text to read")]
     per_token: Annotated[int, Field(ge=0, le=20, description="features listed per token")] = 5
@@ -79,6 +116,34 @@ def served(request: Request) -> Served:
 
 def get_run(request: Request, run: str) -> ServedRun:
     return served(request).run(run)
+
+
+async def model_work(request: Request, kind: str, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in the served model's own thread (``state.ModelQueue``), awaited; ``kind``
+    names what it does (its recent times predict the next one's).
+
+    Raises:
+        Busy: the requests ahead would keep it waiting longer than ``state.MAX_MODEL_WAIT``.
+    """
+    queue = served(request).model_queue
+    wait = queue.enter(kind)
+    if wait:
+        n = sum(queue.waiting.values())
+        raise model_requests.Busy(
+            f"the model is busy for about {wait:.0f} s with {n} requests: try again in a minute"
+        )
+    try:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(queue.thread, queue.timed, kind, functools.partial(work, *args))
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=0.5)
+            if done:
+                return future.result()
+            if await request.is_disconnected():  # nobody waits for it: drop it unless it runs
+                future.cancel()
+                raise model_requests.Busy("the client went away")
+    finally:
+        queue.leave(kind)
 
 
 @router.get("/runs", summary="the served runs")
@@ -151,8 +216,9 @@ def text_search(
 @router.get(
     "/runs/{run}/saes/{sae}/concepts",
     summary="concept search: features that fire strongly and specifically on the query (loads the model)",
+    responses=_errors(503),
 )
-def concept_search(
+async def concept_search(
     request: Request,
     run: RunName,
     sae: SaeName,
@@ -160,13 +226,23 @@ def concept_search(
     top: Annotated[int, Query(ge=1, le=50, description="features to list")] = 10,
     matches: Annotated[int, Query(ge=0, le=64, description="corpus passages to use, at most")] = 16,
 ) -> dict[str, Any]:
+    return await model_work(request, "concept", concept_search_result, request, run, sae, q, top, matches)
+
+
+def concept_search_result(
+    request: Request, run: str, sae: str, q: str, top: int = 10, matches: int = 16
+) -> dict[str, Any]:
+    """What ``concept_search`` answers, computed in the calling thread (it holds the model)."""
     from monosemantic.stages.features import run_search
 
     r = get_run(request, run)
     with r.connect() as con:
         r.check_sae(con, sae)
+    windows: dict[int, Any] = r.cached(f"windows:{sae}", dict)  # filled under the model lock
     with served(request).models.use(r.path) as lm:
-        result = run_search(r.path, q, sae, top, matches, lm=lm, semantic=served(request).semantic)
+        result = run_search(
+            r.path, q, sae, top, matches, lm=lm, semantic=served(request).semantic, window_cache=windows
+        )
     return {
         "sae": result.sae,
         "query": q,
@@ -186,6 +262,7 @@ def feature_map(request: Request, run: RunName, sae: SaeName) -> dict[str, Any]:
 @router.post(
     "/runs/{run}/saes/{sae}/steer",
     summary="unsteered and steered completions of a prompt, scored by the clean model (loads the model)",
+    responses=_errors(413),
 )
 def steer(request: Request, run: RunName, sae: SaeName, body: SteerBody) -> dict[str, Any]:
     req = SteerRequest([f.feature for f in body.features], [f.scale for f in body.features], body.mode)
@@ -200,7 +277,10 @@ def steer(request: Request, run: RunName, sae: SaeName, body: SteerBody) -> dict
     "/runs/{run}/saes/{sae}/steer/stream",
     summary="the same as server-sent events, token by token: queued, start, token {which, text}, done, error",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
+        **_errors(503),
+    },
 )
 def steer_stream(
     request: Request,
@@ -235,8 +315,18 @@ def steer_stream(
 @router.post(
     "/runs/{run}/saes/{sae}/inspect",
     summary="analyse a text: the features that fire on each token and over the whole text (loads the model)",
+    responses=_errors(413, 503),
 )
-def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
-    return model_requests.inspect(
-        served(request), get_run(request, run), sae, body.text, body.per_token, body.top
+async def inspect(request: Request, run: RunName, sae: SaeName, body: InspectBody) -> dict[str, Any]:
+    r = get_run(request, run)
+    return await model_work(
+        request,
+        "inspect",
+        model_requests.inspect,
+        served(request),
+        r,
+        sae,
+        body.text,
+        body.per_token,
+        body.top,
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +88,62 @@ def _install_token(app: FastAPI, token: str) -> None:
         return response
 
 
+def secured(response: Response) -> Response:
+    """``response`` with the security headers every answer carries."""
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+class LimitBody:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 and is never read whole,
+    whether its Content-Length says so up front or a chunked body grows past it (then what
+    arrived is held, at most ``limit`` bytes, and replayed to the app)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        if declared or b"transfer-encoding" not in headers:
+            return await self.app(scope, receive, send)  # the server stops at Content-Length
+        held, size = [], 0
+        while True:
+            message = await receive()
+            held.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Any:
+            return held.pop(0) if held else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        message = f"the request body is larger than {self.limit // 1024} KiB: send a shorter text"
+        await secured(error_response(Request(scope), 413, message))(scope, receive, send)
+
+
 def create_app(served: Served, token: str = "") -> FastAPI:
     """The browser over ``served``; with ``token``, every route (pages, API, static files) needs it."""
     from monosemantic.web import api, pages
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        served.model_queue.drop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="monosemantic feature browser",
         version="1",
         description="Read-only JSON API over the feature databases of the served runs (see docs/browser.md).",
@@ -106,14 +159,11 @@ def create_app(served: Served, token: str = "") -> FastAPI:
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        return response
+        return secured(await call_next(request))
 
     if token:
         _install_token(app, token)
+    app.add_middleware(LimitBody, limit=api.MAX_BODY)  # outermost: before the token is even checked
     _list_served_names(app, served)
     return app
 

@@ -4,9 +4,11 @@ token tooltips, the interactive map and the steering stream."""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from monosemantic.errors import UserError
@@ -22,10 +24,17 @@ OptionalText = Annotated[str, Query(max_length=api.MAX_QUERY)]
 
 
 def _default_sae(r: ServedRun, sae: str) -> str:
-    """The dictionary asked for, else the largest analysed one ('' when none is)."""
-    if sae:
-        return sae
+    """The dictionary asked for, else the largest analysed one ('' when none is).
+
+    Raises:
+        NotFound: the dictionary asked for is not analysed in the run.
+    """
+    if not r.has_db:
+        return ""
     with r.connect() as con:
+        if sae:
+            r.check_sae(con, sae)
+            return sae
         names = list(r.saes(con))
     return names[-1] if names else ""
 
@@ -86,7 +95,7 @@ def feature_map(request: Request, run: api.RunName, sae: api.SaeName) -> Respons
 
 
 @router.get("/run/{run}/search", response_class=HTMLResponse)
-def search(
+async def search(
     request: Request,
     run: api.RunName,
     q: OptionalText = "",
@@ -95,12 +104,19 @@ def search(
     page: api.Page = 0,
     text: Annotated[str, Query(max_length=api.MAX_TEXT, description="a text to analyse")] = "",
 ) -> Response:
+    work = functools.partial(_search_page, request, run, q, sae, mode, page, text)
+    if (q.strip() and mode == "concept") or text.strip():
+        return await api.model_work(request, "search page", work)
+    return await run_in_threadpool(work)
+
+
+def _search_page(request: Request, run: str, q: str, sae: str, mode: str, page: int, text: str) -> Response:
     r = api.get_run(request, run)
     sae = _default_sae(r, sae)
     result: dict[str, Any] | None = None
     if q.strip() and sae:
         if mode == "concept":
-            result = api.concept_search(request, run, sae, q)
+            result = api.concept_search_result(request, run, sae, q)
         else:
             with r.connect() as con:
                 result = queries.text_search(r, con, sae, q, page, 20)

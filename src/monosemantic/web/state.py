@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import statistics
 import threading
+import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +163,65 @@ class ModelHolder:
         return run in self._models
 
 
+MAX_MODEL_WAIT = 30.0
+"""Seconds a request for the model may expect to wait for its turn; beyond, it is refused (503)."""
+
+
+class ModelQueue:
+    """Where the requests that run the model (concept search, analyse a text) run: one thread,
+    one request after the other. Those waiting for it wait as coroutines, so that the thread pool
+    that pages and searches share stays free (with 50 clients, waiting ones took all its 40
+    threads, and a feature page waited 20 s for a thread); a request that would wait longer than
+    ``MAX_MODEL_WAIT`` (the typical time of each request ahead, by kind, added up) is refused at
+    once instead of timing out."""
+
+    def __init__(self) -> None:
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.waiting: Counter[str] = Counter()
+        """requests queued or running, by kind"""
+        self.recent: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=9))
+        """the last requests' times in the thread (seconds), by kind"""
+        self._lock = threading.Lock()
+
+    def typical_s(self, kind: str) -> float:
+        """A request's time in the thread: the lower median of the recent ones of its kind (the
+        one that loaded the model, a minute for a large one, stops counting once one more has run)."""
+        times = self.recent.get(kind)
+        return statistics.median_low(times) if times else 0.0
+
+    def expected_wait(self) -> float:
+        return sum(n * self.typical_s(kind) for kind, n in self.waiting.items())
+
+    def enter(self, kind: str) -> float:
+        """Count a new request of ``kind``; returns 0, or the expected wait (seconds) when it is
+        too long (then the request is not counted)."""
+        with self._lock:
+            wait = self.expected_wait()
+            if wait > MAX_MODEL_WAIT:
+                return wait
+            self.waiting[kind] += 1
+            return 0.0
+
+    def leave(self, kind: str) -> None:
+        with self._lock:
+            self.waiting[kind] -= 1
+
+    def drop(self) -> None:
+        """Drop the requests still queued (the server stops: it does not run them first); the
+        queue takes new ones in a new thread (an app served again)."""
+        old, self.thread = self.thread, ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        old.shutdown(wait=False, cancel_futures=True)
+
+    def timed(self, kind: str, work: Callable[[], T]) -> T:
+        """``work()``, its time recorded under ``kind``."""
+        t0 = time.monotonic()
+        try:
+            return work()
+        finally:
+            with self._lock:
+                self.recent[kind].append(time.monotonic() - t0)
+
+
 class Served:
     """Every run the app serves, with the model holder they share."""
 
@@ -181,6 +244,7 @@ class Served:
         self.streams = 0
         """steering streams open now (generating or waiting for the model)"""
         self.streams_lock = threading.Lock()
+        self.model_queue = ModelQueue()
 
     def stream_opened(self) -> bool:
         """Count a new steering stream; False (and not counted) when ``MAX_STREAMS`` are open."""
