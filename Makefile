@@ -9,7 +9,7 @@ PEER_TESTS := tests/test_interop_peers.py tests/test_metrics_parity.py tests/tes
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean chaos bench
+.PHONY: install demo demo-full test test-fast test-peers browser lint typecheck clean chaos web-fire bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -69,6 +69,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # kill -9 at 20 seeded random points per stage (docs/reliability.md); tests/test_chaos.py is its CI part.
+# The web API under fire (issue 17 part 4; not part of `make test`, which runs small versions):
+# schemathesis at 250 examples per operation (~4,700 requests), then 50 clients for 60 s.
+web-fire: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m tests.web_fuzz --examples 250
+	OMP_NUM_THREADS=1 $(BIN)/python bench/web_load.py --tiny --clients 50 --seconds 60
+
 chaos: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m tests.chaos --kills 20 --torchrun-kills 20
 
