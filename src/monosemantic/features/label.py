@@ -2,7 +2,7 @@
 whose sentence embedding best matches the windows where it fires, plus its firing tokens.
 
 The lexicon is what the project already ships: the WordNet entries of the bundled corpus
-(``headword, synonym (noun): gloss``, about 25,000 of them: people, places, works, emotions,
+(``headword, synonym (noun): gloss``, about 27,000 of them: people, places, works, emotions,
 sciences, ...) and the concept list (``data/concepts.tsv``). Each entry is embedded once with
 all-MiniLM-L6-v2 (``scorers.Embedder``; cached next to the feature database). A feature's
 *firing windows* are its top contexts cut to a few tokens around the peak; their mean embedding
@@ -62,7 +62,7 @@ def lexicon(corpus: Path = DEFAULT_PATH, common: int = LEXICON_COMMON) -> list[E
     """The WordNet entries of the bundled corpus, then the concept list; deduplicated by text.
 
     The corpus holds every WordNet synset (117k); the lexicon keeps those named with a capital
-    (people, places, works, languages: about 15k; taxa such as genera excepted) and ``common`` of
+    (people, places, works, languages: about 17k; taxa such as genera excepted) and ``common`` of
     the others, chosen by a stable hash of their text, so that embedding it stays a few minutes
     of CPU."""
     named: dict[str, tuple[str, str]] = {}  # entry text -> (first headword, gloss)
