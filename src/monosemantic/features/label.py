@@ -2,7 +2,7 @@
 whose sentence embedding best matches the windows where it fires, plus its firing tokens.
 
 The lexicon is what the project already ships: the WordNet entries of the bundled corpus
-(``headword, synonym (noun): gloss``, about 13,600 of them: people, places, works, emotions,
+(``headword, synonym (noun): gloss``, about 27,000 of them: people, places, works, emotions,
 sciences, ...) and the concept list (``data/concepts.tsv``). Each entry is embedded once with
 all-MiniLM-L6-v2 (``scorers.Embedder``; cached next to the feature database). A feature's
 *firing windows* are its top contexts cut to a few tokens around the peak; their mean embedding
@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,14 @@ MIN_COSINE = 0.35
 LABEL_WINDOW = 6
 """Tokens on each side of the peak in a firing window."""
 GLOSS_WORDS = 8
+LEXICON_COMMON = 10_000
+"""WordNet entries not named with a capital that the lexicon keeps (of about 100k)."""
+_TAXON = re.compile(
+    r"(?:[\w-]+ ){0,3}(?:genus|genera|family|order|suborder|class|subclass|phylum|subphylum|division|"
+    r"subfamily|superfamily|superorder|tribe|kingdom|subkingdom|variety|species)\b"
+)
+"""A gloss that names a taxon ('type genus of the Fringillidae'): capitalized, but no name a reader
+would label a feature with, so it counts with the common entries."""
 _ENTRY = re.compile(r"^(?P<head>[^()\n]{1,80}?) \((?P<pos>noun|verb|adjective|adverb)\): (?P<gloss>[^;\n]+)")
 
 
@@ -49,19 +58,33 @@ class Entry:
     in Germany ...'), or 'concept (kind)'."""
 
 
-def lexicon(corpus: Path = DEFAULT_PATH) -> list[Entry]:
-    """The WordNet entries of the bundled corpus, then the concept list; deduplicated by text."""
-    out: dict[str, Entry] = {}
+def lexicon(corpus: Path = DEFAULT_PATH, common: int = LEXICON_COMMON) -> list[Entry]:
+    """The WordNet entries of the bundled corpus, then the concept list; deduplicated by text.
+
+    The corpus holds every WordNet synset (117k); the lexicon keeps those named with a capital
+    (people, places, works, languages: about 17k; taxa such as genera excepted) and ``common`` of
+    the others, chosen by a stable hash of their text, so that embedding it stays a few minutes
+    of CPU."""
+    named: dict[str, tuple[str, str]] = {}  # entry text -> (first headword, gloss)
+    other: dict[str, tuple[str, str]] = {}
     with gzip.open(corpus, "rt", encoding="utf-8") as f:
         for line in f:
+            if '"source": "wordnet"' not in line:  # the cheap test first: most lines are not
+                continue
             doc = json.loads(line)
             if doc.get("source") != "wordnet":
                 continue
             for m in map(_ENTRY.match, doc["text"].splitlines()):
                 if m is not None:
-                    head = m["head"].split(",")[0].strip()
-                    gloss = " ".join(m["gloss"].split()[:GLOSS_WORDS])
-                    out.setdefault(m.group(0), Entry(f"{head} ({gloss})", m.group(0)))
+                    head = m["head"].partition(",")[0].strip()
+                    into = named if head[:1].isupper() and not _TAXON.match(m["gloss"]) else other
+                    into.setdefault(m.group(0), (head, m["gloss"]))
+    # zlib.crc32: a stable hash (the same on every machine and run) and quick on 100k entries
+    keep = sorted(other, key=lambda t: zlib.crc32(t.encode("utf-8", "surrogatepass")))[:common]
+    out = {
+        text: Entry(f"{head} ({' '.join(gloss.split()[:GLOSS_WORDS])})", text)
+        for text, (head, gloss) in [*named.items(), *((t, other[t]) for t in keep)]
+    }
     for c in load_concepts():
         text = f"{c.name} ({c.kind})"
         out.setdefault(text, Entry(c.name, text))
