@@ -34,6 +34,9 @@ class ForwardOutput(NamedTuple):
     active: Active | None = None
     """The nonzero entries of feats (flattened to (B, n)) with their gradient, where the
     architecture selected them sparsely (TopK variants); None otherwise."""
+    penalty: Tensor | None = None
+    """() the sparsity penalty Σ_i f_i‖W_dec[:, i]‖ averaged over the batch, with its gradient, where
+    the forward already computed it (ReLU's fast path, ``sae/relu_step.py``); None otherwise."""
 
 
 class LossContext(NamedTuple):
