@@ -23,7 +23,7 @@ from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
 from monosemantic.sae.collectives import LOCAL
-from monosemantic.sae.sparse import Active, encoder_entries, sparse_decode
+from monosemantic.sae.sparse import Active, column_entries, encoder_entries, sparse_decode
 from monosemantic.sae.sparse import topk_per_row as topk_per_row  # re-exported: its home before sparse.py
 
 if TYPE_CHECKING:
@@ -87,6 +87,32 @@ def auxk_dead_only(
     return torch.where(spread > 0, loss / spread.clamp_min(torch.finfo(spread.dtype).tiny), 0.0)
 
 
+def auxk_dead_dense(
+    x: Tensor,
+    recon: Tensor,
+    pre: Tensor,
+    dead_idx: Tensor,
+    k_aux: int,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+) -> Tensor:
+    """``auxk_dead_only`` in the dense layout over the gathered dead columns dead_idx (n_dead,): the
+    top-k_aux of each row of pre[:, dead_idx] (B, n_dead) scattered into a dense (B, n_dead) matrix,
+    decoded by a dense matmul with W_dec's dead columns, its gradients dense matmuls over them
+    (``column_entries``). When k_aux fills a large part of the dead columns (288 of ~600 at 2,048
+    features early in a run) that costs less than the sparse layout's M = B·k_aux entries."""
+    residual = (x - recon).detach()
+    spread = (residual - residual.mean(0)).pow(2).sum()
+    with torch.no_grad():
+        dead_pre = pre.index_select(1, dead_idx)
+        values, cols = dead_pre.topk(min(k_aux, dead_idx.numel()), dim=-1, sorted=False)
+        acts = torch.zeros_like(dead_pre).scatter_(1, cols, torch.relu(values))
+    acts = column_entries(acts, x, W_enc, b_enc, dead_idx)
+    loss = (acts @ W_dec.index_select(1, dead_idx).T - residual).pow(2).sum()
+    return torch.where(spread > 0, loss / spread.clamp_min(torch.finfo(spread.dtype).tiny), 0.0)
+
+
 class TopKSAE(SparseAutoencoder):
     """``fast`` (default) computes the pre-activations without autograd and gives only the
     selected entries a gradient (``encoder_entries``; AuxK over the dead columns alone); False runs
@@ -96,6 +122,9 @@ class TopKSAE(SparseAutoencoder):
     arch = "topk"
     fast: bool = True
     grad_layout: str = "csr"
+    aux_dense_above: float = 1 / 8
+    """The fast AuxK runs dense over the gathered dead columns (``auxk_dead_dense``) when its k_aux
+    entries per row fill more than this fraction of them, sparse (``auxk_dead_only``) otherwise."""
 
     def __init__(
         self, d_model: int, n_features: int, k: int = 32, k_aux: int = 0, aux_coeff: float = 1 / 32
@@ -152,6 +181,14 @@ class TopKSAE(SparseAutoencoder):
         collectives = self.collectives
         batch = x.shape[0]
         if self.fast and ctx.dead is not None and collectives is LOCAL:
+            dead_idx = ctx.dead.nonzero().flatten()
+            if dead_idx.numel() == 0:
+                return x.new_zeros(())
+            if min(self.k_aux, dead_idx.numel()) > self.aux_dense_above * dead_idx.numel():
+                flat = out.pre_acts.reshape(batch, -1)
+                return auxk_dead_dense(
+                    x, out.recon, flat, dead_idx, self.k_aux, self.W_enc, self.b_enc, self.W_dec
+                )
             return auxk_dead_only(
                 x,
                 out.recon,
