@@ -252,7 +252,9 @@ def test_sparse_decoder_matches_the_dense_one(cls: type[TopKSAE], training: bool
 @pytest.mark.parametrize("aux_dense_above", [0.0, 1.1])
 @pytest.mark.parametrize("layout", ["csr", "coo", "index_add", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
-def test_fast_training_step_has_the_reference_gradients(arch: str, layout: str, aux_dense_above: float) -> None:
+def test_fast_training_step_has_the_reference_gradients(
+    arch: str, layout: str, aux_dense_above: float
+) -> None:
     """The fast path (pre-activations without autograd, gradients from the selected entries only,
     AuxK over the dead columns only, in the dense layout over them (0.0) or the sparse one (1.1))
     against plain autograd, with dead latents so that AuxK runs."""

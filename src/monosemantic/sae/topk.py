@@ -87,6 +87,17 @@ def auxk_dead_only(
     return torch.where(spread > 0, loss / spread.clamp_min(torch.finfo(spread.dtype).tiny), 0.0)
 
 
+def column_dots(a: Tensor, b: Tensor, rows: int = 64) -> Tensor:
+    """Σ_j a[j, i] b[j, i] for a, b (d, n) -> (n,), over blocks of ``rows`` rows. A reduction over
+    the first dimension of a row-major matrix is slow in torch (vecdot, (a * b).sum(0) and
+    norm(dim=0) write or stride through a (d, n) temporary: 20-28 ms against 3 ms this way at
+    576 x 16,384 on the 2-core CPU); the blocks stay in cache."""
+    out = a.new_zeros(a.shape[1])
+    for i in range(0, a.shape[0], rows):
+        out += (a[i : i + rows] * b[i : i + rows]).sum(0)
+    return out
+
+
 def auxk_dead_dense(
     x: Tensor,
     recon: Tensor,
@@ -230,11 +241,10 @@ class TopKSAE(SparseAutoencoder):
         the columns (to first order) along the unit sphere."""
         grad, w = self.W_dec.grad, self.W_dec
         if grad is not None:
-            # vecdot and addcmul_ leave out the (d, n) temporaries of (grad * w).sum(0) and w * c
-            along = torch.linalg.vecdot(grad, w, dim=0) / torch.linalg.vecdot(w, w, dim=0)
-            grad.addcmul_(w, along, value=-1)
+            along = column_dots(grad, w) / column_dots(w, w)
+            grad.addcmul_(w, along, value=-1)  # in place: no (d, n) temporary of w * along
 
     @torch.no_grad()
     def after_optimizer_step(self, out: ForwardOutput) -> None:
         """Put the decoder columns back on the unit sphere."""
-        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True))
+        self.W_dec.div_(column_dots(self.W_dec, self.W_dec).sqrt_())
