@@ -33,13 +33,15 @@ class Active(NamedTuple):
         return zeros.index_put((self.rows, self.cols), self.values)
 
 
-def sparse_decode(W_dec: Tensor, active: Active, batch: int) -> Tensor:
+def sparse_decode(W_dec: Tensor, active: Active, batch: int, table: Tensor | None = None) -> Tensor:
     """W_dec f without the bias, reading only the active columns: W_dec (d, n) -> (B, d).
-    Equals ``active.dense(B, n) @ W_dec.T`` at a cost of M·d instead of B·n·d."""
+    Equals ``active.dense(B, n) @ W_dec.T`` at a cost of M·d instead of B·n·d. ``table``: W_dec.T
+    made contiguous already (``ForwardOutput.decoder_table``), else it is copied here."""
     offsets = torch.searchsorted(active.rows, torch.arange(batch, device=active.rows.device))
     # embedding_bag gathers rows of its table; rows of the strided view W_dec.T are scattered over
     # memory, which made it 2-5x slower than copying the table to a contiguous block first.
-    table = W_dec.T.contiguous()
+    if table is None:
+        table = W_dec.T.contiguous()
     return F.embedding_bag(active.cols, table, offsets, per_sample_weights=active.values, mode="sum")
 
 
