@@ -117,3 +117,13 @@ def test_fast_training_step_has_the_reference_gradients(silent: int) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     if silent:
         assert fast_grads[0][:silent].abs().max() == 0 and fast_grads[2][:, :silent].abs().max() == 0
+
+
+def test_the_input_keeps_its_gradient() -> None:
+    """A caller differentiating with respect to x gets the plain forward, whose graph reaches x."""
+    sae = _sae()
+    x = torch.randn(5, 8, requires_grad=True)
+    out = sae(x)
+    assert out.penalty is None
+    out.recon.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

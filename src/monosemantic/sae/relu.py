@@ -32,7 +32,9 @@ class ReluSAE(SparseAutoencoder):
         return torch.relu(pre)
 
     def forward(self, x: Tensor) -> ForwardOutput:
-        if not (self.fast and torch.is_grad_enabled() and self.collectives is LOCAL):
+        # the fast step gives the parameters their gradient, not x: a caller differentiating with
+        # respect to the input (attribution) gets the plain autograd forward
+        if not (self.fast and torch.is_grad_enabled() and self.collectives is LOCAL) or x.requires_grad:
             return super().forward(x)
         step = relu_step(x.reshape(-1, self.d_model), self.W_enc, self.b_enc, self.W_dec, self.b_dec)
         n = self.n_features

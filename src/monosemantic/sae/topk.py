@@ -172,7 +172,7 @@ class TopKSAE(SparseAutoencoder):
     def forward(self, x: Tensor) -> ForwardOutput:
         flat_x = x.reshape(-1, self.d_model)
         table = None
-        if self.fast:
+        if self.fast and not x.requires_grad:  # the fast path gives x no gradient (attribution needs it)
             with torch.no_grad():
                 flat = torch.addmm(self.b_enc, flat_x, self.W_enc.T)
             active = self._entries(self.select(flat), flat_x)
