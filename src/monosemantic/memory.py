@@ -70,8 +70,8 @@ def keep_freed_memory() -> bool:
     Why: glibc maps each block above 32 MB (its largest mmap threshold) freshly from the kernel and
     unmaps it when freed, so every such temporary of a training step (a 16,384 x 576 float32 gradient
     is 37.7 MB) pays a page fault per 4 KiB page when first written: zeroing one took 15 ms against
-    1.3 ms for a reused block on the 2-core CPU, and a 16,384-feature TopK step 585 ms of CPU against
-    395 ms (docs/bench.md). The setting is process-wide; memory held stays at the peak of the
+    1.3 ms for a reused block on the 2-core CPU, and a 16,384-feature TopK step took 570-600 ms of
+    CPU against 345-410 ms (docs/bench.md). The setting is process-wide; memory held stays at the peak of the
     step's temporaries, which a training process reaches every step anyway."""
     import ctypes
     import ctypes.util

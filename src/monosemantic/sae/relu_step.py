@@ -3,8 +3,8 @@ that fired in the batch only.
 
 A feature that fired on no token of the batch has f = 0 in every row, so it adds nothing to x̂, to
 the penalty or to any gradient (its gradients are exactly 0 in the plain autograd step too). In a
-trained ReLU dictionary most features are silent on any one batch of 512 (72% of 16,384 never fired
-on 20k held-out tokens of the demo after 10 steps, docs/benchmarks.md), so four of the step's five
+ReLU dictionary most features are soon silent on any one batch of 512 (52% of 16,384 never fired on
+the demo's 20k held-out tokens after 10 steps, docs/benchmarks.md), so four of the step's five
 (B, d) x (d, n) matmuls (decoder forward, the gradients of f, W_dec and W_enc) run over the n_a
 columns that fired, and only the encoder forward over all n. It also computes the decoder norms
 once, applies ReLU's derivative and the penalty's gradient in one pass over (B, n_a), and writes
