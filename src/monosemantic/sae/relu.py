@@ -23,7 +23,7 @@ from monosemantic.sae.relu_step import relu_step
 
 class ReluSAE(SparseAutoencoder):
     """``fast`` (default) trains through ``relu_step`` where autograd is on and the dictionary is
-    whole; False runs the plain autograd reference. They agree to rounding (tests/test_sae_archs.py)."""
+    whole; False runs the plain autograd reference. They agree to rounding (tests/test_sae.py)."""
 
     arch = "relu"
     fast: bool = True

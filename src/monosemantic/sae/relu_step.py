@@ -11,7 +11,7 @@ once, applies ReLU's derivative and the penalty's gradient in one pass over (B, 
 each weight gradient in its parameter's own layout (autograd's transposed matmuls copy them).
 
 Shapes: x (B, d), W_enc (n, d), b_enc (n,), W_dec (d, n), b_dec (d,). The plain autograd step
-(``ReluSAE.fast = False``) is the reference; tests/test_sae_archs.py checks that they agree.
+(``ReluSAE.fast = False``) is the reference; tests/test_sae.py checks that they agree.
 """
 
 from __future__ import annotations
