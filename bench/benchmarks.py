@@ -158,6 +158,12 @@ def main() -> None:
         help="synthetic store sizes for the training-memory curve (the issue asks 100M: 115 GB of float16, "
         "more than this machine's disk; the peak should not grow with the store)",
     )
+    ap.add_argument(
+        "--side-python",
+        default=sys.executable,
+        help="interpreter for the overhead and memory measurements (the project's, with the default model)",
+    )
+    ap.add_argument("--no-side", action="store_true", help="leave out the overhead and memory sections")
     args = ap.parse_args()
     results = HERE / "results"
     load_before = uptime()
@@ -225,7 +231,7 @@ def main() -> None:
         flops = train_flops_per_token(d, r["n_features"], arch_of(r["trainer"]), k) * r["tokens_per_s"]
         share = flops / peak[r["n_features"]]
         lines.append(f"| {r['trainer']} | {r['n_features']:,} | {flops / 1e9:.1f} | {share:.0%} |")
-    lines += ["", *side_measurements(args), ""]
+    lines += ["", *([] if args.no_side else side_measurements(args)), ""]
     write_text(Path(args.out), "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

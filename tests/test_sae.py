@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monosemantic.sae import ReluSAE, relu_sae_loss
+from monosemantic.sae import LossContext, ReluSAE, relu_sae_loss
 from monosemantic.train import l1_at, lr_at
 
 
@@ -86,3 +86,44 @@ def test_center_on_starts_pre_activations_at_the_data_mean() -> None:
     pre, _ = sae.encode(x)
     torch.testing.assert_close(pre, (x - mean) @ sae.W_enc.T)
     torch.testing.assert_close(sae.decode(torch.zeros(16)), mean)
+
+
+@pytest.mark.parametrize("silent", [0, 5, 16])
+def test_fast_training_step_has_the_reference_gradients(silent: int) -> None:
+    """The fast step (``sae/relu_step.py``: one autograd function over the columns that fired) against
+    plain autograd, with ``silent`` of the 16 features pushed below zero on every token (gathered
+    columns when some are silent, the whole matrix when none is), on (B, T, d) input."""
+    sae = _sae()
+    with torch.no_grad():
+        sae.b_enc[:silent] = -100.0
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(5))
+
+    def grads(fast: bool) -> tuple[object, list[torch.Tensor]]:
+        sae.fast = fast
+        sae.zero_grad(set_to_none=True)
+        out = sae(x)
+        lo = sae.loss(x, out, LossContext(2.5))
+        lo.loss.backward()
+        assert (out.penalty is not None) == fast
+        return (lo, out), [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+
+    ((fast, fast_out), fast_grads), ((ref, ref_out), ref_grads) = grads(True), grads(False)
+    torch.testing.assert_close(fast_out.feats, ref_out.feats, rtol=0, atol=0)
+    torch.testing.assert_close(fast_out.pre_acts, ref_out.pre_acts)
+    torch.testing.assert_close(fast_out.recon, ref_out.recon)
+    for a, b in zip((fast.loss, fast.mse, fast.sparsity), (ref.loss, ref.mse, ref.sparsity), strict=True):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if silent:
+        assert fast_grads[0][:silent].abs().max() == 0 and fast_grads[2][:, :silent].abs().max() == 0
+
+
+def test_the_input_keeps_its_gradient() -> None:
+    """A caller differentiating with respect to x gets the plain forward, whose graph reaches x."""
+    sae = _sae()
+    x = torch.randn(5, 8, requires_grad=True)
+    out = sae(x)
+    assert out.penalty is None
+    out.recon.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -249,11 +249,15 @@ def test_sparse_decoder_matches_the_dense_one(cls: type[TopKSAE], training: bool
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("aux_dense_above", [0.0, 1.1])
 @pytest.mark.parametrize("layout", ["csr", "coo", "index_add", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
-def test_fast_training_step_has_the_reference_gradients(arch: str, layout: str) -> None:
+def test_fast_training_step_has_the_reference_gradients(
+    arch: str, layout: str, aux_dense_above: float
+) -> None:
     """The fast path (pre-activations without autograd, gradients from the selected entries only,
-    AuxK over the dead columns only) against plain autograd, with dead latents so that AuxK runs."""
+    AuxK over the dead columns only, in the dense layout over them (0.0) or the sparse one (1.1))
+    against plain autograd, with dead latents so that AuxK runs."""
     extra = {"group_sizes": [16, 24, 24]} if arch == "matryoshka" else {}
     sae = _perturbed(ARCHITECTURES[arch](6, 64, k=4, k_aux=5, **extra)).train()
     x = _randn(32, 6, seed=20)
@@ -261,7 +265,7 @@ def test_fast_training_step_has_the_reference_gradients(arch: str, layout: str) 
     dead[::3] = True
 
     def grads(fast: bool) -> tuple[Any, list[Tensor]]:
-        sae.fast, sae.grad_layout = fast, layout
+        sae.fast, sae.grad_layout, sae.aux_dense_above = fast, layout, aux_dense_above
         sae.zero_grad(set_to_none=True)
         out = sae(x)
         lo = sae.loss(x, out, LossContext(0.0, dead=dead))

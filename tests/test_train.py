@@ -53,3 +53,20 @@ def test_learning_rate_defaults_per_architecture() -> None:
     assert TrainConfig(arch="topk").lr == 1e-3  # 3e-3 left 14% of TopK-16384 dead on the demo
     assert TrainConfig(arch="relu").lr == TrainConfig(arch="batchtopk").lr == 3e-3
     assert TrainConfig(arch="topk", lr=3e-3).lr == 3e-3  # an explicit --lr wins
+
+
+def test_keeping_freed_memory_is_idempotent_and_keeps_tensors_intact() -> None:
+    """glibc's setting (memory.keep_freed_memory) can be applied again, and large blocks freed and
+    allocated again under it hold what is written to them (False off glibc, where nothing changes)."""
+    import platform
+
+    from monosemantic.memory import keep_freed_memory
+
+    first, second = keep_freed_memory(), keep_freed_memory()
+    assert first == second
+    if platform.libc_ver()[0] == "glibc":
+        assert first
+    for i in range(3):  # 40 MB each: above glibc's largest mmap threshold
+        t = torch.full((10_000_000,), float(i))
+        assert t.sum().item() == pytest.approx(1e7 * i)
+        del t

@@ -29,6 +29,7 @@ from monosemantic.errors import UserError
 from monosemantic.feature_parallel import FeatureShard
 from monosemantic.fsio import append_jsonl, atomic_path, read_jsonl, write_text
 from monosemantic.integrity import load_checkpoint, write_checkpoint
+from monosemantic.memory import keep_freed_memory
 from monosemantic.progress import Throughput, progress_bar
 from monosemantic.resample import resample_dead, resample_steps
 from monosemantic.sae import ARCHITECTURES, ForwardOutput, LossContext, SparseAutoencoder
@@ -225,6 +226,8 @@ def make_states(
 ) -> list[SizeState]:
     """A fresh state per size; with ``cfg.feature_parallel`` under ``dist``, this rank's shards
     (initialised whole on the CPU, identically on every rank, then sliced)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()  # reuse the step's large temporaries instead of page-faulting them in anew
     states = []
     for n in ARCHITECTURES[cfg.arch].trained_sizes(cfg.sizes):
         sae = build_sae(cfg, d_model, n)

@@ -34,6 +34,13 @@ class ForwardOutput(NamedTuple):
     active: Active | None = None
     """The nonzero entries of feats (flattened to (B, n)) with their gradient, where the
     architecture selected them sparsely (TopK variants); None otherwise."""
+    penalty: Tensor | None = None
+    """() the sparsity penalty Σ_i f_i‖W_dec[:, i]‖ averaged over the batch, with its gradient, where
+    the forward already computed it (ReLU's fast path, ``sae/relu_step.py``); None otherwise."""
+    decoder_table: Tensor | None = None
+    """(n, d) W_decᵀ made contiguous by the forward, in the autograd graph (TopK's fast path): the
+    loss's further sparse decodes (AuxK, Matryoshka's prefixes) read it instead of copying W_dec
+    again, and their gradients reach W_dec through one transposition; None otherwise."""
 
 
 class LossContext(NamedTuple):

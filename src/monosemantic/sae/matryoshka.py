@@ -123,7 +123,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         recons = []
         for j in range(len(self.group_sizes) - 1):
             inner = Active(active.rows, active.cols, active.values * (level <= j))
-            recons.append(self.collectives.sum(sparse_decode(self.W_dec, inner, batch)) + self.b_dec)
+            decoded = sparse_decode(self.W_dec, inner, batch, out.decoder_table)
+            recons.append(self.collectives.sum(decoded) + self.b_dec)
         return recons
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:

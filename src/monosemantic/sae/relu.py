@@ -6,6 +6,9 @@
 
 Decoder columns are free in norm (the penalty weights each feature by its decoder norm instead),
 W_enc starts as W_decᵀ and both biases start at zero.
+
+Training runs ``sae/relu_step.py`` (one autograd function over the columns that fired in the batch)
+unless ``ReluSAE.fast`` is False, which runs the plain autograd reference.
 """
 
 from __future__ import annotations
@@ -15,15 +18,34 @@ from torch import Tensor
 
 from monosemantic.sae.base import ForwardOutput, LossContext, LossOutput, SparseAutoencoder, mse_loss
 from monosemantic.sae.collectives import LOCAL, Collectives
+from monosemantic.sae.relu_step import relu_step
 
 
 class ReluSAE(SparseAutoencoder):
+    """``fast`` (default) trains through ``relu_step`` where autograd is on and the dictionary is
+    whole; False runs the plain autograd reference. They agree to rounding (tests/test_sae.py)."""
+
     arch = "relu"
+    fast: bool = True
 
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
+    def forward(self, x: Tensor) -> ForwardOutput:
+        # the fast step gives the parameters their gradient, not x: a caller differentiating with
+        # respect to the input (attribution) gets the plain autograd forward
+        if not (self.fast and torch.is_grad_enabled() and self.collectives is LOCAL) or x.requires_grad:
+            return super().forward(x)
+        step = relu_step(x.reshape(-1, self.d_model), self.W_enc, self.b_enc, self.W_dec, self.b_dec)
+        n = self.n_features
+        pre, feats = step.pre.view(*x.shape[:-1], n), step.feats.view(*x.shape[:-1], n)
+        return ForwardOutput(pre, feats, step.recon.view_as(x), penalty=step.penalty)
+
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
+        if out.penalty is not None:
+            mse = mse_loss(x, out.recon)
+            zero = torch.zeros((), device=x.device)
+            return LossOutput(mse + ctx.sparsity_coeff * out.penalty, mse, out.penalty, zero)
         return relu_sae_loss(x, out, self.decoder_norms(), ctx.sparsity_coeff, self.collectives)
 
 

@@ -33,13 +33,15 @@ class Active(NamedTuple):
         return zeros.index_put((self.rows, self.cols), self.values)
 
 
-def sparse_decode(W_dec: Tensor, active: Active, batch: int) -> Tensor:
+def sparse_decode(W_dec: Tensor, active: Active, batch: int, table: Tensor | None = None) -> Tensor:
     """W_dec f without the bias, reading only the active columns: W_dec (d, n) -> (B, d).
-    Equals ``active.dense(B, n) @ W_dec.T`` at a cost of M·d instead of B·n·d."""
+    Equals ``active.dense(B, n) @ W_dec.T`` at a cost of M·d instead of B·n·d. ``table``: W_dec.T
+    made contiguous already (``ForwardOutput.decoder_table``), else it is copied here."""
     offsets = torch.searchsorted(active.rows, torch.arange(batch, device=active.rows.device))
     # embedding_bag gathers rows of its table; rows of the strided view W_dec.T are scattered over
     # memory, which made it 2-5x slower than copying the table to a contiguous block first.
-    table = W_dec.T.contiguous()
+    if table is None:
+        table = W_dec.T.contiguous()
     return F.embedding_bag(active.cols, table, offsets, per_sample_weights=active.values, mode="sum")
 
 
@@ -123,3 +125,39 @@ def encoder_entries(active: Active, x: Tensor, W_enc: Tensor, b_enc: Tensor, lay
         return active
     values = EncoderEntries.apply(active.values, x, W_enc, b_enc, active.rows, active.cols, layout)
     return Active(active.rows, active.cols, values)
+
+
+class ColumnEntries(torch.autograd.Function):
+    """ReLU(W_enc x + b_enc)[:, idx], computed without autograd and zeroed outside the entries a
+    selection kept, with the gradient of W_enc and b_enc from its nonzero entries: the dense layout
+    of ``EncoderEntries`` over the n_a gathered columns idx, for selections that fill a large part
+    of them (AuxK's k_aux over few dead columns), where Sᵀx as a dense (n_a, B) x (B, d) matmul
+    costs less than the sparse one."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(values, x, idx)
+        ctx.n_features = W_enc.shape[0]
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        values, x, idx = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(grad, values, 0.0)  # ReLU's derivative, 0 outside the entries
+        n = ctx.n_features
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_w = x.new_zeros(n, x.shape[1]).index_copy_(0, idx, g.T @ x)
+        if ctx.needs_input_grad[3]:
+            grad_b = g.new_zeros(n).index_copy_(0, idx, g.sum(0))
+        return None, None, grad_w, grad_b, None
+
+
+def column_entries(values: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, idx: Tensor) -> Tensor:
+    """``values`` (B, n_a): ReLU of the pre-activations of x (B, d) at columns idx (n_a,), zero outside
+    a selection, computed without autograd -> the same, carrying the gradient of W_enc (n, d) and
+    b_enc (n,) (``ColumnEntries``)."""
+    if not torch.is_grad_enabled() or not (W_enc.requires_grad or b_enc.requires_grad):
+        return values
+    out: Tensor = ColumnEntries.apply(values, x, W_enc, b_enc, idx)
+    return out
