@@ -26,8 +26,9 @@ from monosemantic.fsio import write_json
 D, SEQ, SHARD_SEQS = 576, 128, 258  # the demo's shape: 258 sequences of 127 tokens per shard
 
 
-def synthetic_store(run: Path, tokens: int, eval_tokens: int = 20_000) -> None:
-    """A store of ``tokens`` train and ``eval_tokens`` eval activations (standard normal, float16)."""
+def synthetic_store(run: Path, tokens: int, eval_tokens: int = 20_000, d: int = D) -> None:
+    """A store of ``tokens`` train and ``eval_tokens`` eval activations (standard normal, float16)
+    of width ``d`` (a narrower store than the model's lets 100M tokens fit on a small disk)."""
     store = run / "activations"
     store.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -38,7 +39,7 @@ def synthetic_store(run: Path, tokens: int, eval_tokens: int = 20_000) -> None:
             seqs = min(SHARD_SEQS, -(-(budget - done) // (SEQ - 1)))
             n = seqs * (SEQ - 1)
             name = f"shard-{len(shards):05d}.safetensors"
-            acts = torch.randn(n, D, generator=g).half()
+            acts = torch.randn(n, d, generator=g).half()
             save_file(
                 {
                     "acts": acts,
@@ -55,7 +56,7 @@ def synthetic_store(run: Path, tokens: int, eval_tokens: int = 20_000) -> None:
             "format": 1,
             "model": "default",
             "layer": 15,
-            "d_model": D,
+            "d_model": d,
             "seq_len": SEQ,
             "store_dtype": "float16",
             "scale": 1.0,
@@ -82,12 +83,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/memcurve"))
     ap.add_argument("--every", type=float, default=1.0)
     ap.add_argument("--train-args", default="--arch relu --sizes 512", help="extra `train` options")
+    ap.add_argument("--d-model", type=int, default=D, help="the store's width (576: the default model's)")
+    ap.add_argument(
+        "--train-tokens",
+        type=int,
+        default=0,
+        help="train on this many tokens of every store (--epochs set to match); 0 = one epoch each",
+    )
     args = ap.parse_args()
     for tokens in (int(t) for t in args.tokens.split(",")):
         run = args.out / f"store-{tokens}"
         shutil.rmtree(run, ignore_errors=True)
-        synthetic_store(run, tokens)
+        synthetic_store(run, tokens, d=args.d_model)
+        epochs = ["--epochs", f"{args.train_tokens / tokens:.6g}"] if args.train_tokens else []
         cmd = [sys.executable, "-m", "monosemantic", "train", "--out", str(run), *args.train_args.split()]
+        cmd += epochs
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
         curve = []
@@ -103,6 +113,7 @@ def main() -> None:
             json.dumps(
                 {
                     "store_tokens": tokens,
+                    "d_model": args.d_model,
                     "store_mib": round(disk),
                     "seconds": round(time.time() - t0, 1),
                     "peak_rss_mib": max(r for _, r in curve),
