@@ -74,6 +74,11 @@ def explain_cmd(cfg: ConfigOptions[ExplainConfig], run: Path = RUN) -> None:
     held-out activating contexts from non-activating ones (detection AUC, balanced accuracy)."""
     ecfg = cfg.build()
     result = stages.run_explain(run, ecfg)
+    if not result.chosen and not ecfg.ids:
+        raise UserError(
+            f"every live feature of {result.sae} is explained already: pass --again to draw among "
+            "them, or --ids to choose"
+        )
     if not result.results:
         raise UserError(
             f"none of the {len(ecfg.ids) or ecfg.n_features or 'live'} features chosen has contexts to "

@@ -25,9 +25,9 @@ from monosemantic.features.explain import (
     explain_offline,
     fuzz_pairs,
 )
-from monosemantic.features.label import Labeler
+from monosemantic.features.label import SELF_WINDOW, Labeler
 from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
-from monosemantic.features.tokens import decode_tokens
+from monosemantic.features.tokens import decode_tokens, window_text
 from monosemantic.progress import progress_bar
 
 
@@ -52,6 +52,31 @@ def base_counts(con: sqlite3.Connection, corpus: int, words: list[bytes]) -> tup
     return counts, sum(counts.values())
 
 
+BACKGROUND = 300
+"""Random windows of the analysed text that the lexicon explainer scores itself against."""
+
+
+def background_windows(
+    con: sqlite3.Connection, corpus: int, words: list[bytes], n: int = BACKGROUND, seed: int = 0
+) -> list[str]:
+    """``n`` windows of ``2 * label.SELF_WINDOW + 1`` tokens at random places of the analysed
+    sequences, the same for every feature (drawn from the text, never from a feature's contexts;
+    most are silent for any one feature, which fires on a few percent of tokens at most)."""
+    width = SELF_WINDOW
+    rng = random.Random(seed)
+    ids = [r[0] for r in con.execute("SELECT id FROM sequences WHERE corpus = ? ORDER BY id", (corpus,))]
+    out: list[str] = []
+    for sid in sorted(rng.choices(ids, k=n)) if ids else []:
+        (blob,) = con.execute("SELECT tokens FROM sequences WHERE id = ?", (sid,)).fetchone()
+        seq = np.frombuffer(blob, dtype=np.int32)
+        if len(seq) < 2 * width + 1:
+            continue
+        i = rng.randrange(width, len(seq) - width)
+        texts, _ = window_text([words[t] for t in seq], i - width, i + width + 1)
+        out.append("".join(texts))
+    return out
+
+
 def marked(c: db.Context) -> str:
     """The context's text with its firing tokens wrapped in <<...>>, on one line."""
     top = max(c.acts) if c.acts else 0.0
@@ -72,14 +97,22 @@ def around_peak(c: db.Context, width: int = SCORE_WINDOW) -> str:
     return "".join(c.tokens[max(0, i - width) : i + width + 1])
 
 
-def choose_features(con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int], seed: int) -> list[int]:
-    """``ids`` if given, else ``n`` live features drawn at random (all of them when n = 0)."""
+def choose_features(
+    con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int], seed: int, *, again: bool = False
+) -> list[int]:
+    """``ids`` if given, else ``n`` live features drawn at random (all of them when n = 0) among
+    those not explained yet (among all live ones with ``again``), so that a second call with the
+    same seed explains new features; empty when every live feature is explained."""
     if ids:
         for j in ids:
             db.feature_row(con, sae, j)
         return list(ids)
+    fresh = "" if again else " AND explanation IS NULL"
     live = [
-        r[0] for r in con.execute("SELECT id FROM features WHERE sae = ? AND n_fired > 0 ORDER BY id", (sae,))
+        r[0]
+        for r in con.execute(
+            f"SELECT id FROM features WHERE sae = ? AND n_fired > 0{fresh} ORDER BY id", (sae,)
+        )
     ]
     return live if n <= 0 or n >= len(live) else sorted(random.Random(seed).sample(live, n))
 
@@ -110,12 +143,15 @@ def explain_features(
     write: bool = True,
 ) -> list[Scored]:
     """Explain and score each feature (with the LLM ``client`` if given, else offline with the
-    ``embedder``: the ``labeler``'s lexicon explanations when given, else contrastive tokens);
-    results are written to the database as they come unless ``write`` is false."""
+    ``embedder``: the ``labeler``'s lexicon explanations when given, else contrastive tokens; a
+    labeler without a background gets one from this dictionary's analysed text); results are
+    written to the database as they come unless ``write`` is false."""
     row = db.analysis(con, sae)
     assert row is not None
     words = db.vocab(con)
     base, total = base_counts(con, int(row["corpus"]), words)
+    if labeler is not None and labeler.background is None and client is None:
+        labeler = labeler.with_background(background_windows(con, int(row["corpus"]), words))
     if client is not None:
         label = "LLM"
     else:

@@ -6,14 +6,25 @@ The lexicon is what the project already ships: the WordNet entries of the bundle
 sciences, ...) and the concept list (``data/concepts.tsv``). Each entry is embedded once with
 all-MiniLM-L6-v2 (``scorers.Embedder``; cached next to the feature database). A feature's
 *firing windows* are its top contexts cut to a few tokens around the peak; their mean embedding
-is compared with every entry, and the explanation is the best entry's headword and the start of
-its gloss, then the contrastive firing tokens, e.g.
+is compared with every entry, and the explanation is an entry's headword and the start of its
+gloss, then the contrastive firing tokens, e.g.
 ``city (a large and densely populated urban area): fires on " Toronto", " Montreal"``.
 When no entry is close (cosine below ``MIN_COSINE``), only the token list is given.
+
+Which entry: with a *background* (windows of the analysed text drawn at random, the same for
+every feature: ``Labeler.with_background``), the explainer scores itself on what it has seen,
+the top contexts: among the ``CANDIDATES`` entries nearest to the firing windows it keeps the one
+that best tells the windows around *every* firing token of the top contexts (weak ones too,
+spread evenly over the activations, as the held-out samples are) from the background (AUC of the
+cosines), and it keeps the entry only when the labelled text tells them apart at least as well as
+the token list alone. It never reads the held-out contexts that score it. Without a background
+it takes the nearest entry (measured in docs/features.md: the self-scored choice gains about
+0.02 detection AUC).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -37,6 +48,14 @@ MIN_COSINE = 0.35
 LABEL_WINDOW = 6
 """Tokens on each side of the peak in a firing window."""
 GLOSS_WORDS = 8
+CANDIDATES = 100
+"""Entries nearest to the firing windows among which the self-score chooses."""
+NEAREST_BONUS = 0.01
+"""Self-score AUC by which another candidate must beat the nearest entry to replace it."""
+SELF_WINDOW = 4
+"""Tokens on each side of a firing token in the windows the explainer scores itself on."""
+SELF_POSITIVES = 60
+"""Firing windows (evenly spaced over the activations) the explainer scores itself on."""
 _ENTRY = re.compile(r"^(?P<head>[^()\n]{1,80}?) \((?P<pos>noun|verb|adjective|adverb)\): (?P<gloss>[^;\n]+)")
 
 
@@ -98,26 +117,78 @@ def firing_window(c: Context, width: int = LABEL_WINDOW) -> str:
     return "".join(c.tokens[max(0, i - width) : i + width + 1])
 
 
+def self_positives(
+    contexts: Sequence[Context], n: int = SELF_POSITIVES, width: int = SELF_WINDOW
+) -> list[str]:
+    """Windows of ±``width`` tokens around every token that fires (activation > 0) in the
+    contexts, ``n`` of them evenly spaced over the activations from weakest to strongest, distinct."""
+    items = sorted(
+        (a, "".join(c.tokens[max(0, i - width) : i + width + 1]))
+        for c in contexts
+        for i, a in enumerate(c.acts)
+        if a > 0
+    )
+    if len(items) > n:
+        items = [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+    return list(dict.fromkeys(t for _, t in items))
+
+
+def rank_auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Row-wise AUC: pos (m, p) and neg (m, n) scores -> (m,) P(a positive beats a negative),
+    ties counted as either order (the rows here are cosines, where ties are rare)."""
+    p, n = pos.shape[1], neg.shape[1]
+    ranks = np.concatenate([pos, neg], 1).argsort(1).argsort(1) + 1
+    return (ranks[:, :p].sum(1) - p * (p + 1) / 2) / max(p * n, 1)
+
+
 @dataclass(frozen=True)
 class Labeler:
     embedder: Embedder
     entries: list[Entry]
     emb: np.ndarray
     """(n_entries, 384) unit vectors of the entries."""
+    background: np.ndarray | None = None
+    """(n, 384) unit vectors of random windows of the analysed text; None: not given yet
+    (``explain_features`` draws one); no rows: take the nearest entry, no self-score."""
+
+    def with_background(self, windows: Sequence[str]) -> Labeler:
+        """This labeler, scoring itself against these windows (``explain_run.background_windows``)."""
+        return dataclasses.replace(self, background=self.embedder.embed(list(windows)) if windows else None)
 
     def best_entry(self, contexts: Sequence[Context]) -> tuple[Entry, float]:
         """The entry nearest to the mean embedding of the contexts' firing windows, and its cosine."""
+        entry, sim, _ = self._choose(contexts)
+        return entry, sim
+
+    def _choose(self, contexts: Sequence[Context]) -> tuple[Entry, float, np.ndarray | None]:
+        """(nearest entry, its cosine, self-positive embeddings) without a background, else
+        (the candidate with the best self-score, the nearest cosine, self-positive embeddings)."""
         w = self.embedder.embed([firing_window(c) for c in contexts])
         centre = w.mean(0)
         centre /= max(float(np.linalg.norm(centre)), 1e-12)
         sims = self.emb @ centre
         j = int(np.argmax(sims))
-        return self.entries[j], float(sims[j])
+        if self.background is None or len(self.background) == 0:
+            return self.entries[j], float(sims[j]), None
+        pos = self.embedder.embed(self_positives(contexts))
+        cand = np.argsort(-sims)[:CANDIDATES]
+        score = rank_auc(self.emb[cand] @ pos.T, self.emb[cand] @ self.background.T)
+        score[0] += NEAREST_BONUS  # the nearest entry reads best: another must beat it clearly
+        return self.entries[int(cand[int(np.argmax(score))])], float(sims[j]), pos
 
     def explain(self, contexts: Sequence[Context], base: Counter[str], base_total: int) -> str:
         fires = contrastive_terms(contexts, base, base_total, k=2)
         tokens = ", ".join(f'"{_norm(t.text)}"' for t in fires)
-        entry, sim = self.best_entry(contexts) if contexts else (None, 0.0)
-        if entry is None or sim < MIN_COSINE:
-            return f"fires on {tokens}" if tokens else "no consistent tokens"
-        return f"{entry.head}: fires on {tokens}" if tokens else entry.head
+        plain = f"fires on {tokens}" if tokens else "no consistent tokens"
+        if not contexts:
+            return plain
+        entry, sim, pos = self._choose(contexts)
+        if sim < MIN_COSINE:
+            return plain
+        labelled = f"{entry.head}: fires on {tokens}" if tokens else entry.head
+        if pos is not None and self.background is not None and tokens:
+            # keep the entry only when it helps tell the firing windows from the background
+            e = self.embedder.embed([plain, labelled])
+            own = rank_auc(e @ pos.T, e @ self.background.T)
+            return labelled if own[1] >= own[0] else plain
+        return labelled

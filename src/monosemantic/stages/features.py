@@ -181,7 +181,9 @@ def run_search(
 class ExplainResult(NamedTuple):
     sae: str
     results: list[Any]
-    """``features.explain.Explanation`` per scored feature (empty: none had held-out contexts)"""
+    """``features.explain_run.Scored`` per scored feature (empty: none had held-out contexts)"""
+    chosen: int = 0
+    """features chosen (0 with --features: every live feature is explained already)"""
 
 
 @writes_run("run", "explain")
@@ -197,12 +199,16 @@ def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
     con = db.open_db(run)
     try:
         name = pick_sae(con, run, cfg.sae)
-        chosen = choose_features(con, name, cfg.n_features, cfg.ids, cfg.seed)
+        chosen = choose_features(con, name, cfg.n_features, cfg.ids, cfg.seed, again=cfg.again)
         client = ChatClient(cfg.explainer_url, cfg.llm_model) if cfg.explainer_url else None
         embedder = None if client is not None else Embedder()
         labeler = default_labeler(embedder) if embedder is not None and cfg.explainer == "lexicon" else None
+        if not chosen:
+            return ExplainResult(name, [], 0)
         return ExplainResult(
-            name, explain_features(con, name, chosen, embedder=embedder, client=client, labeler=labeler)
+            name,
+            explain_features(con, name, chosen, embedder=embedder, client=client, labeler=labeler),
+            len(chosen),
         )
     finally:
         con.close()
