@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--ids", default="", help="comma-separated feature ids (one dictionary)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write every explanation and score here")
+    ap.add_argument("--explainers", default="tokens,lexicon-nearest,lexicon", help="comma-separated")
     ap.add_argument(
         "--bands", action="store_true", help="also detection AUC per activation band of the held-out samples"
     )
@@ -78,7 +79,8 @@ def main() -> None:
     for sae in args.sae:
         ids = [int(i) for i in args.ids.split(",") if i]
         chosen = choose_features(con, sae, args.features, ids, args.seed, again=True)
-        for name, variant in variants.items():
+        for name in args.explainers.split(","):
+            variant = variants[name]
             res = explain_features(con, sae, chosen, embedder=embedder, labeler=variant, write=False)
             print(f"\n{sae} {name}: {len(res)} scored of {len(chosen)}")
             print("  detection AUC   ", summary([r.auc for r in res]))

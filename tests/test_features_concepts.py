@@ -122,12 +122,12 @@ def test_self_scored_lexicon_explainer_keeps_an_entry_only_when_it_tells_firing_
     entries = [Entry("capital city", "Paris, the capital city of France"), Entry("fish", "a trout or salmon")]
     contexts = synthetic_contexts("paris", 20)
     base = Counter({" the": 1000, " paris": 1})
-    background = [" the cat sat on the mat", " a trout swims in the river", " numbers add up to ten"] * 5
-    labeler = Labeler(embedder, entries, embedder.embed([e.text for e in entries])).with_background(
-        background
-    )
+    texts = [" the cat sat on the mat", " a trout swims in the river", " numbers add up to ten"] * 5
+    labeler = Labeler(embedder, entries, embedder.embed([e.text for e in entries]))
+    labeler = labeler.with_background(list(enumerate(texts)))
     assert labeler.background is not None and labeler.background.shape == (15, 384)
-    text = labeler.explain(contexts, base, sum(base.values()))
+    assert labeler._background({0, 1, 2}).shape == (12, 384)  # windows of the scoring sequences left out
+    text = labeler.explain(contexts, base, sum(base.values()), avoid={0})
     # the Paris entry, or the plain token list when the entry would not help: never the fish
     assert text.startswith(('capital city: fires on " paris"', 'fires on " paris"')), text
     assert labeler.best_entry(contexts)[0].head == "capital city"

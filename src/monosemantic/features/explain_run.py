@@ -58,22 +58,23 @@ BACKGROUND = 300
 
 def background_windows(
     con: sqlite3.Connection, corpus: int, words: list[bytes], n: int = BACKGROUND, seed: int = 0
-) -> list[str]:
-    """``n`` windows of ``2 * label.SELF_WINDOW + 1`` tokens at random places of the analysed
-    sequences, the same for every feature (drawn from the text, never from a feature's contexts;
-    most are silent for any one feature, which fires on a few percent of tokens at most)."""
+) -> list[tuple[int, str]]:
+    """(sequence index, text) of ``n`` windows of ``2 * label.SELF_WINDOW + 1`` tokens at random
+    places of the analysed sequences, the same for every feature (drawn from the text, never from
+    a feature's contexts; most are silent for any one feature, which fires on a few percent of
+    tokens at most)."""
     width = SELF_WINDOW
     rng = random.Random(seed)
     ids = [r[0] for r in con.execute("SELECT id FROM sequences WHERE corpus = ? ORDER BY id", (corpus,))]
-    out: list[str] = []
+    out: list[tuple[int, str]] = []
     for sid in sorted(rng.choices(ids, k=n)) if ids else []:
-        (blob,) = con.execute("SELECT tokens FROM sequences WHERE id = ?", (sid,)).fetchone()
+        seq_index, blob = con.execute("SELECT seq, tokens FROM sequences WHERE id = ?", (sid,)).fetchone()
         seq = np.frombuffer(blob, dtype=np.int32)
         if len(seq) < 2 * width + 1:
             continue
         i = rng.randrange(width, len(seq) - width)
         texts, _ = window_text([words[t] for t in seq], i - width, i + width + 1)
-        out.append("".join(texts))
+        out.append((int(seq_index), "".join(texts)))
     return out
 
 
@@ -174,7 +175,8 @@ def explain_features(
             else:
                 assert embedder is not None
                 if labeler is not None:
-                    text = labeler.explain(top, base, total)
+                    # background windows from the sequences of the scoring contexts are left out
+                    text = labeler.explain(top, base, total, avoid={c.seq for c in held + neg})
                 else:
                     text = explain_offline(top, base, total)
                 score_auc, score_bacc, fuzz = score_offline(embedder, text, top, held, neg)

@@ -29,7 +29,7 @@ import gzip
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,44 +151,65 @@ class Labeler:
     """(n, 384) unit vectors of random windows of the analysed text; None: not given yet
     (``explain_features`` draws one); no rows: take the nearest entry, no self-score."""
 
-    def with_background(self, windows: Sequence[str]) -> Labeler:
-        """This labeler, scoring itself against these windows (``explain_run.background_windows``)."""
-        return dataclasses.replace(self, background=self.embedder.embed(list(windows)) if windows else None)
+    background_seqs: tuple[int, ...] = ()
+    """The analysed sequence each background window comes from."""
+
+    def with_background(self, windows: Sequence[tuple[int, str]]) -> Labeler:
+        """This labeler, scoring itself against these (sequence, text) windows
+        (``explain_run.background_windows``)."""
+        if not windows:
+            return dataclasses.replace(
+                self, background=np.zeros((0, 384), dtype=np.float32), background_seqs=()
+            )
+        emb = self.embedder.embed([t for _, t in windows])
+        return dataclasses.replace(self, background=emb, background_seqs=tuple(s for s, _ in windows))
 
     def best_entry(self, contexts: Sequence[Context]) -> tuple[Entry, float]:
         """The entry nearest to the mean embedding of the contexts' firing windows, and its cosine."""
-        entry, sim, _ = self._choose(contexts)
+        entry, sim, _, _ = self._choose(contexts, np.zeros((0, 384)))
         return entry, sim
 
-    def _choose(self, contexts: Sequence[Context]) -> tuple[Entry, float, np.ndarray | None]:
-        """(nearest entry, its cosine, self-positive embeddings) without a background, else
-        (the candidate with the best self-score, the nearest cosine, self-positive embeddings)."""
+    def _background(self, avoid: Collection[int]) -> np.ndarray:
+        if self.background is None or not avoid:
+            return self.background if self.background is not None else np.zeros((0, 384))
+        keep = [i for i, s in enumerate(self.background_seqs) if s not in avoid]
+        return self.background[keep]
+
+    def _choose(
+        self, contexts: Sequence[Context], background: np.ndarray
+    ) -> tuple[Entry, float, np.ndarray | None, np.ndarray]:
+        """(nearest entry, its cosine, None, background) with an empty background, else (the
+        candidate with the best self-score, the nearest cosine, self-positive embeddings, background)."""
         w = self.embedder.embed([firing_window(c) for c in contexts])
         centre = w.mean(0)
         centre /= max(float(np.linalg.norm(centre)), 1e-12)
         sims = self.emb @ centre
         j = int(np.argmax(sims))
-        if self.background is None or len(self.background) == 0:
-            return self.entries[j], float(sims[j]), None
+        if len(background) == 0:
+            return self.entries[j], float(sims[j]), None, background
         pos = self.embedder.embed(self_positives(contexts))
         cand = np.argsort(-sims)[:CANDIDATES]
-        score = rank_auc(self.emb[cand] @ pos.T, self.emb[cand] @ self.background.T)
+        score = rank_auc(self.emb[cand] @ pos.T, self.emb[cand] @ background.T)
         score[0] += NEAREST_BONUS  # the nearest entry reads best: another must beat it clearly
-        return self.entries[int(cand[int(np.argmax(score))])], float(sims[j]), pos
+        return self.entries[int(cand[int(np.argmax(score))])], float(sims[j]), pos, background
 
-    def explain(self, contexts: Sequence[Context], base: Counter[str], base_total: int) -> str:
+    def explain(
+        self, contexts: Sequence[Context], base: Counter[str], base_total: int, avoid: Collection[int] = ()
+    ) -> str:
+        """The explanation of a feature from its top ``contexts``; background windows from the
+        sequences in ``avoid`` (those of the held-out contexts that will score it) are left out."""
         fires = contrastive_terms(contexts, base, base_total, k=2)
         tokens = ", ".join(f'"{_norm(t.text)}"' for t in fires)
         plain = f"fires on {tokens}" if tokens else "no consistent tokens"
         if not contexts:
             return plain
-        entry, sim, pos = self._choose(contexts)
+        entry, sim, pos, background = self._choose(contexts, self._background(avoid))
         if sim < MIN_COSINE:
             return plain
         labelled = f"{entry.head}: fires on {tokens}" if tokens else entry.head
-        if pos is not None and self.background is not None and tokens:
+        if pos is not None and tokens:
             # keep the entry only when it helps tell the firing windows from the background
             e = self.embedder.embed([plain, labelled])
-            own = rank_auc(e @ pos.T, e @ self.background.T)
+            own = rank_auc(e @ pos.T, e @ background.T)
             return labelled if own[1] >= own[0] else plain
         return labelled
