@@ -78,7 +78,7 @@ def main() -> None:
     rows = []
     for sae in args.sae:
         ids = [int(i) for i in args.ids.split(",") if i]
-        chosen = choose_features(con, sae, args.features, ids, args.seed, again=True)
+        chosen = choose_features(con, sae, args.features, ids, args.seed)
         for name in args.explainers.split(","):
             variant = variants[name]
             res = explain_features(con, sae, chosen, embedder=embedder, labeler=variant, write=False)

@@ -265,8 +265,7 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
     from monosemantic.features.explain_run import choose_features
 
     con = db.open_db(run)
-    chosen = choose_features(con, "relu-64", 3, [], 0)  # the draw skips #7, explained above
-    assert 7 not in chosen and 7 in choose_features(con, "relu-64", 0, [], 0, again=True)
+    chosen = choose_features(con, "relu-64", 3, [], 0)
     con.close()
     code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
     assert code == 0, err
@@ -280,16 +279,12 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
         r[0] for r in table(run, "SELECT id FROM features WHERE sae = 'relu-64' AND explanation IS NOT NULL")
     }
     assert len(chosen) == 3 and explained == {j for j in chosen if kinds.get(j) == 3} | {7}
-    # the same call again draws features not explained yet (the scored ones are skipped)
-    con = db.open_db(run)
-    assert not set(choose_features(con, "relu-64", 3, [], 0)) & explained
-    with db.transaction(con):  # every feature explained: the call says so instead of re-drawing
-        for (j,) in con.execute("SELECT id FROM features WHERE sae = 'relu-64'").fetchall():
-            db.set_explanation(con, "relu-64", j, "x", "test", 0.5, 0.5)
-    con.close()
-    one_line_error(
-        *cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3"), "--again"
-    )
+    # the same call again leaves the drawn features this explainer explained as they are, and says so
+    before = table(run, "SELECT id, explanation, score_auc FROM features ORDER BY id")
+    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
+    assert code == 0, err
+    assert "explained already" in err and "--seed 1" in err and "--again" in err
+    assert table(run, "SELECT id, explanation, score_auc FROM features ORDER BY id") == before
     one_line_error(*cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "x"), "--ids")
     one_line_error(
         *cli(

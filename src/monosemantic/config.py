@@ -321,8 +321,8 @@ class ExplainConfig:
     seed: int = _f(0, "seed of the random choice of features")
     again: bool = _f(
         False,
-        "draw --features among all live features, explained or not (default: only those not explained "
-        "yet, so that each call explains new ones)",
+        "explain the drawn --features again even where this explainer has explained them (default: "
+        "leave those as they are; another --seed draws other features)",
     )
 
     def __post_init__(self) -> None:

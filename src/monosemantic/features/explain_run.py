@@ -98,24 +98,30 @@ def around_peak(c: db.Context, width: int = SCORE_WINDOW) -> str:
     return "".join(c.tokens[max(0, i - width) : i + width + 1])
 
 
-def choose_features(
-    con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int], seed: int, *, again: bool = False
-) -> list[int]:
-    """``ids`` if given, else ``n`` live features drawn at random (all of them when n = 0) among
-    those not explained yet (among all live ones with ``again``), so that a second call with the
-    same seed explains new features; empty when every live feature is explained."""
+def choose_features(con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int], seed: int) -> list[int]:
+    """``ids`` if given, else ``n`` live features drawn at random (all of them when n = 0)."""
     if ids:
         for j in ids:
             db.feature_row(con, sae, j)
         return list(ids)
-    fresh = "" if again else " AND explanation IS NULL"
     live = [
-        r[0]
-        for r in con.execute(
-            f"SELECT id FROM features WHERE sae = ? AND n_fired > 0{fresh} ORDER BY id", (sae,)
-        )
+        r[0] for r in con.execute("SELECT id FROM features WHERE sae = ? AND n_fired > 0 ORDER BY id", (sae,))
     ]
     return live if n <= 0 or n >= len(live) else sorted(random.Random(seed).sample(live, n))
+
+
+def explainer_label(client: ChatClient | None, labeler: Labeler | None) -> str:
+    """What the database records as the explainer of an explanation."""
+    if client is not None:
+        return "LLM"
+    return "lexicon + MiniLM" if labeler is not None else "contrastive tokens + MiniLM"
+
+
+def explained_by(con: sqlite3.Connection, sae: str, features: Sequence[int], label: str) -> set[int]:
+    """Those of ``features`` whose explanation in the database is by the explainer ``label``."""
+    rows = con.execute("SELECT id FROM features WHERE sae = ? AND explainer = ?", (sae, label))
+    wanted = set(features)
+    return {r[0] for r in rows if r[0] in wanted}
 
 
 EXPLAINERS = ("tokens", "lexicon")
@@ -153,10 +159,7 @@ def explain_features(
     base, total = base_counts(con, int(row["corpus"]), words)
     if labeler is not None and labeler.background is None and client is None:
         labeler = labeler.with_background(background_windows(con, int(row["corpus"]), words))
-    if client is not None:
-        label = "LLM"
-    else:
-        label = "lexicon + MiniLM" if labeler is not None else "contrastive tokens + MiniLM"
+    label = explainer_label(client, labeler)
     out = []
     with progress_bar(unit="features") as bar:
         task = bar.add_task(f"explain {sae}", total=len(features), info="")
