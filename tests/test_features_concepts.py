@@ -82,8 +82,8 @@ def test_fuzzing_pairs_highlight_firing_tokens_against_random_quiet_ones() -> No
 def test_lexicon_holds_wordnet_entries_and_concepts() -> None:
     entries = lexicon()
     assert len(entries) > 10_000
-    assert any(e.head.startswith("Einstein (") for e in entries)
-    assert any(e.text == "SQL injection (security)" for e in entries)
+    assert any(e.head.startswith("Einstein (") and "einstein" in e.names for e in entries)
+    assert any(e.text == "France (country)" and "french" in e.names for e in entries)
 
 
 @needs_minilm
@@ -134,3 +134,21 @@ def test_self_scored_lexicon_explainer_keeps_an_entry_only_when_it_tells_firing_
     # an empty background means the nearest entry without a self-score, as before
     nearest = Labeler(embedder, entries, labeler.emb, np.zeros((0, 384)))
     assert nearest.explain(contexts, base, sum(base.values())).startswith('capital city: fires on " paris"')
+
+
+@needs_minilm
+def test_lexicon_explainer_prefers_the_entry_a_firing_token_names() -> None:
+    embedder = Embedder()
+    entries = [
+        Entry("capital city", "a capital city of a country"),
+        Entry("Paris (the capital of France)", "Paris (noun): the capital of France", ("paris",)),
+        Entry("fish", "a trout or salmon", ("fish",)),
+    ]
+    texts = [" the cat sat on the mat", " a trout swims in the river", " numbers add up to ten"] * 5
+    labeler = Labeler(embedder, entries, embedder.embed([e.text for e in entries]))
+    labeler = labeler.with_background(list(enumerate(texts)))
+    assert labeler.named == {"paris": [1], "fish": [2]}
+    contexts = synthetic_contexts("paris", 20)
+    assert labeler.background is not None
+    entry = labeler._choose(contexts, labeler.background, [" paris"])[0]
+    assert entry.head.startswith("Paris")
