@@ -137,7 +137,10 @@ def test_self_scored_lexicon_explainer_keeps_an_entry_only_when_it_tells_firing_
 
 
 @needs_minilm
-def test_lexicon_explainer_prefers_the_entry_a_firing_token_names() -> None:
+def test_lexicon_explainer_can_choose_among_the_entries_a_firing_token_names(monkeypatch) -> None:
+    from monosemantic.features import label
+
+    monkeypatch.setattr(label, "NAMED_FIRST", True)
     embedder = Embedder()
     entries = [
         Entry("capital city", "a capital city of a country"),
