@@ -262,16 +262,16 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
         label.Entry("fish", "a trout"),
     ]
     monkeypatch.setattr(label, "lexicon", lambda: entries)
-    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
-    assert code == 0, err
-    assert {r[0] for r in table(run, "SELECT explainer FROM features WHERE explainer IS NOT NULL")} >= {
-        "lexicon + MiniLM"
-    }
     from monosemantic.features.explain_run import choose_features
 
     con = db.open_db(run)
     chosen = choose_features(con, "relu-64", 3, [], 0)
     con.close()
+    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
+    assert code == 0, err
+    assert {r[0] for r in table(run, "SELECT explainer FROM features WHERE explainer IS NOT NULL")} >= {
+        "lexicon + MiniLM"
+    }
     kinds = dict(
         table(run, "SELECT feature, count(DISTINCT kind) FROM contexts WHERE sae = 'relu-64' GROUP BY 1")
     )
@@ -279,6 +279,12 @@ def test_explain_offline_and_with_an_llm_endpoint(capsys, monkeypatch, run: Path
         r[0] for r in table(run, "SELECT id FROM features WHERE sae = 'relu-64' AND explanation IS NOT NULL")
     }
     assert len(chosen) == 3 and explained == {j for j in chosen if kinds.get(j) == 3} | {7}
+    # the same call again leaves the drawn features this explainer explained as they are, and says so
+    before = table(run, "SELECT id, explanation, score_auc FROM features ORDER BY id")
+    code, err = cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--features", "3")
+    assert code == 0, err
+    assert "explained already" in err and "--seed 1" in err and "--again" in err
+    assert table(run, "SELECT id, explanation, score_auc FROM features ORDER BY id") == before
     one_line_error(*cli(capsys, monkeypatch, "explain", run, "--sae", "relu-64", "--ids", "x"), "--ids")
     one_line_error(
         *cli(

@@ -12,7 +12,7 @@ import torch
 from monosemantic.errors import UserError
 from monosemantic.features.concepts import count_occurrences, form_pattern, load_concepts
 from monosemantic.features.explain import fuzz_pairs
-from monosemantic.features.label import Entry, Labeler, lexicon
+from monosemantic.features.label import Entry, Labeler, lexicon, rank_auc, self_positives
 from monosemantic.features.scorers import Embedder
 from monosemantic.features.search import rank
 from tests.helpers import needs_minilm
@@ -82,8 +82,9 @@ def test_fuzzing_pairs_highlight_firing_tokens_against_random_quiet_ones() -> No
 def test_lexicon_holds_wordnet_entries_and_concepts() -> None:
     entries = lexicon()
     assert 10_000 < len(entries) < 30_000  # the corpus holds all 117k WordNet synsets: a bounded share
-    assert any(e.head.startswith("Einstein (") for e in entries)
+    assert any(e.head.startswith("Einstein (") and "einstein" in e.names for e in entries)
     assert any(e.text == "SQL injection (security)" for e in entries)
+    assert any(e.text == "France (country)" and "french" in e.names for e in entries)
 
 
 @needs_minilm
@@ -97,3 +98,61 @@ def test_lexicon_explainer_names_the_entry_that_matches_the_firing_windows() -> 
     assert text.startswith('capital city: fires on " paris"'), text
     far = Labeler(embedder, entries[1:], embedder.embed([entries[1].text]))
     assert far.explain(contexts, base, sum(base.values())).startswith('fires on " paris"')
+
+
+def test_rank_auc_matches_the_pairwise_auc_row_by_row() -> None:
+    from monosemantic.features.explain import auc
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, (5, 7)), rng.normal(0, 1, (5, 11))
+    assert rank_auc(pos, neg) == pytest.approx([auc(p, n) for p, n in zip(pos, neg, strict=True)])
+
+
+def test_self_positives_spread_over_every_firing_token_weak_ones_too() -> None:
+    contexts = synthetic_contexts("paris", 3)
+    for c in contexts:
+        c.acts[1] = 0.5  # a weak firing token beside the peak
+    windows = self_positives(contexts, n=4, width=1)
+    assert len(windows) == 4  # 6 firing tokens, 4 kept evenly from weakest to strongest
+    assert sum(" paris" in w for w in windows) >= 2 and any(" paris" not in w for w in windows)
+
+
+@needs_minilm
+def test_self_scored_lexicon_explainer_keeps_an_entry_only_when_it_tells_firing_text_apart() -> None:
+    embedder = Embedder()
+    entries = [Entry("capital city", "Paris, the capital city of France"), Entry("fish", "a trout or salmon")]
+    contexts = synthetic_contexts("paris", 20)
+    base = Counter({" the": 1000, " paris": 1})
+    texts = [" the cat sat on the mat", " a trout swims in the river", " numbers add up to ten"] * 5
+    labeler = Labeler(embedder, entries, embedder.embed([e.text for e in entries]))
+    labeler = labeler.with_background(list(enumerate(texts)))
+    assert labeler.background is not None and labeler.background.shape == (15, 384)
+    assert labeler._background({0, 1, 2}).shape == (12, 384)  # windows of the scoring sequences left out
+    text = labeler.explain(contexts, base, sum(base.values()), avoid={0})
+    # the Paris entry, or the plain token list when the entry would not help: never the fish
+    assert text.startswith(('capital city: fires on " paris"', 'fires on " paris"')), text
+    assert labeler.best_entry(contexts)[0].head == "capital city"
+    # an empty background means the nearest entry without a self-score, as before
+    nearest = Labeler(embedder, entries, labeler.emb, np.zeros((0, 384)))
+    assert nearest.explain(contexts, base, sum(base.values())).startswith('capital city: fires on " paris"')
+
+
+@needs_minilm
+def test_lexicon_explainer_can_choose_among_the_entries_a_firing_token_names(monkeypatch) -> None:
+    from monosemantic.features import label
+
+    monkeypatch.setattr(label, "NAMED_FIRST", True)
+    embedder = Embedder()
+    entries = [
+        Entry("capital city", "a capital city of a country"),
+        Entry("Paris (the capital of France)", "Paris (noun): the capital of France", ("paris",)),
+        Entry("fish", "a trout or salmon", ("fish",)),
+    ]
+    texts = [" the cat sat on the mat", " a trout swims in the river", " numbers add up to ten"] * 5
+    labeler = Labeler(embedder, entries, embedder.embed([e.text for e in entries]))
+    labeler = labeler.with_background(list(enumerate(texts)))
+    assert labeler.named == {"paris": [1], "fish": [2]}
+    contexts = synthetic_contexts("paris", 20)
+    assert labeler.background is not None
+    entry = labeler._choose(contexts, labeler.background, [" paris"])[0]
+    assert entry.head.startswith("Paris")

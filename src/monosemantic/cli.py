@@ -207,7 +207,7 @@ def demo_cmd(
         terminal.say(
             f"catalog: {len(catalog.rows)} probe-set features of {catalog.sae} ranked (`catalog` prints them)"
         )
-        explained = run_explain(out, ExplainConfig(n_features=DEMO_EXPLAIN))
+        explained = run_explain(out, ExplainConfig(n_features=DEMO_EXPLAIN, again=True))
         if not explained.results:
             console.print("[yellow]note: no feature has held-out contexts to explain: harvest more --tokens")
         terminal.say(f"explain: {len(explained.results)} features of {explained.sae} explained and scored")

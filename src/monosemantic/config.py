@@ -309,15 +309,21 @@ class ExplainConfig:
     explainer_url: str = _f(
         "",
         "OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) to explain and score with an LLM; "
-        "default: offline contrastive tokens scored with MiniLM embeddings",
+        "default: the offline --explainer, scored with MiniLM embeddings",
     )
     llm_model: str = _f("default", "model name sent to --explainer-url")
     explainer: str = _f(
         "lexicon",
-        "offline explainer: 'lexicon' (nearest WordNet or concept-list entry plus the firing tokens) "
-        "or 'tokens' (contrastive firing tokens only)",
+        "offline explainer: 'lexicon' (a WordNet or concept-list entry near the firing windows, chosen "
+        "by how well it tells the top contexts from random text, plus the firing tokens) or 'tokens' "
+        "(contrastive firing tokens only)",
     )
     seed: int = _f(0, "seed of the random choice of features")
+    again: bool = _f(
+        False,
+        "explain the drawn --features again even where this explainer has explained them (default: "
+        "leave those as they are; another --seed draws other features)",
+    )
 
     def __post_init__(self) -> None:
         if self.explainer not in ("lexicon", "tokens"):

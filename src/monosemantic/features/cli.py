@@ -74,7 +74,14 @@ def explain_cmd(cfg: ConfigOptions[ExplainConfig], run: Path = RUN) -> None:
     held-out activating contexts from non-activating ones (detection AUC, balanced accuracy)."""
     ecfg = cfg.build()
     result = stages.run_explain(run, ecfg)
+    if result.skipped:
+        terminal.say(
+            f"explain: {result.skipped} of the {result.chosen} features drawn with --seed {ecfg.seed} were "
+            f"explained already (left as they are): --seed {ecfg.seed + 1} draws others, --again redoes them"
+        )
     if not result.results:
+        if result.skipped:  # the rest have no held-out contexts: nothing new to explain
+            return
         raise UserError(
             f"none of the {len(ecfg.ids) or ecfg.n_features or 'live'} features chosen has contexts to "
             "explain: analyze more tokens"

@@ -25,9 +25,9 @@ from monosemantic.features.explain import (
     explain_offline,
     fuzz_pairs,
 )
-from monosemantic.features.label import Labeler
+from monosemantic.features.label import SELF_WINDOW, Labeler
 from monosemantic.features.scorers import ChatClient, Embedder, llm_detect, llm_explain
-from monosemantic.features.tokens import decode_tokens
+from monosemantic.features.tokens import decode_tokens, window_text
 from monosemantic.progress import progress_bar
 
 
@@ -50,6 +50,32 @@ def base_counts(con: sqlite3.Connection, corpus: int, words: list[bytes]) -> tup
     for (blob,) in con.execute("SELECT tokens FROM sequences WHERE corpus = ?", (corpus,)):
         counts.update(decode_tokens([words[t] for t in np.frombuffer(blob, dtype=np.int32)]))
     return counts, sum(counts.values())
+
+
+BACKGROUND = 300
+"""Random windows of the analysed text that the lexicon explainer scores itself against."""
+
+
+def background_windows(
+    con: sqlite3.Connection, corpus: int, words: list[bytes], n: int = BACKGROUND, seed: int = 0
+) -> list[tuple[int, str]]:
+    """(sequence index, text) of ``n`` windows of ``2 * label.SELF_WINDOW + 1`` tokens at random
+    places of the analysed sequences, the same for every feature (drawn from the text, never from
+    a feature's contexts; most are silent for any one feature, which fires on a few percent of
+    tokens at most)."""
+    width = SELF_WINDOW
+    rng = random.Random(seed)
+    ids = [r[0] for r in con.execute("SELECT id FROM sequences WHERE corpus = ? ORDER BY id", (corpus,))]
+    out: list[tuple[int, str]] = []
+    for sid in sorted(rng.choices(ids, k=n)) if ids else []:
+        seq_index, blob = con.execute("SELECT seq, tokens FROM sequences WHERE id = ?", (sid,)).fetchone()
+        seq = np.frombuffer(blob, dtype=np.int32)
+        if len(seq) < 2 * width + 1:
+            continue
+        i = rng.randrange(width, len(seq) - width)
+        texts, _ = window_text([words[t] for t in seq], i - width, i + width + 1)
+        out.append((int(seq_index), "".join(texts)))
+    return out
 
 
 def marked(c: db.Context) -> str:
@@ -84,6 +110,20 @@ def choose_features(con: sqlite3.Connection, sae: str, n: int, ids: Sequence[int
     return live if n <= 0 or n >= len(live) else sorted(random.Random(seed).sample(live, n))
 
 
+def explainer_label(client: ChatClient | None, labeler: Labeler | None) -> str:
+    """What the database records as the explainer of an explanation."""
+    if client is not None:
+        return "LLM"
+    return "lexicon + MiniLM" if labeler is not None else "contrastive tokens + MiniLM"
+
+
+def explained_by(con: sqlite3.Connection, sae: str, features: Sequence[int], label: str) -> set[int]:
+    """Those of ``features`` whose explanation in the database is by the explainer ``label``."""
+    rows = con.execute("SELECT id FROM features WHERE sae = ? AND explainer = ?", (sae, label))
+    wanted = set(features)
+    return {r[0] for r in rows if r[0] in wanted}
+
+
 EXPLAINERS = ("tokens", "lexicon")
 
 
@@ -110,16 +150,16 @@ def explain_features(
     write: bool = True,
 ) -> list[Scored]:
     """Explain and score each feature (with the LLM ``client`` if given, else offline with the
-    ``embedder``: the ``labeler``'s lexicon explanations when given, else contrastive tokens);
-    results are written to the database as they come unless ``write`` is false."""
+    ``embedder``: the ``labeler``'s lexicon explanations when given, else contrastive tokens; a
+    labeler without a background gets one from this dictionary's analysed text); results are
+    written to the database as they come unless ``write`` is false."""
     row = db.analysis(con, sae)
     assert row is not None
     words = db.vocab(con)
     base, total = base_counts(con, int(row["corpus"]), words)
-    if client is not None:
-        label = "LLM"
-    else:
-        label = "lexicon + MiniLM" if labeler is not None else "contrastive tokens + MiniLM"
+    if labeler is not None and labeler.background is None and client is None:
+        labeler = labeler.with_background(background_windows(con, int(row["corpus"]), words))
+    label = explainer_label(client, labeler)
     out = []
     with progress_bar(unit="features") as bar:
         task = bar.add_task(f"explain {sae}", total=len(features), info="")
@@ -138,7 +178,8 @@ def explain_features(
             else:
                 assert embedder is not None
                 if labeler is not None:
-                    text = labeler.explain(top, base, total)
+                    # background windows from the sequences of the scoring contexts are left out
+                    text = labeler.explain(top, base, total, avoid={c.seq for c in held + neg})
                 else:
                     text = explain_offline(top, base, total)
                 score_auc, score_bacc, fuzz = score_offline(embedder, text, top, held, neg)

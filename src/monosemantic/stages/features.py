@@ -184,7 +184,11 @@ def run_search(
 class ExplainResult(NamedTuple):
     sae: str
     results: list[Any]
-    """``features.explain.Explanation`` per scored feature (empty: none had held-out contexts)"""
+    """``features.explain_run.Scored`` per scored feature (empty: none had held-out contexts)"""
+    chosen: int = 0
+    """features drawn with --features (or given with --ids)"""
+    skipped: int = 0
+    """of those drawn, how many this explainer had explained already (left as they are)"""
 
 
 @writes_run("run", "explain")
@@ -192,7 +196,12 @@ def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
     """Explain and score the chosen features (see ``features.explain_run``); the explanations go
     into the database."""
     from monosemantic.features import db
-    from monosemantic.features.explain_run import choose_features, explain_features
+    from monosemantic.features.explain_run import (
+        choose_features,
+        explain_features,
+        explained_by,
+        explainer_label,
+    )
     from monosemantic.features.label import default_labeler
     from monosemantic.features.scorers import ChatClient, Embedder
 
@@ -204,9 +213,20 @@ def run_explain(run: Path, cfg: ExplainConfig) -> ExplainResult:
         client = ChatClient(cfg.explainer_url, cfg.llm_model) if cfg.explainer_url else None
         embedder = None if client is not None else Embedder()
         labeler = default_labeler(embedder) if embedder is not None and cfg.explainer == "lexicon" else None
-        return ExplainResult(
-            name, explain_features(con, name, chosen, embedder=embedder, client=client, labeler=labeler)
+        # a drawn feature that this explainer has explained is left as it is: rerunning an
+        # interrupted call finishes it, rerunning a finished one changes nothing (--again redoes)
+        done = (
+            set()
+            if cfg.ids or cfg.again
+            else explained_by(con, name, chosen, explainer_label(client, labeler))
         )
+        todo = [j for j in chosen if j not in done]
+        results = (
+            explain_features(con, name, todo, embedder=embedder, client=client, labeler=labeler)
+            if todo
+            else []
+        )
+        return ExplainResult(name, results, len(chosen), len(done))
     finally:
         con.close()
 
