@@ -298,7 +298,7 @@ def test_demo_steering_example(capsys, monkeypatch, run: Path, lm) -> None:
     monkeypatch.setattr(steer_eval, "DEMO_QUERY", "paris")
     terminal.steer_effects(*run_demo_steering(run, lm))
     out = capsys.readouterr().out
-    assert "steering over 24 neutral prompts" in out and "example at scale 3" in out and "unsteered:" in out
+    assert "steering over 24 neutral prompts" in out and "example at scale 1.5" in out and "unsteered:" in out
     con = db.open_db(run)
     assert [tuple(r) for r in con.execute("SELECT feature, n_prompts FROM steering")] == [(7, 24)]
     con.close()

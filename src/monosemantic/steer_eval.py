@@ -290,10 +290,13 @@ def stored_effects(con: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-DEMO_QUERY = "Berlin"
-DEMO_SCALE = 3.0
-"""On the demo run the city feature brings up places from 3× its max on, and the text breaks past
-5× (docs/steering.md): the demo shows the moderate end."""
+DEMO_QUERY = "northeastern"
+"""Search ranks first for it, on the demo run, a feature of the glosses' regional descriptions ("a
+city in northeastern Indiana") that fires over whole phrases: steering such a *context* feature
+turns the text to its topic, while the first hit for a name ("Berlin": the last token of city
+names) is a token detector that steering barely moves (docs/steering.md)."""
+DEMO_SCALE = 1.5
+"""The demo run's context features turn the text at 1-1.5× their max; from 2× on it degrades."""
 
 
 def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> tuple[str, int] | None:
@@ -326,7 +329,7 @@ def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> 
 def demo_steering(
     run: Path, lm: LoadedModel, cfg: GenerateConfig | None = None, scale: float = DEMO_SCALE
 ) -> tuple[str, list[Effect]] | None:
-    """The demo's steering example: the city feature ``search`` finds for "Berlin", clamped at
+    """The demo's steering example: the regional feature ``search`` finds for ``DEMO_QUERY``, clamped at
     ``scale`` × its max over the bundled neutral prompts, measured and stored (the report shows
     it); returns the dictionary and the effects, None when search finds no feature."""
     found = demo_feature(run, lm)

@@ -71,8 +71,9 @@ def steering_section(con: sqlite3.Connection) -> str:
             for r in g
         )
         parts.append(
-            f"<p><b>{title}</b></p><table><tr><th>scale × max</th><th>fires</th><th>≥0.1 max</th><th>rel</th>"
-            f"<th>promoted</th><th>log-prob</th><th>repetition</th><th>example (first prompt)</th></tr>{body}</table>"
+            f"<p><b>{title}</b></p><table><tr><th>scale × max</th><th>fires</th><th>≥0.1 max</th>"
+            f"<th>rel</th><th>promoted</th><th>log-prob</th><th>repetition</th>"
+            f"<th>example (first prompt)</th></tr>{body}</table>"
             f"<p class='note'>unsteered: {html.escape(g[0]['base_example'])}</p>" + _completions(g[-1])
         )
     return "\n".join(parts)

@@ -307,12 +307,14 @@ def steer_side_by_side(result: Any) -> None:
     )
 
 
-def steer_sweep(title: str, rows: list[tuple[float, Any]]) -> None:
-    """One completion per scale (``stages.steer.run_sweep``); ``title`` is plain text."""
+def steer_sweep(title: str, rows: list[tuple[float | None, Any]]) -> None:
+    """One completion per scale (``stages.steer.run_sweep``; scale None: unsteered); ``title`` is
+    plain text."""
     table = _table(escape(title), ("scale", "completion", "log-prob/token", "fires on"), left=("completion",))
     table.show_lines = True
     for s, c in rows:
-        table.add_row("unsteered" if s is None else f"{s:g}", escape(c.text), f"{c.logprob_per_token:.2f}", _fires(c))
+        scale = "unsteered" if s is None else f"{s:g}"
+        table.add_row(scale, escape(c.text), f"{c.logprob_per_token:.2f}", _fires(c))
     _wide().print(table)
 
 
@@ -403,7 +405,7 @@ def demo_summary(s: Any) -> None:
     feature = first.feature if first else 0
     out.print(f"\nreport: {s.report}")
     out.print("try next:")
-    steer = f'monosemantic steer {s.run}{sae} --feature {feature} --scale 3 --prompt "I woke up and"'
+    steer = f'monosemantic steer {s.run}{sae} --feature {feature} --scale 1.5 --prompt "I woke up and"'
     for what, command in (
         ("features for a concept", f'monosemantic search {s.run} "Paris"{sae}'),
         ("one feature's card", f"monosemantic feature {s.run} {feature}{sae}"),
