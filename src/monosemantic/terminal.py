@@ -310,11 +310,12 @@ def steer_side_by_side(result: Any) -> None:
 def steer_sweep(title: str, rows: list[tuple[float | None, Any]]) -> None:
     """One completion per scale (``stages.steer.run_sweep``; scale None: unsteered); ``title`` is
     plain text."""
-    table = _table(escape(title), ("scale", "completion", "log-prob/token", "fires on"), left=("completion",))
+    columns = ("scale", "completion", "log-prob/token", "repetition", "fires on")
+    table = _table(escape(title), columns, left=("completion",))
     table.show_lines = True
     for s, c in rows:
         scale = "unsteered" if s is None else f"{s:g}"
-        table.add_row(scale, escape(c.text), f"{c.logprob_per_token:.2f}", _fires(c))
+        table.add_row(scale, escape(c.text), f"{c.logprob_per_token:.2f}", _fmt(c.repetition), _fires(c))
     _wide().print(table)
 
 
