@@ -116,3 +116,25 @@ def test_defaults_and_validation_come_from_the_dataclass():
     assert isinstance(res.exception, UserError) and "--size" in str(res.exception)
     res = CliRunner().invoke(_planted_app(seen), ["go", "--w", "1,a"])
     assert isinstance(res.exception, UserError) and "--w" in str(res.exception)
+
+
+def _commands(group, prefix=""):
+    """(name, command) of every command, subcommands of groups included."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, f"{prefix}{name} ")
+        else:
+            yield prefix + name, cmd
+
+
+def test_every_device_option_defaults_to_auto():
+    """A trial user found `steer --device` on cpu while `evaluate` picked the GPU: one default."""
+    group = typer.main.get_command(app)
+    defaults = {
+        name: p.default
+        for name, cmd in _commands(group)
+        for p in cmd.params
+        if "--device" in getattr(p, "opts", [])
+    }
+    assert "steer" in defaults and "inspect" in defaults
+    assert {n: d for n, d in defaults.items() if d != "auto"} == {}

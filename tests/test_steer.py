@@ -235,10 +235,14 @@ def test_steer_commands_and_the_measured_effect(capsys, monkeypatch, run: Path, 
     )
     assert code == 0, err
     assert "log-prob/token" in out
+    first_cells = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
+    assert first_cells == ["unsteered", "0", "2", "5"]  # the baseline first (add 0 is not one in clamp)
     prompts = run / "prompts.txt"
     prompts.write_text("# neutral\n" + "\n".join(PROMPTS) + "\n")
-    code, err = cli(capsys, monkeypatch, *base, "--eval", "--sweep", "0,5", "--prompts", prompts)
+    code, out, err = cli_out(capsys, monkeypatch, *base, "--eval", "--sweep", "0,5", "--prompts", prompts)
     assert code == 0, err
+    assert "steered (unsteered)" in out and "fires ≥0.1 max" in out and "repetition" in out
+    assert "base" not in out  # the old table had three columns all headed "base"
     code, err = cli(
         capsys, monkeypatch, *base, "--eval", "--scale", "5", "--prompts", prompts, "--drop-error"
     )
@@ -251,6 +255,12 @@ def test_steer_commands_and_the_measured_effect(capsys, monkeypatch, run: Path, 
     con.close()
     assert [(s, k, n) for s, k, n, *_ in rows] == [(5.0, 0, 3), (0.0, 1, 3), (5.0, 1, 3)]
     assert all(0 <= r[3] <= 1 and 0 <= r[4] <= 1 and r[6] < 0 for r in rows)
+    con = sqlite3.connect(run / "features.sqlite")
+    extra = con.execute(
+        "SELECT strong_fire_rate, base_strong_fire_rate, repetition, base_repetition FROM steering"
+    ).fetchall()
+    con.close()
+    assert all(0 <= x <= 1 for row in extra for x in row)
     # the report shows the measured effects and gives the steered feature a page (UMAP skipped: slow)
     import monosemantic.features.report as report_mod
 
@@ -288,7 +298,7 @@ def test_demo_steering_example(capsys, monkeypatch, run: Path, lm) -> None:
     monkeypatch.setattr(steer_eval, "DEMO_QUERY", "paris")
     terminal.steer_effects(*run_demo_steering(run, lm))
     out = capsys.readouterr().out
-    assert "steering over 24 neutral prompts" in out and "example at scale 3" in out and "unsteered:" in out
+    assert "steering over 24 neutral prompts" in out and "example at scale 1.5" in out and "unsteered:" in out
     con = db.open_db(run)
     assert [tuple(r) for r in con.execute("SELECT feature, n_prompts FROM steering")] == [(7, 24)]
     con.close()
@@ -389,3 +399,38 @@ def test_generated_only_leaves_the_prompt_alone(lm: LoadedModel, sae: SparseAuto
     first = edit.calls[0][2]
     assert first is not None and first.sum(1).tolist() == [1, 1, 1] and first[:, -1].all()
     assert all(w is not None and w.all() for _, _, w in edit.calls[1:])
+
+
+def test_repetition_counts_repeated_four_grams() -> None:
+    from monosemantic.steer_score import repetition
+
+    assert repetition(list(range(10))) == 0
+    assert repetition([1, 2] * 6) == pytest.approx(1 - 2 / 9)  # 9 four-grams, 2 distinct
+    assert np.isnan(repetition([1, 2, 3]))
+
+
+def test_effects_go_into_a_steering_table_of_an_older_version(run: Path) -> None:
+    """A run measured before the strong fire rate and repetition existed gets their columns."""
+    from monosemantic.steer_eval import Effect, store_effects, stored_effects
+
+    con = sqlite3.connect(run / "features.sqlite")
+    con.execute(
+        "CREATE TABLE steering (sae TEXT NOT NULL, feature INTEGER NOT NULL, mode TEXT NOT NULL, "
+        "scale REAL NOT NULL, keep_error INTEGER NOT NULL, steered TEXT NOT NULL, settings TEXT NOT NULL, "
+        "n_prompts INTEGER NOT NULL, fire_rate REAL NOT NULL, base_fire_rate REAL NOT NULL, "
+        "relative REAL NOT NULL, base_relative REAL NOT NULL, promoted_logmass REAL, "
+        "base_promoted_logmass REAL, logprob REAL NOT NULL, base_logprob REAL NOT NULL, "
+        "example TEXT NOT NULL, base_example TEXT NOT NULL, completions TEXT NOT NULL, "
+        "base_completions TEXT NOT NULL, "
+        "PRIMARY KEY (sae, feature, mode, scale, keep_error, steered, settings))"
+    )
+    con.commit()
+    con.close()
+    e = Effect(3, "clamp", 2.0, True, [3], 1, 0.5, 0.0, 0.2, 0.0, -3.0, -4.0, -1.5, -1.2, "a", "b",
+               ["x"], ["y"], 0.25, 0.0, 0.1, 0.05)  # fmt: skip
+    store_effects(run, "relu-64", [e], "{}")
+    con = db.open_db(run)
+    (row,) = stored_effects(con)
+    con.close()
+    assert (row["strong_fire_rate"], row["repetition"], row["base_repetition"]) == (0.25, 0.1, 0.05)
+    assert json.loads(row["completions"]) == ["x"] and row["keep_error"] == 1

@@ -7,7 +7,7 @@
     run.feature(11, "relu-2048")          # statistics, explanation, top contexts (analyze)
     run.search("SQL injection")           # features specific to a concept
     run.encode("The Eiffel tower")        # feature activations per token
-    run.steer("I went to", {9942: 3.0})   # the completion with feature 9942 clamped at 3x its max
+    run.steer("I went to", {13842: 1.0})  # the completion with feature 13842 clamped at 1x its max
 
 Everything is read from what the stages wrote (docs/architecture.md); the model and dictionaries
 load on first use and stay loaded. Errors are ``UserError`` with what to run to fix them.

@@ -37,7 +37,7 @@ def steer_cmd(
         False, "--eval", help="measure the effect over the neutral prompts and store it in features.sqlite"
     ),
     prompts: Path = typer.Option(None, "--prompts", help="prompts for --eval, one a line (default: bundled)"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda ...; auto picks cuda when available"),
 ) -> None:
     """Generate with features clamped (or added) at the dictionary's layer, error term kept, and
     compare with the unsteered model: side by side, along a sweep of scales, or measured (--eval)."""
@@ -72,7 +72,7 @@ def inspect_cmd(
     per_token: int = typer.Option(5, "--per-token", help="features listed per token"),
     top: int = typer.Option(20, "--top", help="features listed for the whole text"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda ...; auto picks cuda when available"),
 ) -> None:
     """Show which features fire on a text: per token (with activations and explanations) and over
     the whole text, ranked by activation relative to each feature's maximum."""

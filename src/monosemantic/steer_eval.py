@@ -5,10 +5,13 @@ steered completions and read each back with the clean model (no edit):
 
     fire rate          share of completions on which the steered feature fires (activation > 0)
                        on at least one generated token, re-encoded by the dictionary
+    strong fire rate   the same with activation ≥ ``STRONG`` × its max (a stricter reading of
+                       "fires": a trace activation does not count)
     relative           mean over completions of the feature's largest activation on them / its max
     promoted log-mass  mean over generated positions of log Σ p(t), t over the feature's top
                        promoted tokens (its direct logit effects), under the clean model
     log-prob / token   mean clean-model log p of the generated tokens (fluency: lower = stranger)
+    repetition         mean seq-rep-4 of the completions (fluency: a loop scores high log-probs)
 
 Results go into the run's ``features.sqlite`` (table ``steering``, created when first needed) and
 the report shows them.
@@ -36,6 +39,11 @@ from monosemantic.sae import SparseAutoencoder
 from monosemantic.steer import GenerateConfig, Intervention, resolve
 from monosemantic.steer_score import Completion, complete, promoted_tokens
 
+STRONG = 0.1
+"""The strong fire rate's threshold, a share of the feature's maximum activation."""
+_ADDED = ("strong_fire_rate", "base_strong_fire_rate", "repetition", "base_repetition")
+"""Columns added after the table first shipped (``store_effects`` adds them to an older table)."""
+
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "steer_prompts.txt"
 
 _TABLE = """
@@ -47,6 +55,7 @@ CREATE TABLE IF NOT EXISTS steering (
   promoted_logmass REAL, base_promoted_logmass REAL,
   logprob REAL NOT NULL, base_logprob REAL NOT NULL, example TEXT NOT NULL, base_example TEXT NOT NULL,
   completions TEXT NOT NULL, base_completions TEXT NOT NULL,
+  strong_fire_rate REAL, base_strong_fire_rate REAL, repetition REAL, base_repetition REAL,
   PRIMARY KEY (sae, feature, mode, scale, keep_error, steered, settings))
 """
 
@@ -151,6 +160,12 @@ class Effect(NamedTuple):
     completions: list[str]
     """Every steered completion (without its prompt), in prompt order."""
     base_completions: list[str]
+    strong_fire_rate: float = float("nan")
+    """Share of completions on which the feature reaches ``STRONG`` × its max."""
+    base_strong_fire_rate: float = float("nan")
+    repetition: float = float("nan")
+    """Mean seq-rep-4 of the steered completions (``steer_score.repetition``)."""
+    base_repetition: float = float("nan")
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -200,6 +215,10 @@ def measure(
                     base_example=base[0].prompt + base[0].text,
                     completions=[c.text for c in steered],
                     base_completions=[c.text for c in base],
+                    strong_fire_rate=_mean([float(c.max_relative[k] >= STRONG) for c in steered]),
+                    base_strong_fire_rate=_mean([float(c.max_relative[k] >= STRONG) for c in base]),
+                    repetition=_mean([c.repetition for c in steered]),
+                    base_repetition=_mean([c.repetition for c in base]),
                 )
             )
     return out
@@ -227,36 +246,33 @@ def store_effects(run: Path, sae: str, effects: Sequence[Effect], settings: str)
     try:
         with db.transaction(con):
             con.execute(_TABLE)
+            have = {r[1] for r in con.execute("PRAGMA table_info(steering)")}
+            for column in _ADDED:
+                if column not in have:
+                    con.execute(f"ALTER TABLE steering ADD COLUMN {column} REAL")
+            columns = ["sae", "settings", *Effect._fields]
             con.executemany(
-                f"INSERT OR REPLACE INTO steering VALUES ({', '.join('?' * 20)})",
-                [
-                    (
-                        sae,
-                        e.feature,
-                        e.mode,
-                        e.scale,
-                        int(e.keep_error),
-                        json.dumps(e.steered),
-                        settings,
-                        e.n_prompts,
-                        e.fire_rate,
-                        e.base_fire_rate,
-                        e.relative,
-                        e.base_relative,
-                        _nan_none(e.promoted_logmass),
-                        _nan_none(e.base_promoted_logmass),
-                        e.logprob,
-                        e.base_logprob,
-                        e.example,
-                        e.base_example,
-                        json.dumps(e.completions),
-                        json.dumps(e.base_completions),
-                    )
-                    for e in effects
-                ],  # fmt: skip
+                f"INSERT OR REPLACE INTO steering ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                [_row(sae, settings, e) for e in effects],
             )
     finally:
         con.close()
+
+
+def _row(sae: str, settings: str, e: Effect) -> list[object]:
+    """``e`` as the steering table stores it (lists as JSON, nan as NULL)."""
+    values: list[object] = [sae, settings]
+    for v in e:
+        if isinstance(v, list):
+            values.append(json.dumps(v))
+        elif isinstance(v, bool):
+            values.append(int(v))
+        elif isinstance(v, float):
+            values.append(_nan_none(v))
+        else:
+            values.append(v)
+    return values
 
 
 def _nan_none(x: float) -> float | None:
@@ -274,10 +290,13 @@ def stored_effects(con: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-DEMO_QUERY = "Berlin"
-DEMO_SCALE = 3.0
-"""On the demo run the city feature brings up places from 3× its max on, and the text breaks past
-5× (docs/steering.md): the demo shows the moderate end."""
+DEMO_QUERY = "northeastern"
+"""Search ranks first for it, on the demo run, a feature of the glosses' regional descriptions ("a
+city in northeastern Indiana") that fires over whole phrases: steering such a *context* feature
+turns the text to its topic, while the first hit for a name ("Berlin": the last token of city
+names) is a token detector that steering barely moves (docs/steering.md)."""
+DEMO_SCALE = 1.5
+"""The demo run's context features turn the text at 1-1.5× their max; from 2× on it degrades."""
 
 
 def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> tuple[str, int] | None:
@@ -310,7 +329,7 @@ def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> 
 def demo_steering(
     run: Path, lm: LoadedModel, cfg: GenerateConfig | None = None, scale: float = DEMO_SCALE
 ) -> tuple[str, list[Effect]] | None:
-    """The demo's steering example: the city feature ``search`` finds for "Berlin", clamped at
+    """The demo's steering example: the regional feature ``search`` finds for ``DEMO_QUERY``, clamped at
     ``scale`` × its max over the bundled neutral prompts, measured and stored (the report shows
     it); returns the dictionary and the effects, None when search finds no feature."""
     found = demo_feature(run, lm)

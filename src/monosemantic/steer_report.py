@@ -15,6 +15,13 @@ def _f(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def _pair(row: sqlite3.Row, column: str) -> str:
+    """'steered (unsteered)'; — for a value an older version did not store."""
+    keys = row.keys()
+    got = [row[c] if c in keys else None for c in (column, "base_" + column)]
+    return f"{_f(got[0])} ({_f(got[1])})"
+
+
 def steered_features(con: sqlite3.Connection) -> set[tuple[str, int]]:
     """(dictionary, feature) of every stored effect: the report gives each a page."""
     return {(r["sae"], int(r["feature"])) for r in stored_effects(con)}
@@ -39,9 +46,11 @@ def steering_section(con: sqlite3.Connection) -> str:
         "<h3>Steering: measured effects</h3><p class='note'>Each feature clamped (or added) at a multiple "
         "of its maximum activation at every position while the model continues neutral prompts. "
         "<b>fires</b>: share of completions on which the feature fires when the clean model rereads them "
-        "(unsteered in brackets); <b>rel</b>: its largest activation there / its max; <b>promoted</b>: "
+        "(unsteered in brackets); <b>≥0.1 max</b>: the same, counting only activations of a tenth of "
+        "its max or more; <b>rel</b>: its largest activation there / its max; <b>promoted</b>: "
         "mean log Σ p of its promoted tokens; <b>log-prob</b>: clean-model log p per generated token "
-        "(fluency). <code>monosemantic steer RUN --feature ID --eval --sweep 0,5,10</code> adds rows.</p>"
+        "(fluency); <b>repetition</b>: share of repeated 4-grams (fluency: a loop has high log-probs). "
+        "<code>monosemantic steer RUN --feature ID --eval --sweep 0,5,10</code> adds rows.</p>"
     ]
     key = lambda r: (r["sae"], r["feature"], r["steered"], r["mode"], r["keep_error"], r["settings"])  # noqa: E731
     for (sae, feature, steered, mode, keep, settings), group in groupby(rows, key=key):
@@ -54,16 +63,17 @@ def steering_section(con: sqlite3.Connection) -> str:
             f"{'kept' if keep else 'dropped'}, {g[0]['n_prompts']} prompts × {s['max_new_tokens']} tokens"
         )
         body = "".join(
-            f"<tr><td>{r['scale']:g}</td><td>{r['fire_rate']:.2f} ({r['base_fire_rate']:.2f})</td>"
-            f"<td>{r['relative']:.2f} ({r['base_relative']:.2f})</td>"
-            f"<td>{_f(r['promoted_logmass'])} ({_f(r['base_promoted_logmass'])})</td>"
-            f"<td>{r['logprob']:.2f} ({r['base_logprob']:.2f})</td>"
+            f"<tr><td>{r['scale']:g}</td><td>{_pair(r, 'fire_rate')}</td>"
+            f"<td>{_pair(r, 'strong_fire_rate')}</td><td>{_pair(r, 'relative')}</td>"
+            f"<td>{_pair(r, 'promoted_logmass')}</td><td>{_pair(r, 'logprob')}</td>"
+            f"<td>{_pair(r, 'repetition')}</td>"
             f"<td class='ctx'>{html.escape(r['example'])}</td></tr>"
             for r in g
         )
         parts.append(
-            f"<p><b>{title}</b></p><table><tr><th>scale × max</th><th>fires</th><th>rel</th><th>promoted</th>"
-            f"<th>log-prob</th><th>example (first prompt)</th></tr>{body}</table>"
+            f"<p><b>{title}</b></p><table><tr><th>scale × max</th><th>fires</th><th>≥0.1 max</th>"
+            f"<th>rel</th><th>promoted</th><th>log-prob</th><th>repetition</th>"
+            f"<th>example (first prompt)</th></tr>{body}</table>"
             f"<p class='note'>unsteered: {html.escape(g[0]['base_example'])}</p>" + _completions(g[-1])
         )
     return "\n".join(parts)

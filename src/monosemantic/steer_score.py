@@ -119,6 +119,20 @@ class Completion:
     def logprob_per_token(self) -> float:
         return self.logprob / max(1, self.n_tokens)
 
+    @property
+    def repetition(self) -> float:
+        """``repetition(token_ids)``: the share of its 4-grams that repeat an earlier one."""
+        return repetition(self.token_ids)
+
+
+def repetition(ids: Sequence[int], n: int = 4) -> float:
+    """seq-rep-n of a token sequence: 1 − distinct n-grams / n-grams (Welleck et al., 2019,
+    "Neural text generation with unlikelihood training"); 0 for text that never repeats a
+    4-gram, towards 1 for a loop ("UK, UK, UK, ..."); nan when it has fewer than ``n`` tokens.
+    Greedy decoding of a small model repeats itself unsteered too, so compare with its value."""
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else float("nan")
+
 
 def complete(
     lm: LoadedModel,

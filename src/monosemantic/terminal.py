@@ -307,12 +307,15 @@ def steer_side_by_side(result: Any) -> None:
     )
 
 
-def steer_sweep(title: str, rows: list[tuple[float, Any]]) -> None:
-    """One completion per scale (``stages.steer.run_sweep``); ``title`` is plain text."""
-    table = _table(escape(title), ("scale", "completion", "log-prob/token", "fires on"), left=("completion",))
+def steer_sweep(title: str, rows: list[tuple[float | None, Any]]) -> None:
+    """One completion per scale (``stages.steer.run_sweep``; scale None: unsteered); ``title`` is
+    plain text."""
+    columns = ("scale", "completion", "log-prob/token", "repetition", "fires on")
+    table = _table(escape(title), columns, left=("completion",))
     table.show_lines = True
     for s, c in rows:
-        table.add_row(f"{s:g}", escape(c.text), f"{c.logprob_per_token:.2f}", _fires(c))
+        scale = "unsteered" if s is None else f"{s:g}"
+        table.add_row(scale, escape(c.text), f"{c.logprob_per_token:.2f}", _fmt(c.repetition), _fires(c))
     _wide().print(table)
 
 
@@ -324,18 +327,23 @@ def steer_effects(sae: str, effects: list[Any], cfg: Any) -> None:
         return
     table = _table(
         f"{sae}: steering over {effects[0].n_prompts} neutral prompts, {cfg.max_new_tokens} new tokens, "
-        f"error term {'kept' if cfg.keep_error else 'dropped'}",
-        ("feature", "mode", "scale", "fires", "base", "rel", "base", "promoted", "base", "log-prob", "base"),
-        caption="fires: share of completions on which the feature fires (clean model rereads them); "
-        "rel: its largest activation / its max; promoted: log Σ p of its promoted tokens; "
-        "log-prob: per generated token (clean model)",
+        f"error term {'kept' if cfg.keep_error else 'dropped'}; each cell: steered (unsteered)",
+        ("feature", "mode", "scale", "fires", "fires ≥0.1 max", "rel", "promoted", "log-prob", "repetition"),
+        caption="fires: share of completions on which the feature fires (activation > 0) when the clean "
+        "model rereads them; fires ≥0.1 max: the same, counting only activations of a tenth of its max "
+        "or more; rel: its largest activation / its max; promoted: log Σ p of its promoted tokens; "
+        "log-prob: per generated token (clean model); repetition: share of repeated 4-grams",
     )
+
+    def pair(x: float, base: float) -> str:
+        return f"{_fmt(x)} ({_fmt(base)})"
+
     for e in effects:
         table.add_row(
-            str(e.feature), e.mode, f"{e.scale:g}", f"{e.fire_rate:.2f}", f"{e.base_fire_rate:.2f}",
-            f"{e.relative:.2f}", f"{e.base_relative:.2f}",
-            _fmt(e.promoted_logmass), _fmt(e.base_promoted_logmass),
-            f"{e.logprob:.2f}", f"{e.base_logprob:.2f}",
+            str(e.feature), e.mode, f"{e.scale:g}", pair(e.fire_rate, e.base_fire_rate),
+            pair(e.strong_fire_rate, e.base_strong_fire_rate), pair(e.relative, e.base_relative),
+            pair(e.promoted_logmass, e.base_promoted_logmass), pair(e.logprob, e.base_logprob),
+            pair(e.repetition, e.base_repetition),
         )  # fmt: skip
     out.print(table)
     seen = set()
@@ -398,7 +406,7 @@ def demo_summary(s: Any) -> None:
     feature = first.feature if first else 0
     out.print(f"\nreport: {s.report}")
     out.print("try next:")
-    steer = f'monosemantic steer {s.run}{sae} --feature {feature} --scale 3 --prompt "I woke up and"'
+    steer = f'monosemantic steer {s.run}{sae} --feature {feature} --scale 1.5 --prompt "I woke up and"'
     for what, command in (
         ("features for a concept", f'monosemantic search {s.run} "Paris"{sae}'),
         ("one feature's card", f"monosemantic feature {s.run} {feature}{sae}"),

@@ -75,7 +75,7 @@ def require_prompt(prompt: str) -> None:
         )
 
 
-def open_target(run: Path, sae: str, device: str = "cpu") -> Any:
+def open_target(run: Path, sae: str, device: str = "auto") -> Any:
     """The run's model and analysed dictionary ``sae`` ('' = the largest) ready to steer
     (``steer_eval.SteerTarget``)."""
     from monosemantic.steer_eval import load_target
@@ -118,14 +118,16 @@ def run_steer(
 
 def run_sweep(
     target: Any, request: SteerRequest, prompt: str, scales: list[float], cfg: GenerateConfig
-) -> list[tuple[float, Any]]:
-    """(scale, completion) for each scale, every requested feature steered at it."""
+) -> list[tuple[float | None, Any]]:
+    """(scale, completion) for each scale, every requested feature steered at it, after
+    (None, the clean model's completion): the baseline, which scale 0 is not (clamp 0 ablates)."""
     from monosemantic.steer_eval import run_completions
 
     ivs = request.interventions()
     require_prompt(prompt)
     watch = list(dict.fromkeys(request.features))
-    return [
+    base = run_completions(target, [prompt], [], replace(cfg, keep_error=True), watch)[0]
+    return [(None, base)] + [
         (s, run_completions(target, [prompt], [iv._replace(scale=s) for iv in ivs], cfg, watch)[0])
         for s in scales
     ]
@@ -152,7 +154,7 @@ def run_steer_eval(
 
 
 def run_demo_steering(run: Path, lm: Any) -> tuple[str, list[Any], GenerateConfig]:
-    """The demo's steering example: the feature ``search`` ranks first for "Berlin", clamped over
+    """The demo's steering example: the feature ``search`` ranks first for ``DEMO_QUERY``, clamped over
     the neutral prompts, measured and stored (the report shows it). Returns (dictionary, effects,
     settings); no effects when search finds no such feature."""
     from monosemantic.steer_eval import DEMO_SCALE, demo_steering
@@ -163,7 +165,7 @@ def run_demo_steering(run: Path, lm: Any) -> tuple[str, list[Any], GenerateConfi
 
 
 def run_inspect(
-    run: Path, text: str, sae: str = "", per_token: int = 5, top: int = 20, device: str = "cpu"
+    run: Path, text: str, sae: str = "", per_token: int = 5, top: int = 20, device: str = "auto"
 ) -> Any:
     """Which features fire on ``text``, per token and over the whole text
     (``features.inspect.Inspection``).
