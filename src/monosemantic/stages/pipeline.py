@@ -163,7 +163,8 @@ def run_train(
         return TrainResult(dirs, done)
     world = f" on {dist.world} ranks" if dist else ""
     world += ", features sharded" if dist and cfg.feature_parallel else ""
-    return TrainResult(dirs, meter.summary(f"train ({len(states)} dictionaries in {out / 'saes'}{world})"))
+    what = "1 dictionary" if len(states) == 1 else f"{len(states)} dictionaries"
+    return TrainResult(dirs, meter.summary(f"train ({what} in {out / 'saes'}{world})"))
 
 
 class EvalResult(NamedTuple):
