@@ -408,7 +408,7 @@ def demo_summary(s: Any) -> None:
     out.print("try next:")
     steer = f'monosemantic steer {s.run}{sae} --feature {feature} --scale 1.5 --prompt "I woke up and"'
     for what, command in (
-        ("features for a concept", f'monosemantic search {s.run} "Paris"{sae}'),
+        ("features for a concept", f'monosemantic search {s.run} "Elizabeth"{sae}'),
         ("one feature's card", f"monosemantic feature {s.run} {feature}{sae}"),
         ("steer the model with it", steer),
         ("browse every feature", f"monosemantic serve {s.run} --open"),

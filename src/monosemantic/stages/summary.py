@@ -9,9 +9,12 @@ from typing import Any, NamedTuple
 
 from monosemantic.config import ExplainConfig
 
-DEMO_CONCEPTS = ("France", "password", "und")
-"""Concepts the summary looks up with ``search``: a country, a security term, a German word (each
-has a feature that reads as that concept on the demo run, docs/features.md)."""
+DEMO_CONCEPTS = ("password", "Python", "God")
+"""Concepts the summary looks up with ``search``: a security term, a programming language, a
+religious name. Each has a feature whose top contexts contain it (70-100% of them) on a fresh demo
+run of the broadened corpus (docs/data.md); the earlier choices France and und had such features
+on the old corpus only, where the country profiles and German handbook chapters made up more of
+the demo's 200k tokens."""
 
 
 class ConceptFeature(NamedTuple):
