@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tests.helpers import TRAIN, WORDS, fake_llm_server, harvest_args, main_exit_code, save_tiny
+from tests.helpers import TRAIN, fake_llm_server, harvest_args, main_exit_code, save_tiny, write_tiny_corpus
 
 TIMING = {"tokens_per_s", "seconds", "peak_rss_mb", "flops_per_s", "train", "harvest", "elapsed_s", "rate"}
 TIMING |= {"_crc32"}  # a JSON file's checksum covers its timings too
@@ -192,13 +192,7 @@ class Chaos:
     def __init__(self, root: Path, url: str) -> None:
         self.root, self.url = root, url
         self.model = save_tiny("llama", root / "model")
-        self.corpus = root / "corpus.jsonl"
-        g = torch.Generator().manual_seed(1)
-        with open(self.corpus, "w") as f:
-            for _ in range(400):
-                n = int(torch.randint(20, 80, (1,), generator=g))
-                words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)]
-                f.write(json.dumps({"text": " ".join(words)}) + "\n")
+        self.corpus = write_tiny_corpus(root / "corpus.jsonl")
         self.prepared: dict[str, Path] = {}
 
     def stages(self, torchrun: bool = True) -> list[Stage]:

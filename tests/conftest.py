@@ -3,7 +3,6 @@ vocabulary, and a run directory harvested from them (once per session, copied fo
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import WORDS, harvest_args, run_cli, save_tiny
+from tests.helpers import harvest_args, run_cli, save_tiny, write_tiny_corpus
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +32,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A text corpus of many short documents in the tiny tokenizer's vocabulary."""
-    g = torch.Generator().manual_seed(1)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    with open(path, "w") as f:
-        for _ in range(400):
-            n = int(torch.randint(20, 80, (1,), generator=g))
-            words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)]
-            f.write(json.dumps({"text": " ".join(words)}) + "\n")
-    return path
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl")
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,18 @@ WORDS = [
 ]
 
 
+def write_tiny_corpus(path: Path) -> Path:
+    """400 short documents (20-80 words of ``WORDS``, seeded) as JSON lines at ``path``: the
+    ``tiny_corpus`` fixture's corpus, also written outside pytest (chaos, web load and fuzzing)."""
+    g = torch.Generator().manual_seed(1)
+    with open(path, "w") as f:
+        for _ in range(400):
+            n = int(torch.randint(20, 80, (1,), generator=g))
+            words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)]
+            f.write(json.dumps({"text": " ".join(words)}) + "\n")
+    return path
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

@@ -3,7 +3,6 @@ is ``<script>`` (so that contexts carry it), an explanation with HTML in it, and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from monosemantic.features import db
 from monosemantic.integrity import seal_db
 from monosemantic.stages.features import run_analyze
 from monosemantic.stages.pipeline import run_harvest, run_train
-from tests.helpers import WORDS, save_tiny
+from tests.helpers import save_tiny, write_tiny_corpus
 
 SCRIPT = "<script>alert(1)</script>"
 EXPLAINED = 3
@@ -45,25 +44,13 @@ def make_analysed_run(out: Path, model: Path, corpus: Path) -> Path:
     return out
 
 
-def write_corpus(path: Path) -> Path:
-    """The ``tiny_corpus`` fixture's corpus (400 short documents in the tiny vocabulary), for use
-    outside pytest."""
-    g = torch.Generator().manual_seed(1)
-    with open(path, "w") as f:
-        for _ in range(400):
-            n = int(torch.randint(20, 80, (1,), generator=g))
-            words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)]
-            f.write(json.dumps({"text": " ".join(words)}) + "\n")
-    return path
-
-
 def build(where: Path) -> Path:
     """The web tests' analysed run built from scratch under ``where`` (model, corpus, run
     ``where/tiny``), as the fixtures build it; for the load test and the fuzzer outside pytest."""
     torch.set_num_threads(1)
     where.mkdir(parents=True, exist_ok=True)
     model = save_tiny("llama", where / "tiny-llama")
-    return make_analysed_run(where / "tiny", model, write_corpus(where / "corpus.jsonl"))
+    return make_analysed_run(where / "tiny", model, write_tiny_corpus(where / "corpus.jsonl"))
 
 
 if __name__ == "__main__":  # python -m tests.web_run DIR: build DIR/tiny
