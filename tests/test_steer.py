@@ -295,13 +295,28 @@ def test_demo_steering_example(capsys, monkeypatch, run: Path, lm) -> None:
         )[0]
         == 0
     )
-    monkeypatch.setattr(steer_eval, "DEMO_QUERY", "paris")
+    monkeypatch.setattr(steer_eval, "DEMO_QUERIES", ("paris",))
+    con = db.open_db(run)
+    spread = steer_eval.context_spread(con, "relu-64", [7, 10**6])
+    con.close()
+    assert 0 < spread[7] <= 1 and spread[10**6] == 0.0  # fires on its word only; no contexts at all
+    monkeypatch.setattr(steer_eval, "DEMO_SPREAD", spread[7])
     terminal.steer_effects(*run_demo_steering(run, lm))
     out = capsys.readouterr().out
     assert "steering over 24 neutral prompts" in out and "example at scale 1.5" in out and "unsteered:" in out
     con = db.open_db(run)
     assert [tuple(r) for r in con.execute("SELECT feature, n_prompts FROM steering")] == [(7, 24)]
     con.close()
+
+
+def test_pick_spread_takes_the_first_context_feature() -> None:
+    from monosemantic.steer_eval import pick_spread
+
+    spread = {1: 0.05, 2: 0.3, 3: 0.6, 4: 0.1}
+    assert pick_spread([[1, 2, 3]], spread, 0.2) == 2  # search's order, not the largest spread
+    assert pick_spread([[1, 4], [3]], spread, 0.2) == 3  # a later query's hit
+    assert pick_spread([[1, 4]], spread, 0.2) == 4  # none reaches it: the largest spread
+    assert pick_spread([[], []], spread, 0.2) is None
 
 
 def test_inspect_matches_the_stored_activations(capsys, monkeypatch, run: Path, lm, sae) -> None:

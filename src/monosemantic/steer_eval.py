@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -290,19 +291,59 @@ def stored_effects(con: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-DEMO_QUERY = "northeastern"
-"""Search ranks first for it, on the demo run, a feature of the glosses' regional descriptions ("a
-city in northeastern Indiana") that fires over whole phrases: steering such a *context* feature
-turns the text to its topic, while the first hit for a name ("Berlin": the last token of city
-names) is a token detector that steering barely moves (docs/steering.md)."""
+DEMO_QUERIES = ("God", "northeastern", "Coastline")
+"""Topics the demo looks for a feature to steer in, in order: the corpus's Bible and theology
+glosses, then its WordNet and Factbook geography (docs/data.md). "God" finds a context feature on
+both demo runs of docs/steering.md (the old corpus's mythology #14989, the new one's theology
+#6733, which steers to 0.92 of the prompts against 0.08 unsteered at 1.5×)."""
+DEMO_HITS = 10
+"""How many of ``search``'s hits per query the demo considers."""
+DEMO_SPREAD = 0.2
+"""The least context spread (``context_spread``) of the feature the demo steers. Features that
+steer fire over whole passages of their topic: on the old-corpus demo run the seven that steered had
+a spread of 0.23-0.75 and the first search hits that did not (token detectors: the last token of a
+city name, *und*, ``import``) 0.04-0.13; the median feature's is 0.06, the 90th percentile's 0.15
+(docs/steering.md)."""
 DEMO_SCALE = 1.5
-"""The demo run's context features turn the text at 1-1.5× their max; from 2× on it degrades."""
+"""The demo runs' context features turn the text at 1-1.5× their max; from 2× on it degrades."""
+TOP_CONTEXTS = 10
+"""How many of a feature's top contexts ``context_spread`` reads."""
 
 
-def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> tuple[str, int] | None:
-    """(dictionary, feature) the demo steers: the feature ``search`` ranks first for ``query`` in
-    the largest analysed dictionary (from the query and the analysed sequences that contain it),
-    or None when no feature fires specifically on it."""
+def context_spread(con: sqlite3.Connection, sae: str, features: Sequence[int]) -> dict[int, float]:
+    """Per feature, the share of tokens it fires on (activation > 0) in its first ``TOP_CONTEXTS``
+    stored top-context windows: near 1/width for a detector of one token, high for a feature that
+    fires over whole passages of a topic (the kind that steers; docs/steering.md). 0.0 for a
+    feature with no stored contexts."""
+    out = {int(j): 0.0 for j in features}
+    for j in out:
+        rows = con.execute(
+            "SELECT acts FROM contexts WHERE sae = ? AND feature = ? AND kind = 'top' AND rank < ?",
+            (sae, j, TOP_CONTEXTS),
+        ).fetchall()
+        acts = [np.frombuffer(r[0], dtype=np.float16) for r in rows]
+        if acts:
+            out[j] = float((np.concatenate(acts) > 0).mean())
+    return out
+
+
+def pick_spread(ranked: Sequence[Sequence[int]], spread: dict[int, float], least: float) -> int | None:
+    """The first feature, query by query in ``search``'s order, whose spread is at least ``least``;
+    else the one with the largest spread (the earliest of equals); None when there is no hit."""
+    order = list(dict.fromkeys(j for hits in ranked for j in hits))
+    if not order:
+        return None
+    widest = max(order, key=lambda j: spread.get(j, 0.0))
+    return next((j for j in order if spread.get(j, 0.0) >= least), widest)
+
+
+def demo_feature(
+    run: Path, lm: LoadedModel, sae: str = "", queries: Sequence[str] = ()
+) -> tuple[str, int] | None:
+    """(dictionary, feature) the demo steers, in the largest analysed dictionary: among ``search``'s
+    first ``DEMO_HITS`` hits for each of ``queries`` (``DEMO_QUERIES``), the first whose context
+    spread reaches ``DEMO_SPREAD`` (``pick_spread``; later queries are searched only when no hit of
+    the earlier ones does); None when no feature fires specifically on any query."""
     from monosemantic.config import load_stage
     from monosemantic.features.search import analysed_texts, search
 
@@ -310,26 +351,34 @@ def demo_feature(run: Path, lm: LoadedModel, sae: str = "", query: str = "") -> 
     try:
         name = db.pick_sae(con, run, sae)
         module, cfg = load_dictionary(run / "saes" / name)
-        query = query or DEMO_QUERY
-        hits, _ = search(
-            con,
-            lm,
-            int(cfg["layer"]),
-            name,
-            module,
-            query,
-            top=1,
-            texts=analysed_texts(con, name, load_stage(run, "harvest").corpus),
-        )
+        corpus = load_stage(run, "harvest").corpus
+        ranked: list[list[int]] = []
+        spread: dict[int, float] = {}
+        for query in queries or DEMO_QUERIES:
+            hits, _ = search(
+                con,
+                lm,
+                int(cfg["layer"]),
+                name,
+                module,
+                query,
+                top=DEMO_HITS,
+                texts=analysed_texts(con, name, corpus),
+            )
+            ranked.append([h.feature for h in hits])
+            spread.update(context_spread(con, name, ranked[-1]))
+            if any(spread[j] >= DEMO_SPREAD for j in ranked[-1]):
+                break
     finally:
         con.close()
-    return (name, hits[0].feature) if hits else None
+    found = pick_spread(ranked, spread, DEMO_SPREAD)
+    return None if found is None else (name, found)
 
 
 def demo_steering(
     run: Path, lm: LoadedModel, cfg: GenerateConfig | None = None, scale: float = DEMO_SCALE
 ) -> tuple[str, list[Effect]] | None:
-    """The demo's steering example: the regional feature ``search`` finds for ``DEMO_QUERY``, clamped at
+    """The demo's steering example: the context feature ``demo_feature`` finds, clamped at
     ``scale`` × its max over the bundled neutral prompts, measured and stored (the report shows
     it); returns the dictionary and the effects, None when search finds no feature."""
     found = demo_feature(run, lm)

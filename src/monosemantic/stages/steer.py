@@ -154,7 +154,7 @@ def run_steer_eval(
 
 
 def run_demo_steering(run: Path, lm: Any) -> tuple[str, list[Any], GenerateConfig]:
-    """The demo's steering example: the feature ``search`` ranks first for ``DEMO_QUERY``, clamped over
+    """The demo's steering example: a context feature ``search`` finds for ``DEMO_QUERIES``, clamped over
     the neutral prompts, measured and stored (the report shows it). Returns (dictionary, effects,
     settings); no effects when search finds no such feature."""
     from monosemantic.steer_eval import DEMO_SCALE, demo_steering
