@@ -153,10 +153,12 @@ def mentions(con, sae: str, feature: int, c: Concept, words: list[bytes]) -> tup
 
 
 def cmd_sheet(args: argparse.Namespace) -> None:
-    """Every (concept, feature) that some ranking puts in its top 5, with the evidence to judge it."""
+    """Every (concept, feature) that some ranking puts in its top ``--top`` (5), with the evidence to
+    judge it; ``--method`` limits the rankings (e.g. ``--method semantic --top 1``: the default's
+    first result only, for precision@1 alone)."""
     con = db.open_db(args.run)
     words = db.vocab(con)
-    ranks = {m: ranked(con, args.sae, args.cache, m, 5) for m in METHODS}
+    ranks = {m: ranked(con, args.sae, args.cache, m, args.top) for m in args.method or METHODS}
     done = read_verdicts(args.verdicts, args.sae) if args.verdicts else {}
     for c in load_concepts():
         feats = sorted({f for r in ranks.values() for f in r.get(c.name, [])})
@@ -254,6 +256,8 @@ def main() -> None:
         p.add_argument("--verdicts", type=Path)
         p.add_argument("--all", action="store_true", help="sheet: also pairs already judged")
         p.add_argument("--by-kind", action="store_true")
+        p.add_argument("--method", nargs="+", choices=METHODS, help="sheet: only these rankings")
+        p.add_argument("--top", type=int, default=5, help="sheet: results per ranking")
     args = ap.parse_args()
     commands = {"count": cmd_count, "collect": cmd_collect, "sheet": cmd_sheet, "score": cmd_score}
     commands["table"] = cmd_table
