@@ -159,7 +159,7 @@ def cmd_sheet(args: argparse.Namespace) -> None:
     con = db.open_db(args.run)
     words = db.vocab(con)
     ranks = {m: ranked(con, args.sae, args.cache, m, args.top) for m in args.method or METHODS}
-    done = read_verdicts(args.verdicts, args.sae) if args.verdicts else {}
+    done = read_column(args.verdicts, args.sae, 3) if args.verdicts else {}
     for c in load_concepts():
         feats = sorted({f for r in ranks.values() for f in r.get(c.name, [])})
         for f in feats:
@@ -174,18 +174,20 @@ def cmd_sheet(args: argparse.Namespace) -> None:
                 print("   ", s)
 
 
-def read_verdicts(path: Path, sae: str) -> dict[tuple[str, int], str]:
+def read_column(path: Path, sae: str, column: int) -> dict[tuple[str, int], str]:
+    """(concept, feature) -> the verdicts file's ``column`` (3: the verdict, 4: the note), for the
+    rows of dictionary ``sae`` that have it."""
     out = {}
     for line in path.read_text(encoding="utf-8").splitlines()[1:]:
         cols = line.split("\t")
-        if len(cols) >= 4 and cols[0] == sae:
-            out[(cols[1], int(cols[2]))] = cols[3]
+        if len(cols) > column and cols[0] == sae:
+            out[(cols[1], int(cols[2]))] = cols[column]
     return out
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     con = db.open_db(args.run)
-    verdicts = read_verdicts(args.verdicts, args.sae)
+    verdicts = read_column(args.verdicts, args.sae, 3)
     concepts = load_concepts()
     for m in METHODS:
         r = ranked(con, args.sae, args.cache, m, 5)
@@ -218,8 +220,8 @@ def cmd_table(args: argparse.Namespace) -> None:
 
     con = db.open_db(args.run)
     words = db.vocab(con)
-    verdicts = read_verdicts(args.verdicts, args.sae)
-    notes = read_notes(args.verdicts, args.sae)
+    verdicts = read_column(args.verdicts, args.sae, 3)
+    notes = read_column(args.verdicts, args.sae, 4)
     counts = count_occurrences(load_texts(load_stage(args.run, "harvest").corpus), load_concepts())
     base = ranked(con, args.sae, args.cache, "base", 1)
     best = ranked(con, args.sae, args.cache, "semantic", 1)
@@ -231,15 +233,6 @@ def cmd_table(args: argparse.Namespace) -> None:
         ctx = snippet(con, args.sae, s, words, 50).replace("|", "\\|") if s is not None else ""
         print(f"| {c.kind} | `{c.name}` | {counts[c.name][0]} | {b} | {verdicts.get((c.name, b), '')} | {s} "
               f"| {verdicts.get((c.name, s), '')} | `{ctx}` | {notes.get((c.name, s), '')} |")  # fmt: skip
-
-
-def read_notes(path: Path, sae: str) -> dict[tuple[str, int], str]:
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-        cols = line.split("\t")
-        if len(cols) >= 5 and cols[0] == sae:
-            out[(cols[1], int(cols[2]))] = cols[4]
-    return out
 
 
 def main() -> None:

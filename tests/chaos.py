@@ -28,11 +28,18 @@ from typing import Any
 
 import torch
 
-from tests.helpers import TRAIN, fake_llm_server, harvest_args, main_exit_code, save_tiny, write_tiny_corpus
+from tests.helpers import (
+    TRAIN,
+    WINDOW,
+    fake_llm_server,
+    harvest_args,
+    main_exit_code,
+    save_tiny,
+    write_tiny_corpus,
+)
 
 TIMING = {"tokens_per_s", "seconds", "peak_rss_mb", "flops_per_s", "train", "harvest", "elapsed_s", "rate"}
 TIMING |= {"_crc32"}  # a JSON file's checksum covers its timings too
-WINDOW = ["--before", "6", "--after", "3"]
 SWEEP = ["--levels", "2", "--decades", "0.5", "--sizes-per-level", "3", "--min-flops", "3e7"]
 SWEEP += ["--batch-size", "64", "--eval-tokens", "512", "--max-extend", "1"]
 

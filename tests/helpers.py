@@ -9,7 +9,9 @@ import importlib.util
 import io
 import json
 import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from monosemantic.activations import ActivationStore
 from monosemantic.cli import main
 from monosemantic.config import TrainConfig
 from monosemantic.distributed import init_from_env
+from monosemantic.features.db import Context
 from monosemantic.sae import ARCHITECTURES, SparseAutoencoder
 from monosemantic.sae.batchtopk import BatchTopKSAE
 from monosemantic.sae.jumprelu import JumpReLUSAE
@@ -143,6 +146,8 @@ def save_tiny(family: str, path: Path) -> Path:
 
 # --- the CLI -----------------------------------------------------------------------------------
 
+WINDOW = ["--before", "6", "--after", "3"]
+"""A short analysis window: quick on the tiny runs."""
 TRAIN = ["--sizes", "16,64", "--train-batch-size", "256", "--epochs", "2", "--l1-coeff", "1"]
 """Training options every CLI test uses on the tiny store."""
 
@@ -481,3 +486,30 @@ def perturbed(sae: SparseAutoencoder, seed: int = 0) -> SparseAutoencoder:
 
 def seeded_randn(*shape: int, seed: int = 0) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --- synthetic feature contexts ----------------------------------------------------------------
+
+FILLER = "the a of and to in is was for on with as by at from it that this code data city".split()  # noqa: SIM905
+
+
+def synthetic_contexts(word: str, n: int, seed: int = 0) -> list[Context]:
+    """Windows of random filler where ``word`` sits at the peak (activation 3) after "in"."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        toks = [" " + rng.choice(FILLER) for _ in range(9)]
+        toks[4], toks[5] = " in", " " + word
+        acts = [0.0] * 9
+        acts[5] = 3.0
+        out.append(Context("top", i, None, 3.0, i, 0, 5, toks, acts))
+    return out
+
+
+def trained_and_analysed(harvested: Path, where: Path) -> Path:
+    """A copy of the ``harvested`` store at ``where/run`` with relu-16 trained and analysed: the
+    run that the concurrency and integrity tests start from."""
+    out = shutil.copytree(harvested, where / "run")
+    assert run_cli("train", "--out", out, *TRAIN, "--sizes", "16")[0] == 0
+    assert run_cli("analyze", out, *WINDOW, "--sae", "relu-16")[0] == 0
+    return out

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TRAIN, cli, harvest_args, one_line_error, run_cli
+from tests.helpers import TRAIN, WINDOW, cli, harvest_args, one_line_error, run_cli, trained_and_analysed
 
 pytestmark = pytest.mark.slow  # real processes racing for a run
 
-WINDOW = ["--before", "6", "--after", "3"]
 
 HOLD = """
 import sys, time
@@ -40,10 +39,7 @@ def python(*args: str, **kw) -> subprocess.Popen[str]:
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory: pytest.TempPathFactory, harvested: Path) -> Path:
-    out = shutil.copytree(harvested, tmp_path_factory.mktemp("concurrency") / "run")
-    assert run_cli("train", "--out", out, *TRAIN, "--sizes", "16")[0] == 0
-    assert run_cli("analyze", out, *WINDOW, "--sae", "relu-16")[0] == 0
-    return out
+    return trained_and_analysed(harvested, tmp_path_factory.mktemp("concurrency"))
 
 
 def test_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(

@@ -19,9 +19,7 @@ from monosemantic.config import TrainConfig
 from monosemantic.dictionary import load_dictionary
 from monosemantic.features import db
 from monosemantic.stages.pipeline import run_train
-from tests.helpers import cli, fake_llm_server, needs_minilm, one_line_error, plant_feature
-
-WINDOW = ["--before", "6", "--after", "3"]
+from tests.helpers import WINDOW, cli, fake_llm_server, needs_minilm, one_line_error, plant_feature
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,11 @@ import torch
 
 from monosemantic.errors import UserError
 from monosemantic.features.concepts import count_occurrences, form_pattern, load_concepts
-from monosemantic.features.explain import fuzz_pairs
-from monosemantic.features.label import Entry, Labeler, lexicon, rank_auc, self_positives
+from monosemantic.features.explain import fuzz_pairs, row_auc
+from monosemantic.features.label import Entry, Labeler, lexicon, self_positives
 from monosemantic.features.scorers import Embedder
 from monosemantic.features.search import rank
-from tests.helpers import needs_minilm
-from tests.test_features_explain import synthetic_contexts
+from tests.helpers import needs_minilm, synthetic_contexts
 
 
 def test_bundled_concept_list_is_broad_and_well_formed() -> None:
@@ -100,12 +99,15 @@ def test_lexicon_explainer_names_the_entry_that_matches_the_firing_windows() -> 
     assert far.explain(contexts, base, sum(base.values())).startswith('fires on " paris"')
 
 
-def test_rank_auc_matches_the_pairwise_auc_row_by_row() -> None:
-    from monosemantic.features.explain import auc
-
+def test_row_auc_matches_the_pairwise_auc_row_by_row() -> None:
     rng = np.random.default_rng(0)
     pos, neg = rng.normal(1, 1, (5, 7)), rng.normal(0, 1, (5, 11))
-    assert rank_auc(pos, neg) == pytest.approx([auc(p, n) for p, n in zip(pos, neg, strict=True)])
+    pos[0, 0] = neg[0, 0]  # a tie counts half
+    direct = [
+        sum((a > b) + 0.5 * (a == b) for a in p for b in n) / (len(p) * len(n))
+        for p, n in zip(pos, neg, strict=True)
+    ]
+    assert row_auc(pos, neg) == pytest.approx(direct)
 
 
 def test_self_positives_spread_over_every_firing_token_weak_ones_too() -> None:

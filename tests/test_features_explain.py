@@ -3,14 +3,12 @@ against a local fake OpenAI-compatible server."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from monosemantic.features.db import Context
 from monosemantic.features.explain import (
     auc,
     balanced_accuracy,
@@ -19,22 +17,7 @@ from monosemantic.features.explain import (
     explain_offline,
 )
 from monosemantic.features.scorers import ChatClient, Embedder, clean_explanation, llm_detect, llm_explain
-from tests.helpers import FakeLLM, fake_llm_server, needs_minilm
-
-FILLER = "the a of and to in is was for on with as by at from it that this code data city".split()  # noqa: SIM905
-
-
-def synthetic_contexts(word: str, n: int, seed: int = 0) -> list[Context]:
-    """Windows of random filler where ``word`` sits at the peak (activation 3) after "in"."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        toks = [" " + rng.choice(FILLER) for _ in range(9)]
-        toks[4], toks[5] = " in", " " + word
-        acts = [0.0] * 9
-        acts[5] = 3.0
-        out.append(Context("top", i, None, 3.0, i, 0, 5, toks, acts))
-    return out
+from tests.helpers import FILLER, FakeLLM, fake_llm_server, needs_minilm, synthetic_contexts
 
 
 def test_auc_and_balanced_accuracy_against_direct_counts() -> None:

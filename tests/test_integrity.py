@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from monosemantic.integrity import load_checkpoint, seal_db, state_digest
-from tests.helpers import TRAIN, cli, harvest_args, one_line_error
-
-WINDOW = ["--before", "6", "--after", "3"]
+from tests.helpers import TRAIN, cli, harvest_args, one_line_error, trained_and_analysed
 
 
 def flip(path: Path, at: float = 0.6) -> None:
@@ -33,13 +31,8 @@ DAMAGE: dict[str, Callable[[Path], None]] = {"flip": flip, "truncate": truncate}
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory: pytest.TempPathFactory, harvested: Path) -> Path:
-    """A tiny run trained (2 sizes) and analysed, once for the module; tests damage copies."""
-    from tests.helpers import run_cli
-
-    out = shutil.copytree(harvested, tmp_path_factory.mktemp("integrity") / "run")
-    assert run_cli("train", "--out", out, *TRAIN, "--sizes", "16")[0] == 0
-    assert run_cli("analyze", out, *WINDOW, "--sae", "relu-16")[0] == 0
-    return out
+    """A tiny run trained and analysed, once for the module; tests damage copies."""
+    return trained_and_analysed(harvested, tmp_path_factory.mktemp("integrity"))
 
 
 @pytest.fixture

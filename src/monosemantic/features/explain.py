@@ -81,12 +81,18 @@ def explain_offline(contexts: Sequence[Context], base: Counter[str], base_total:
     return text
 
 
+def row_auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Row by row, P(a random positive scores above a random negative), ties counting half
+    (Mann-Whitney): pos (m, p) and neg (m, n) scores -> (m,)."""
+    diff = pos[:, :, None] - neg[:, None, :]
+    return (diff > 0).mean((1, 2)) + 0.5 * (diff == 0).mean((1, 2))
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney)."""
+    """``row_auc`` of one row: pos (p,), neg (n,) -> a number; NaN when either is empty."""
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+    return float(row_auc(pos[None], neg[None])[0])
 
 
 def best_threshold(pos: np.ndarray, neg: np.ndarray) -> float:

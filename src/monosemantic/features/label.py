@@ -40,7 +40,7 @@ import numpy as np
 from monosemantic.corpus import DEFAULT_PATH
 from monosemantic.features.concepts import load_concepts
 from monosemantic.features.db import Context
-from monosemantic.features.explain import _norm, contrastive_terms
+from monosemantic.features.explain import _norm, contrastive_terms, row_auc
 from monosemantic.features.scorers import Embedder
 from monosemantic.fsio import atomic_path, fingerprint
 from monosemantic.models import cache_dir
@@ -166,14 +166,6 @@ def self_positives(
     return list(dict.fromkeys(t for _, t in items))
 
 
-def rank_auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """Row-wise AUC: pos (m, p) and neg (m, n) scores -> (m,) P(a positive beats a negative),
-    ties counted as either order (the rows here are cosines, where ties are rare)."""
-    p, n = pos.shape[1], neg.shape[1]
-    ranks = np.concatenate([pos, neg], 1).argsort(1).argsort(1) + 1
-    return (ranks[:, :p].sum(1) - p * (p + 1) / 2) / max(p * n, 1)
-
-
 @dataclass(frozen=True)
 class Labeler:
     embedder: Embedder
@@ -233,7 +225,7 @@ class Labeler:
         pos = self.embedder.embed(self_positives(contexts))
         named = sorted({i for t in tokens for i in self.named.get(t.strip().lower(), [])})
         cand = np.array(named) if named and NAMED_FIRST else np.argsort(-sims)[:CANDIDATES]
-        score = rank_auc(self.emb[cand] @ pos.T, self.emb[cand] @ background.T)
+        score = row_auc(self.emb[cand] @ pos.T, self.emb[cand] @ background.T)
         if cand[0] == j:
             score[0] += NEAREST_BONUS  # the nearest entry reads well: another must beat it clearly
         return self.entries[int(cand[int(np.argmax(score))])], float(sims[j]), pos, background
@@ -255,6 +247,6 @@ class Labeler:
         if pos is not None and tokens:
             # keep the entry only when it helps tell the firing windows from the background
             e = self.embedder.embed([plain, labelled])
-            own = rank_auc(e @ pos.T, e @ background.T)
+            own = row_auc(e @ pos.T, e @ background.T)
             return labelled if own[1] >= own[0] else plain
         return labelled
