@@ -331,8 +331,12 @@ def contexts(con: sqlite3.Connection, sae: str, feature: int, kind: str, words: 
     out = []
     for r in rows:
         acts = np.frombuffer(r["acts"], dtype=np.float16).astype(float)
-        seq = np.frombuffer(r["seq_tokens"], dtype=np.int32)
-        texts, shown = window_text([words[t] for t in seq], r["start"], r["start"] + len(acts), acts.tolist())
+        start, end = r["start"], r["start"] + len(acts)
+        # window_text reads at most 4 tokens beyond the window (a character's bytes): decoding the
+        # whole sequence's token list was a fifth of a feature page's time
+        lo = max(0, start - 4)
+        seq = np.frombuffer(r["seq_tokens"], dtype=np.int32)[lo : end + 4].tolist()
+        texts, shown = window_text([words[t] for t in seq], start - lo, end - lo, acts.tolist())
         out.append(
             Context(
                 kind=kind,

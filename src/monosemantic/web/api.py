@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -146,6 +147,13 @@ async def model_work(request: Request, kind: str, work: Callable[..., T], *args:
         queue.leave(kind)
 
 
+async def page_work(request: Request, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a thread of the served pages' own small pool (``Served.page_limiter``):
+    feature pages queue in order instead of sharing the GIL with every other waiting page."""
+    limiter = served(request).page_limiter
+    return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=limiter)
+
+
 @router.get("/runs", summary="the served runs")
 def runs(request: Request) -> list[dict[str, Any]]:
     return [{"name": r.name, "analysed": r.has_db} for r in served(request).runs.values()]
@@ -177,13 +185,21 @@ def feature_list(
 
 
 @router.get("/runs/{run}/saes/{sae}/features/{feature}", summary="one feature")
-def feature(
+async def feature(
     request: Request,
     run: RunName,
     sae: SaeName,
     feature: FeatureId,
     top: Annotated[int, Query(ge=1, le=100, description="top contexts, at most")] = 20,
 ) -> dict[str, Any]:
+    return await page_work(request, feature_data, request, run, sae, feature, top)
+
+
+def feature_data(request: Request, run: str, sae: str, feature: int, top: int = 20) -> dict[str, Any]:
+    """``queries.feature`` of a served run.
+
+    Raises:
+        NotFound: no such run, dictionary or feature."""
     r = get_run(request, run)
     with r.connect() as con:
         return queries.feature(r, con, sae, feature, top)

@@ -34,19 +34,30 @@ def stylesheet() -> str:
     return (HERE / "static" / "style.css").read_text(encoding="utf-8")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _token_text(tok: str) -> str:
+    """A token's text as HTML (a token recurs on every page: escaped once)."""
+    return escape(tok).replace("\n", "⏎")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _value(a: float) -> str:
+    return f"{a:.3g}"
+
+
 def context_html(c: dict[str, Any], scale: float) -> Markup:
     """One context (as ``queries._context`` gives it): each token a span whose background is as
     strong as its activation relative to ``scale``, its value in ``title`` and ``data-act``; the
     peak token underlined."""
     parts = [f'<div class="ctx"><span class="note">{c["activation"]:.3g}</span>']
+    peak = c["peak"] if c["kind"] != "random" else -1
     for i, (tok, a) in enumerate(c["tokens"]):
-        cls = "tok peak" if i == c["peak"] and c["kind"] != "random" else "tok"
+        cls = "tok peak" if i == peak else "tok"
         style = ""
         if a > 0:
             alpha = min(1.0, a / scale) if scale > 0 else 1.0
             style = f' style="background:rgba(255,120,40,{alpha:.2f})"'
-        value = f"{a:.3g}"
-        text = escape(tok).replace("\n", "⏎")
+        value, text = _value(a), _token_text(tok)
         parts.append(f'<span class="{cls}"{style} title="{value}" data-act="{value}">{text}</span>')
     parts.append("</div>")
     return Markup("".join(parts))
