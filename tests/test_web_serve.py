@@ -66,3 +66,41 @@ def test_binding_beyond_loopback_warns_and_makes_a_token() -> None:
     assert serve_plan("0.0.0.0", 9000, "mine").token == "mine"
     with pytest.raises(UserError, match="--port"):
         serve_plan("127.0.0.1", 70000, "")
+
+
+def test_serve_with_workers_serves_and_stops(tmp_path: Path) -> None:
+    run = tmp_path / "myrun"
+    run.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monosemantic", "serve", str(run), "--port", str(port), "--workers", "2",
+         "--token", "tok"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline, answers = time.monotonic() + 90, []
+        while time.monotonic() < deadline and proc.poll() is None and len(answers) < 8:
+            try:  # a new connection each time: the kernel spreads them over the workers
+                answers.append(
+                    httpx.get(f"http://127.0.0.1:{port}/api/runs", headers={"authorization": "Bearer tok"})
+                )
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert len(answers) == 8, proc.stderr.read() if proc.stderr else ""
+        assert all(
+            a.status_code == 200 and a.json() == [{"name": "myrun", "analysed": False}] for a in answers
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/api/runs").status_code == 401  # each worker has the token
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize("workers", ["0", "65"])
+def test_serve_refuses_a_bad_number_of_workers(tmp_path: Path, workers: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "monosemantic", "serve", str(tmp_path), "--workers", workers],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--workers" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -263,12 +263,15 @@ def serve_cmd(
     ),
     token: str = typer.Option("", "--token", help="every route needs this token (?token=, cookie or Bearer)"),
     open_browser: bool = typer.Option(False, "--open", help="open the browser on the first page"),
+    workers: int = typer.Option(
+        1, "--workers", help="server processes (pages scale with cores; each loads its own model when needed)"
+    ),
 ) -> None:
     """Browse the runs' features in a web browser: overview, feature pages, search, map, catalog,
     steering, and a JSON API under /api/ (read-only; the model is loaded when a page needs it)."""
     from monosemantic.stages.serve import run_serve
 
-    run_serve(runs, host, port, token, open_browser, on_ready=lambda p: terminal.serving(len(runs), p))
+    run_serve(runs, host, port, token, open_browser, lambda p: terminal.serving(len(runs), p), workers)
 
 
 # The feature commands (analyze, feature, search, ...) are declared beside their stages' docs.

@@ -4,6 +4,8 @@ given)."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import threading
 import webbrowser
@@ -14,6 +16,10 @@ from typing import NamedTuple
 from monosemantic.errors import UserError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_WORKERS = 64
+SERVE_ENV = "MONOSEMANTIC_SERVE"
+"""With several workers, each worker process builds its app from this variable (``web.app.app_from_env``):
+JSON ``{"runs": [paths], "token": token}``."""
 
 
 class ServePlan(NamedTuple):
@@ -51,20 +57,33 @@ def run_serve(
     token: str,
     open_browser: bool,
     on_ready: Callable[[ServePlan], None] = lambda p: None,
+    workers: int = 1,
 ) -> None:
     """Serve ``runs`` until interrupted; ``on_ready`` gets the plan once the runs are checked.
 
+    ``workers`` > 1: that many server processes share the port (uvicorn's supervisor restarts one
+    that dies). Each holds its own connections and caches and, once a page needs the model
+    (inspect, steer, concept search), its own copy of it: memory grows with the workers that
+    served such a page; requests for the model queue within each worker, not across them.
+
     Raises:
-        UserError: a path is not a run directory, or a bad port.
+        UserError: a path is not a run directory, a bad port or number of workers.
     """
     import uvicorn
 
     from monosemantic.web.app import create_app
     from monosemantic.web.state import Served
 
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UserError(f"--workers {workers} must be between 1 and {MAX_WORKERS} (1 or the number of cores)")
     p = serve_plan(host, port, token)
-    app = create_app(Served(runs), token=p.token)
+    served = Served(runs)  # checks the runs before anything listens
     on_ready(p)
     if open_browser:
         threading.Timer(1.5, webbrowser.open, args=(p.url,)).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(create_app(served, token=p.token), host=host, port=port, log_level="warning")
+        return
+    os.environ[SERVE_ENV] = json.dumps({"runs": [str(r) for r in runs], "token": p.token})
+    uvicorn.run("monosemantic.web.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level="warning")  # fmt: skip

@@ -225,8 +225,9 @@ def text_search(
     request: Request, run: RunName, sae: SaeName, q: SearchText, page: Page = 0, per_page: PerPage = 20
 ) -> dict[str, Any]:
     r = get_run(request, run)
-    with r.connect() as con:
-        return queries.text_search(r, con, sae, q, page, per_page)
+    return r.remembered(
+        ("search", sae, q, page, per_page), lambda con: queries.text_search(r, con, sae, q, page, per_page)
+    )
 
 
 @router.get(

@@ -223,3 +223,15 @@ def _list_served_names(app: FastAPI, served: Served) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker of ``monosemantic serve --workers N``: the runs and the token from
+    the environment (``stages.serve.SERVE_ENV``), which the command set before starting them."""
+    import json
+    import os
+
+    from monosemantic.stages.serve import SERVE_ENV
+
+    spec = json.loads(os.environ[SERVE_ENV])
+    return create_app(Served([Path(r) for r in spec["runs"]]), token=spec["token"])
