@@ -17,9 +17,6 @@ from monosemantic.errors import UserError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_WORKERS = 64
-SERVE_ENV = "MONOSEMANTIC_SERVE"
-"""With several workers, each worker process builds its app from this variable (``web.app.app_from_env``):
-JSON ``{"runs": [paths], "token": token}``."""
 
 
 class ServePlan(NamedTuple):
@@ -71,7 +68,7 @@ def run_serve(
     """
     import uvicorn
 
-    from monosemantic.web.app import create_app
+    from monosemantic.web.app import SERVE_ENV, create_app
     from monosemantic.web.state import Served
 
     if not 1 <= workers <= MAX_WORKERS:

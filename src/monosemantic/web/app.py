@@ -225,13 +225,16 @@ def _list_served_names(app: FastAPI, served: Served) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+SERVE_ENV = "MONOSEMANTIC_SERVE"
+"""With several workers, each worker process builds its app from this variable (``app_from_env``):
+JSON ``{"runs": [paths], "token": token}``, set by ``stages.serve.run_serve``."""
+
+
 def app_from_env() -> FastAPI:
     """The app of one worker of ``monosemantic serve --workers N``: the runs and the token from
-    the environment (``stages.serve.SERVE_ENV``), which the command set before starting them."""
+    the environment (``SERVE_ENV``), which the command set before starting the workers."""
     import json
     import os
-
-    from monosemantic.stages.serve import SERVE_ENV
 
     spec = json.loads(os.environ[SERVE_ENV])
     return create_app(Served([Path(r) for r in spec["runs"]]), token=spec["token"])
