@@ -3,7 +3,7 @@
 feature pages, full-text searches, concept searches and "analyse a text" requests (POST inspect)
 in a fixed mix; p50/p99 latency and errors per kind.
 
-    python bench/web_load.py RUN [--clients 50] [--seconds 60] [--sae relu-64] [--mix page=1] [--json OUT]
+    python bench/web_load.py RUN [--clients 50] [--seconds 60] [--sae relu-64] [--mix page=1] [--workers N]
     python bench/web_load.py --tiny [...]   # the web tests' tiny run, built in a temporary directory
 
 The clients are asyncio tasks over httpx (one connection each), so that 50 of them cost the client
@@ -127,11 +127,12 @@ def wait_ready(base: str, server: subprocess.Popen[str], limit: float = 120) -> 
     sys.exit(f"the server did not start: {server.stderr.read() if server.stderr else ''}")
 
 
-def serve(run: Path, port: int) -> subprocess.Popen[str]:
+def serve(run: Path, port: int, workers: int = 1) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     return subprocess.Popen(
-        [sys.executable, "-m", "monosemantic", "serve", str(run), "--port", str(port)],
+        [sys.executable, "-m", "monosemantic", "serve", str(run), "--port", str(port),
+         *(["--workers", str(workers)] if workers != 1 else [])],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
 
@@ -141,7 +142,7 @@ def measure(run: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = serve(run, port)
+    server = serve(run, port, args.workers)
     try:
         name = wait_ready(base, server)[0]["name"]
         overview = httpx.get(f"{base}/api/runs/{name}", timeout=60).json()
@@ -206,6 +207,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mix", type=parse_mix, default=MIX, help="default: page=8,search=4,concept=1,inspect=1")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--workers", type=int, default=1, help="serve --workers")
     args = ap.parse_args()
     if (args.run is None) == (not args.tiny):
         ap.error("give a run directory or --tiny")
