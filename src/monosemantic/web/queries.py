@@ -89,7 +89,7 @@ def _context(c: db.Context) -> dict[str, Any]:
         "band": c.band,
         "activation": c.activation,
         "peak": c.peak - c.start,
-        "tokens": [[t, a] for t, a in zip(c.tokens, np.round(c.acts, 4).tolist(), strict=True)],
+        "tokens": list(zip(c.tokens, np.round(c.acts, 4).tolist(), strict=True)),  # (text, activation) pairs
     }
 
 
