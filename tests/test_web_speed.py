@@ -41,20 +41,57 @@ def run(tmp_path: Path) -> Path:
     return tmp_path / "r"
 
 
-def test_db_state_changes_with_every_commit_and_checkpoint(run: Path) -> None:
+class _NoClock:
+    """A stat result whose mtime never moves (as within one tick of a coarse file-system clock)."""
+
+    def __init__(self, st: os.stat_result):
+        self.st, self.st_mtime_ns = st, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.st, name)
+
+
+def test_db_state_changes_with_every_commit_even_when_the_clock_does_not(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stat, fstat = os.stat, os.fstat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: _NoClock(stat(p, *a, **k)))
+    monkeypatch.setattr(os, "fstat", lambda fd: _NoClock(fstat(fd)))
     path = run / "features.sqlite"
     assert db_state(path) is None
     writer = _db(path, 0)
-    seen = [db_state(path)]
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    content: dict[object, int] = {}
+
+    def check() -> None:
+        """Reads (which mark the log's index) leave the state; a state stands for one content."""
+        state = db_state(path)
+        v = int(reader.execute("SELECT v FROM t").fetchone()[0])
+        assert db_state(path) == state
+        assert content.setdefault(state, v) == v, f"state seen with {content[state]}, now {v}"
+
+    check()
     for i in range(1, 6):
         writer.execute("UPDATE t SET v = ?", (i,))
-        seen.append(db_state(path))
-        # RESTART: the next commit writes the log from its start again, the file keeping its size
-        writer.execute("PRAGMA wal_checkpoint(RESTART)")
-        seen.append(db_state(path))
+        check()
+        writer.execute("PRAGMA wal_checkpoint(RESTART)")  # the next commit writes the log from its start
+        check()
+    # a long log, restarted: the commits that follow overwrite it in place, leaving its size and
+    # header (the salts change at the first commit only) as they are
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE big (b BLOB)")
+    writer.execute("INSERT INTO big VALUES (zeroblob(500000))")
+    writer.execute("PRAGMA wal_checkpoint(RESTART)")
+    writer.execute("UPDATE t SET v = 100")
+    wal = run / "features.sqlite-wal"
+    size = wal.stat().st_size
+    for i in range(101, 106):
+        writer.execute("UPDATE t SET v = ?", (i,))
+        check()
+    assert wal.stat().st_size == size  # overwritten in place: only the log's index tells
+    reader.close()
     writer.close()
-    seen.append(db_state(path))
-    assert len(set(seen)) == len(seen)
+    assert set(content.values()) == {*range(6), *range(101, 106)}  # each seen, under its own state
 
 
 def test_connections_are_kept_while_busy_and_never_read_a_changed_database(run: Path) -> None:
@@ -109,6 +146,9 @@ def test_answers_are_remembered_until_the_database_changes(
         return {"v": int(con.execute("SELECT v FROM t").fetchone()[0])}
 
     first = r.remembered(("search", "q"), make)
+    for _ in range(20):  # reads change nothing (readers mark the log's index as they read)
+        with r.connect() as con:
+            con.execute("SELECT * FROM t").fetchall()
     assert r.remembered(("search", "q"), make) is first and len(calls) == 1
     assert r.remembered(("search", "other"), make) == first and len(calls) == 2
     writer.execute("UPDATE t SET v = 5")

@@ -106,6 +106,7 @@ class SecureHeaders:
     request in a task group with a stream between app and server (~0.3 ms a request)."""
 
     RAW = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+    NAMES = {k for k, _ in RAW}
 
     def __init__(self, app: Any):
         self.app = app
@@ -116,8 +117,7 @@ class SecureHeaders:
 
         async def send_secured(message: Any) -> None:
             if message["type"] == "http.response.start":
-                ours = {k for k, _ in self.RAW}
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in ours]
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in self.NAMES]
                 message = {**message, "headers": kept + self.RAW}
             await send(message)
 

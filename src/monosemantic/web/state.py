@@ -43,24 +43,34 @@ MAX_REMEMBERED = 512
 """Answers (search results) a run keeps, at most; the least recently used go first."""
 
 
+def _head(path: Path, n: int, stat: bool = True) -> tuple[Any, ...]:
+    """(size, mtime, first ``n`` bytes) of ``path``, only the bytes without ``stat``; () when it
+    does not exist."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            return (st.st_size, st.st_mtime_ns, f.read(n)) if stat else (f.read(n),)
+    except FileNotFoundError:
+        return ()
+
+
 def db_state(path: Path) -> tuple[Any, ...] | None:
     """What identifies the contents of the SQLite database ``path`` now, None when it does not
-    exist: the file's device, inode, size and mtime, and its write-ahead log's size, mtime and
-    header (its salts change when SQLite restarts the log, which keeps the file's size). Every
-    commit changes one of them: it appends to the log (size), a checkpoint writes the file (mtime,
-    size), a rewrite replaces the file (inode)."""
+    exist: the file's device, inode, size and mtime; its write-ahead log's size, mtime and header
+    (salts that change when SQLite restarts the log); and the header of the log's index (``-shm``),
+    whose ``iChange`` counts every transaction while the log is open (SQLite's walformat.html).
+    So every commit changes it: into the log (the index's counter, and the log's size until a
+    restart), by a checkpoint into the file (its mtime), or by a rewrite (a new inode). What is
+    left: two writers that each open, commit and close within one tick of the file system's clock
+    and leave the file the same size (a reader would have to read in between)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    wal: tuple[Any, ...] = ()
-    try:
-        with open(path.with_name(path.name + "-wal"), "rb") as f:
-            ws = os.fstat(f.fileno())
-            wal = (ws.st_size, ws.st_mtime_ns, f.read(32))
-    except FileNotFoundError:
-        pass
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, *wal)
+    wal = _head(path.with_name(path.name + "-wal"), 32)
+    # not the index's mtime: readers write their marks into it (after the header) on every read
+    shm = _head(path.with_name(path.name + "-shm"), 48, stat=False)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, wal, shm)
 
 
 @dataclass
