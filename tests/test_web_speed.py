@@ -1,6 +1,7 @@
 """What keeps the feature browser fast and never stale: read-only connections kept between
 requests (and dropped once the database changes in any way), search answers remembered per state
-of the database, feature pages built in their own small pool, security headers on every answer."""
+of the database, feature pages built in their own small pool, security headers on every answer,
+the histogram written in Python equal to the template it replaced."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monosemantic.web import api, state
 from monosemantic.web.app import SECURITY_HEADERS, create_app
@@ -202,3 +205,35 @@ def test_every_answer_carries_the_security_headers(run: Path) -> None:
     for a in answers:
         for name, value in SECURITY_HEADERS.items():
             assert a.headers.get_list(name) == [value], (a.url, name)
+
+
+HISTOGRAM_MACRO = """{% macro histogram(h) -%}
+{%- set counts = h.counts %}{% set nz = [] %}{% for c in counts %}{% if c > 0 %}{% set _ = nz.append(loop.index0) %}{% endif %}{% endfor %}
+{%- if not nz %}<p class="note">never fires</p>
+{%- else %}{% set lo, hi = nz[0], nz[-1] %}{% set top = counts|max %}
+<svg class="hist" viewBox="0 0 {{ (hi - lo + 1) * 8 }} 60" preserveAspectRatio="none" role="img" aria-label="activation histogram">
+{%- for i in range(lo, hi + 1) %}{% set hgt = 0 if counts[i] == 0 else (2 + 58 * (counts[i] | log1p) / (top | log1p)) %}
+<rect x="{{ (i - lo) * 8 }}" y="{{ 60 - hgt }}" width="7" height="{{ hgt }}"><title>{{ '%.3g'|format(h.edges[i]) if h.edges else i }}–{{ '%.3g'|format(h.edges[i + 1]) if h.edges else i + 1 }}: {{ counts[i] }}</title></rect>
+{%- endfor %}
+</svg>
+<p class="note axis">{% if h.edges %}{{ '%.3g'|format(h.edges[lo]) }} … {{ '%.3g'|format(h.edges[hi + 1]) }} (log bins, log counts){% endif %}</p>
+{%- endif %}
+{%- endmacro %}"""  # noqa: E501
+"""The template the histogram was (the readable reference of ``render.histogram_html``)."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    counts=st.lists(st.sampled_from([0, 0, 0, 1, 2, 7, 1000, 10**7]), min_size=1, max_size=60),
+    edges=st.booleans(),
+    data=st.data(),
+)
+def test_the_python_histogram_is_the_template_it_replaced(
+    counts: list[int], edges: bool, data: st.DataObject
+) -> None:
+    from monosemantic.web.render import environment, histogram_html
+
+    bounds = data.draw(st.lists(st.floats(-1e4, 1e6), min_size=len(counts) + 1, max_size=len(counts) + 1))
+    h = {"counts": counts, "edges": sorted(bounds) if edges else []}
+    macro = environment().from_string(HISTOGRAM_MACRO).module.histogram
+    assert str(histogram_html(h)) == str(macro(h))

@@ -26,6 +26,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["log1p"] = math.log1p
     env.globals["context_html"] = context_html
+    env.globals["histogram_html"] = histogram_html
     return env
 
 
@@ -60,4 +61,29 @@ def context_html(c: dict[str, Any], scale: float) -> Markup:
         value, text = _value(a), _token_text(tok)
         parts.append(f'<span class="{cls}"{style} title="{value}" data-act="{value}">{text}</span>')
     parts.append("</div>")
+    return Markup("".join(parts))
+
+
+def histogram_html(h: dict[str, Any]) -> Markup:
+    """A feature's activation histogram (``{"counts": [...], "edges": [...]}``, as
+    ``queries.feature`` gives it) as an SVG bar per bin from the first to the last non-empty one,
+    heights log(1 + count) scaled to 2..60, each bin's range and count in its ``title``; "never
+    fires" when every count is 0. Written out here rather than in a template: a Jinja loop over
+    the bins was a tenth of a feature page."""
+    counts, edges = h["counts"], h["edges"]
+    nz = [i for i, c in enumerate(counts) if c > 0]
+    if not nz:
+        return Markup('<p class="note">never fires</p>')
+    lo, hi = nz[0], nz[-1]
+    top = math.log1p(max(counts))
+    width = (hi - lo + 1) * 8
+    parts = [f'\n<svg class="hist" viewBox="0 0 {width} 60" preserveAspectRatio="none" role="img" '
+             'aria-label="activation histogram">']  # fmt: skip
+    for i in range(lo, hi + 1):
+        hgt = 0 if counts[i] == 0 else 2 + 58 * math.log1p(counts[i]) / top
+        a, b = (f"{edges[i]:.3g}", f"{edges[i + 1]:.3g}") if edges else (i, i + 1)
+        parts.append(f'\n<rect x="{(i - lo) * 8}" y="{60 - hgt}" width="7" height="{hgt}"><title>{a}–{b}: '
+                     f"{counts[i]}</title></rect>")  # fmt: skip
+    axis = f"{edges[lo]:.3g} … {edges[hi + 1]:.3g} (log bins, log counts)" if edges else ""
+    parts.append(f'\n</svg>\n<p class="note axis">{axis}</p>')
     return Markup("".join(parts))
