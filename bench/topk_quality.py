@@ -58,6 +58,17 @@ def ours(job: compare_trainers.Job, d: int, spec: str, arch: str) -> compare_tra
 
     st.sae.aux_dense_above = 0.0 if "auxdec" in opts else st.sae.aux_dense_above
     topk_mod.column_entries = (lambda acts, *a: acts) if "auxdec" in opts else ORIG_COLUMN_ENTRIES
+    if "nobdec" in opts:  # centred encoder steps, but b_dec without the encoder's gradient
+        sae = st.sae
+
+        @torch.no_grad()
+        def centre() -> None:
+            gw, gb = sae.W_enc.grad, sae.b_enc.grad
+            if gb is not None and gw is not None:
+                gw.addr_(gb, sae.b_dec, alpha=-1)
+                sae.b_enc.addmv_(sae.W_enc, sae.b_dec)
+
+        sae._centre = centre
     state = {"dead": 0.0}
 
     def step(x: torch.Tensor) -> None:
@@ -84,6 +95,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--arch", default="topk")
     ap.add_argument("--variants", default="ours,sparsify")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     args = ap.parse_args()
     store = ActivationStore(Path(args.run_dir))
     d = store.d_model
@@ -97,7 +109,7 @@ def main() -> None:
         lr=args.lr,
         l1_coeff=1.0,
         k=args.k,
-        seed=0,
+        seed=args.seed,
         buffer_shards=16,
         threads=torch.get_num_threads(),
         dead_window=dead_window(TrainConfig(batch_size=args.batch_size), n_steps),
@@ -109,7 +121,7 @@ def main() -> None:
     xs = torch.cat(list(store.iter_split("eval"))) * store.scale
     print(f"n={args.n} tokens={job.tokens} steps={n_steps} dead_window={job.dead_window} lr={args.lr}")
     for spec in args.variants.split(","):
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         if spec == "sparsify":
             trainer = compare_trainers.sparsify(replace(job, trainer="sparsify-topk"), d)
         else:

@@ -253,17 +253,19 @@ def test_sparse_decoder_matches_the_dense_one(cls: type[TopKSAE], training: bool
 @pytest.mark.parametrize("aux_dense_above", [0.0, 1.1])
 @pytest.mark.parametrize("layout", ["csr", "coo", "index_add", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("dead_every", [3, 32])
 def test_fast_training_step_has_the_reference_gradients(
-    arch: str, layout: str, aux_dense_above: float
+    arch: str, layout: str, aux_dense_above: float, dead_every: int
 ) -> None:
     """The fast path (pre-activations without autograd, gradients from the selected entries only,
     AuxK over the dead columns only, in the dense layout over them (0.0) or the sparse one (1.1))
-    against plain autograd, with dead latents so that AuxK runs."""
+    against plain autograd, with dead latents so that AuxK runs: more of them than k_aux, and
+    fewer (every dead latent takes part)."""
     extra = {"group_sizes": [16, 24, 24]} if arch == "matryoshka" else {}
     sae = _perturbed(ARCHITECTURES[arch](6, 64, k=4, k_aux=5, **extra)).train()
     x = _randn(32, 6, seed=20)
     dead = torch.zeros(64, dtype=torch.bool)
-    dead[::3] = True
+    dead[::dead_every] = True
 
     def grads(fast: bool) -> tuple[Any, list[Tensor]]:
         sae.fast, sae.grad_layout, sae.aux_dense_above = fast, layout, aux_dense_above
@@ -401,13 +403,16 @@ def test_encoder_init_norm_resolves_per_architecture() -> None:
 
 
 @pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
-def test_centred_encoder_steps_the_centred_parametrisation(cls: type[TopKSAE]) -> None:
-    """One SGD step through the hooks equals one step of pre = W (x − b_dec) + c by autograd
-    (Gao et al.'s parametrisation), read back as b_enc = c − W b_dec; with AuxK firing."""
+@pytest.mark.parametrize("fast", [True, False])
+def test_centred_encoder_steps_the_centred_parametrisation(cls: type[TopKSAE], fast: bool) -> None:
+    """One SGD step through the hooks, read back as b_enc = c − W b_dec, equals one step of
+    (W, c, b_dec) by autograd where the selected entries are W (x − b̄) + c and AuxK's are
+    W x + c − W̄ b̄ (b̄, W̄ held constant: the same values, AuxK's W gradient from x); in the fast
+    path and the plain reference, with AuxK firing."""
     sae = _perturbed(cls(6, 40, k=4, k_aux=6))
     with torch.no_grad():
         sae.b_dec.normal_(generator=torch.Generator().manual_seed(5))
-    sae.centred = True
+    sae.centred, sae.fast = True, fast
     W, b_dec, W_dec = (p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.b_dec, sae.W_dec))
     c = (sae.b_enc + sae.W_enc @ sae.b_dec).detach().requires_grad_()
     x, lr = _randn(16, 6, seed=12), 0.05
@@ -420,11 +425,15 @@ def test_centred_encoder_steps_the_centred_parametrisation(cls: type[TopKSAE]) -
 
     # the reference: the same selections, the same loss, autograd in the centred parametrisation
     ref = copy.deepcopy(sae)
-    pre = (x - b_dec) @ W.T + c
-    active = Active(out.active.rows, out.active.cols, torch.relu(pre[out.active.rows, out.active.cols]))
+    assert out.active is not None
+    rows, cols = out.active.rows, out.active.cols
+    bd = b_dec.detach()
+    main = (x - bd) @ W.T + c
+    aux_pre = x @ W.T + c - W.detach() @ bd
+    active = Active(rows, cols, torch.relu(main[rows, cols]))
     recon = sparse_decode(W_dec, active, 16) + b_dec
     decode = lambda a: sparse_decode(W_dec, a, 16)  # noqa: E731
-    aux = auxk_loss(x, recon, pre, dead, int(dead.sum()), 6, topk_per_row, decode)
+    aux = auxk_loss(x, recon, aux_pre, dead, int(dead.sum()), 6, topk_per_row, decode)
     lo = ref.combine(x, (recon - x).pow(2).sum(-1).mean(), aux)
     lo.loss.backward()
     assert aux.item() > 0 and W.grad is not None and c.grad is not None and b_dec.grad is not None

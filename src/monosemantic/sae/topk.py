@@ -119,8 +119,11 @@ def auxk_dead_dense(
     spread = (residual - residual.mean(0)).pow(2).sum()
     with torch.no_grad():
         dead_pre = pre.index_select(1, dead_idx)
-        values, cols = dead_pre.topk(min(k_aux, dead_idx.numel()), dim=-1, sorted=False)
-        acts = torch.zeros_like(dead_pre).scatter_(1, cols, torch.relu(values))
+        if k_aux >= dead_idx.numel():  # every dead latent is among the top k_aux: nothing to select
+            acts = dead_pre.relu_()
+        else:
+            values, cols = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            acts = torch.zeros_like(dead_pre).scatter_(1, cols, torch.relu(values))
     acts = column_entries(acts, x, W_enc, b_enc, dead_idx)
     dead_dec = W_dec.index_select(1, dead_idx).T if table is None else table.index_select(0, dead_idx)
     loss = (acts @ dead_dec - residual).pow(2).sum()
@@ -183,11 +186,19 @@ class TopKSAE(SparseAutoencoder):
         if self.fast and not x.requires_grad:  # the fast path gives x no gradient (attribution needs it)
             with torch.no_grad():
                 flat = torch.addmm(self.b_enc, flat_x, self.W_enc.T)
-            active = self._entries(self.select(flat), flat_x)
+            # centred: the selected entries' W_enc gradient from x − b_dec (``_centre``)
+            grad_x = flat_x - self.b_dec.detach() if self.centred else flat_x
+            active = self._entries(self.select(flat), grad_x)
             table = self.W_dec.T.contiguous()
         else:
             flat = flat_x @ self.W_enc.T + self.b_enc
-            active = self.select(flat)
+            if self.centred and torch.is_grad_enabled():
+                # the same values, with the fast path's gradients: W_enc's from x − b_dec for the
+                # selected entries, from x for AuxK's (which reads ``flat``)
+                b = self.b_dec.detach()
+                active = self.select((flat_x - b) @ self.W_enc.T + (self.b_enc + self.W_enc.detach() @ b))
+            else:
+                active = self.select(flat)
         recon = self.collectives.sum(sparse_decode(self.W_dec, active, flat.shape[0], table)) + self.b_dec
         pre = flat.view(*x.shape[:-1], self.n_features)
         feats = active.dense(*flat.shape).view_as(pre)
@@ -260,8 +271,8 @@ class TopKSAE(SparseAutoencoder):
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
         """Remove from W_dec.grad its component along each decoder column, so that the step moves
-        the columns (to first order) along the unit sphere. With ``centred``, also turn the
-        encoder's gradients into those of the centred parametrisation (below)."""
+        the columns (to first order) along the unit sphere. With ``centred``, b_enc then holds c
+        for the step (``_centre``)."""
         grad, w = self.W_dec.grad, self.W_dec
         if grad is not None:
             along = column_dots(grad, w) / column_dots(w, w)
@@ -274,20 +285,17 @@ class TopKSAE(SparseAutoencoder):
         """Gao et al. (and sparsify, and OpenAI's code) encode pre = W_enc (x − b_dec) + c, so that
         the encoder's gradient Gᵀ(x − b_dec) carries no component along the data's mean; ours, Gᵀx,
         moves every token's pre-activation of a feature alike along it, and early in training the
-        few features it favours win every token (the rest go silent: 49% of 16,384 after 20k tokens
-        on the demo store, 7.5% centred; docs/architectures.md). The parametrisations hold the same
-        dictionaries (b_enc = c − W_enc b_dec) but not the same Adam steps. So the optimizer steps
-        (W_enc, c, b_dec) with the centred gradients, from the plain ones G (the pre-activations'):
-        ∂c = ∂b_enc, ∂W_enc −= ∂b_enc ⊗ b_dec, ∂b_dec −= W_encᵀ ∂b_enc; b_enc holds c from here to
-        ``after_optimizer_step``, which folds it back. Outside that window the module is plain."""
-        gw, gb = self.W_enc.grad, self.b_enc.grad
-        if gb is None:
-            return
-        if gw is not None:
-            gw.addr_(gb, self.b_dec, alpha=-1)
-        if self.b_dec.grad is not None:
-            self.b_dec.grad.sub_(self.collectives.count(self.W_enc.T @ gb))  # Σ over feature slices
-        self.b_enc.addmv_(self.W_enc, self.b_dec)
+        few features it favours win every token while the rest go silent. The parametrisations hold
+        the same dictionaries (b_enc = c − W_enc b_dec) but not the same Adam steps, so with
+        ``centred`` the optimizer steps (W_enc, c, b_dec): ``forward`` gives the selected entries
+        the centred gradient of W_enc (∂c = ∂b_enc; b_dec's comes from the decoder alone), and b_enc
+        holds c from here to ``after_optimizer_step``, which folds it back. AuxK's entries keep the
+        plain gradient Gᵀx on purpose: its component along the mean lifts a dead latent's
+        pre-activation on every token, which is what revives it (fully centred, 73% of 16,384
+        latents were silent after 20k tokens on the demo store; this way 7.5%; plain 49%:
+        docs/architectures.md). Outside that window the module is plain."""
+        if self.b_enc.grad is not None:
+            self.b_enc.addmv_(self.W_enc, self.b_dec)
 
     @torch.no_grad()
     def after_optimizer_step(self, out: ForwardOutput) -> None:
