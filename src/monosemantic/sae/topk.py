@@ -144,7 +144,7 @@ class TopKSAE(SparseAutoencoder):
     entries per row fill more than this fraction of them, sparse (``auxk_dead_only``) otherwise."""
 
     centred: bool = False
-    """Step the encoder in the centred parametrisation: see ``before_optimizer_step``. A training
+    """Step the encoder in the centred parametrisation (``_centre``). A training
     setting (``TrainConfig.centred_encoder``), not a hyperparameter: the module always holds, saves
     and encodes with the plain pre = W_enc x + b_enc."""
 
