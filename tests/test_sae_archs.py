@@ -389,12 +389,12 @@ def test_planted_dictionary_is_recovered(
 def test_encoder_init_norm_resolves_per_architecture() -> None:
     for arch in ("topk", "batchtopk", "matryoshka"):
         cfg = TrainConfig(arch=arch, sizes=[64])
-        assert cfg.enc_init_norm == pytest.approx(3**-0.5) and cfg.centred_encoder
+        assert cfg.enc_init_norm == 0.5 and cfg.centred_encoder
         sae = build_sae(cfg, 8, 64)
         assert isinstance(sae, TopKSAE) and sae.centred
         sae.initialize(torch.Generator().manual_seed(0), cfg.dec_init_norm, cfg.enc_init_norm)
         torch.testing.assert_close(sae.decoder_norms(), torch.ones(64))
-        torch.testing.assert_close(sae.W_enc.norm(dim=1), torch.full((64,), 3**-0.5))
+        torch.testing.assert_close(sae.W_enc.norm(dim=1), torch.full((64,), 0.5))
         torch.testing.assert_close(sae.W_enc / sae.W_enc.norm(dim=1, keepdim=True), sae.W_dec.T)
     relu = TrainConfig(arch="relu", dec_init_norm=0.2)
     assert relu.enc_init_norm == 0.2  # W_enc = W_decᵀ: Anthropic's recipe unchanged
