@@ -24,6 +24,7 @@ from monosemantic.sae import (
     TopKSAE,
 )
 from monosemantic.sae.jumprelu import jumprelu, step
+from monosemantic.sae.sparse import Active
 from monosemantic.sae.topk import auxk_loss, sparse_decode, topk_per_row
 from monosemantic.train import build_sae, train
 from tests.helpers import perturbed as _perturbed
@@ -252,17 +253,19 @@ def test_sparse_decoder_matches_the_dense_one(cls: type[TopKSAE], training: bool
 @pytest.mark.parametrize("aux_dense_above", [0.0, 1.1])
 @pytest.mark.parametrize("layout", ["csr", "coo", "index_add", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("dead_every", [3, 32])
 def test_fast_training_step_has_the_reference_gradients(
-    arch: str, layout: str, aux_dense_above: float
+    arch: str, layout: str, aux_dense_above: float, dead_every: int
 ) -> None:
     """The fast path (pre-activations without autograd, gradients from the selected entries only,
     AuxK over the dead columns only, in the dense layout over them (0.0) or the sparse one (1.1))
-    against plain autograd, with dead latents so that AuxK runs."""
+    against plain autograd, with dead latents so that AuxK runs: more of them than k_aux, and
+    fewer (every dead latent takes part)."""
     extra = {"group_sizes": [16, 24, 24]} if arch == "matryoshka" else {}
     sae = _perturbed(ARCHITECTURES[arch](6, 64, k=4, k_aux=5, **extra)).train()
     x = _randn(32, 6, seed=20)
     dead = torch.zeros(64, dtype=torch.bool)
-    dead[::3] = True
+    dead[::dead_every] = True
 
     def grads(fast: bool) -> tuple[Any, list[Tensor]]:
         sae.fast, sae.grad_layout, sae.aux_dense_above = fast, layout, aux_dense_above
@@ -378,3 +381,69 @@ def test_planted_dictionary_is_recovered(
         if arch != "jumprelu":
             torch.testing.assert_close(sae.decoder_norms(), torch.ones(128))
     assert 2 <= l0 <= 6, l0
+
+
+# --- the TopK family's training recipe ---------------------------------------------------------
+
+
+def test_encoder_init_norm_resolves_per_architecture() -> None:
+    for arch in ("topk", "batchtopk", "matryoshka"):
+        cfg = TrainConfig(arch=arch, sizes=[64])
+        assert cfg.enc_init_norm == 0.5 and cfg.centred_encoder
+        sae = build_sae(cfg, 8, 64)
+        assert isinstance(sae, TopKSAE) and sae.centred
+        sae.initialize(torch.Generator().manual_seed(0), cfg.dec_init_norm, cfg.enc_init_norm)
+        torch.testing.assert_close(sae.decoder_norms(), torch.ones(64))
+        torch.testing.assert_close(sae.W_enc.norm(dim=1), torch.full((64,), 0.5))
+        torch.testing.assert_close(sae.W_enc / sae.W_enc.norm(dim=1, keepdim=True), sae.W_dec.T)
+    relu = TrainConfig(arch="relu", dec_init_norm=0.2)
+    assert relu.enc_init_norm == 0.2  # W_enc = W_decᵀ: Anthropic's recipe unchanged
+    assert TrainConfig(arch="topk", enc_init_norm=1.0).enc_init_norm == 1.0
+    assert not build_sae(TrainConfig(arch="topk", centred_encoder=False), 8, 64).centred
+
+
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
+@pytest.mark.parametrize("fast", [True, False])
+def test_centred_encoder_steps_the_centred_parametrisation(cls: type[TopKSAE], fast: bool) -> None:
+    """One SGD step through the hooks, read back as b_enc = c − W b_dec, equals one step of
+    (W, c, b_dec) by autograd where the selected entries are W (x − b̄) + c and AuxK's are
+    W x + c − W̄ b̄ (b̄, W̄ held constant: the same values, AuxK's W gradient from x); in the fast
+    path and the plain reference, with AuxK firing."""
+    sae = _perturbed(cls(6, 40, k=4, k_aux=6))
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(5))
+    sae.centred, sae.fast = True, fast
+    W, b_dec, W_dec = (p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.b_dec, sae.W_dec))
+    c = (sae.b_enc + sae.W_enc @ sae.b_dec).detach().requires_grad_()
+    x, lr = _randn(16, 6, seed=12), 0.05
+    dead = torch.arange(40) % 3 == 0
+    out = sae(x)
+    sae.loss(x, out, LossContext(0.0, dead=dead)).loss.backward()
+    sae.before_optimizer_step()
+    torch.optim.SGD(sae.parameters(), lr=lr).step()
+    sae.after_optimizer_step(out)
+
+    # the reference: the same selections, the same loss, autograd in the centred parametrisation
+    ref = copy.deepcopy(sae)
+    assert out.active is not None
+    rows, cols = out.active.rows, out.active.cols
+    bd = b_dec.detach()
+    main = (x - bd) @ W.T + c
+    aux_pre = x @ W.T + c - W.detach() @ bd
+    active = Active(rows, cols, torch.relu(main[rows, cols]))
+    recon = sparse_decode(W_dec, active, 16) + b_dec
+    decode = lambda a: sparse_decode(W_dec, a, 16)  # noqa: E731
+    aux = auxk_loss(x, recon, aux_pre, dead, int(dead.sum()), 6, topk_per_row, decode)
+    lo = ref.combine(x, (recon - x).pow(2).sum(-1).mean(), aux)
+    lo.loss.backward()
+    assert aux.item() > 0 and W.grad is not None and c.grad is not None and b_dec.grad is not None
+    assert W_dec.grad is not None
+    with torch.no_grad():
+        W_dec.grad -= W_dec * (W_dec.grad * W_dec).sum(0) / (W_dec * W_dec).sum(0)
+        for p in (W, c, b_dec, W_dec):
+            p -= lr * p.grad
+        W_dec /= W_dec.norm(dim=0)
+    torch.testing.assert_close(sae.W_enc, W.detach())
+    torch.testing.assert_close(sae.b_dec, b_dec.detach())
+    torch.testing.assert_close(sae.W_dec, W_dec.detach())
+    torch.testing.assert_close(sae.b_enc, (c - W @ b_dec).detach())

@@ -71,6 +71,14 @@ DEFAULT_LR = {"topk": 1e-3}
 16,384 latents dead even with AuxK, none at 1e-3 at the same variance explained
 (docs/architectures.md); BatchTopK and JumpReLU did better at 3e-3."""
 
+TOPK_ENC_INIT_NORM = 0.5
+DEFAULT_ENC_INIT_NORM = dict.fromkeys(("topk", "batchtopk", "matryoshka"), TOPK_ENC_INIT_NORM)
+"""Encoder row norms at init that differ from the decoder's by architecture: the TopK family's
+decoder columns have norm 1, and encoder rows of norm 1 (W_enc = W_decᵀ, Gao et al.) trailed
+smaller ones on the demo store at 2,048 latents after 20k tokens (variance explained, mean of seeds
+0-3, centred encoder steps): norm 1 0.557, 1/sqrt(3) (sparsify's) 0.577, 0.5 0.578, 0.45 0.576
+(docs/architectures.md)."""
+
 
 @dataclass
 class TrainConfig:
@@ -135,7 +143,18 @@ class TrainConfig:
     l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
     lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
     grad_clip: float = _f(1.0, "gradient clipping: max global norm")
-    dec_init_norm: float = _f(0.1, "initial norm of each decoder column")
+    dec_init_norm: float = _f(0.1, "initial norm of each decoder column (topk/batchtopk/matryoshka: 1)")
+    enc_init_norm: float = _f(
+        0.0,
+        "initial norm of each encoder row (W_enc starts as the decoder's directions, transposed); "
+        "0 = the architecture's default: topk/batchtopk/matryoshka 0.5, the others dec_init_norm",
+    )
+    centred_encoder: bool = _f(
+        True,
+        "topk/batchtopk/matryoshka: Adam steps the encoder as W_enc (x - b_dec) + c, Gao et al.'s "
+        "parametrisation (fewer silent features early in training); the saved dictionary is plain either way",
+        flag="--centred-encoder/--plain-encoder",
+    )
     b_dec_init: str = _f(
         "mean",
         "decoder bias at init: 'mean' of the first batch (pre-activations start centred, as Gao et "
@@ -165,6 +184,8 @@ class TrainConfig:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr == 0:
             self.lr = DEFAULT_LR.get(self.arch, 3e-3)
+        if self.enc_init_norm == 0:
+            self.enc_init_norm = DEFAULT_ENC_INIT_NORM.get(self.arch, self.dec_init_norm)
         check_float("--lr", self.lr, 0.0, lo_open=True)
         check_int("--batch-size", self.batch_size, 1)
         check_float("--epochs", self.epochs, 0.0, 1e6, lo_open=True)
@@ -190,6 +211,7 @@ class TrainConfig:
         check_float("lr_decay", self.lr_decay, 0.0, 1.0)
         check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
         check_float("dec_init_norm", self.dec_init_norm, 0.0, lo_open=True)
+        check_float("--enc-init-norm", self.enc_init_norm, 0.0, lo_open=True)
         check_seed("--seed", self.seed)
         check_int("checkpoint_every", self.checkpoint_every, 1)
         check_int("log_every", self.log_every, 1)

@@ -205,7 +205,9 @@ def train_step(st: SizeState, x: Tensor, cfg: TrainConfig, total: int) -> dict[s
 
 def build_sae(cfg: TrainConfig, d_model: int, n_features: int) -> SparseAutoencoder:
     """An untrained dictionary of ``cfg.arch`` with the settings its ``from_config`` reads."""
-    return ARCHITECTURES[cfg.arch].from_config(d_model, n_features, cfg)
+    sae = ARCHITECTURES[cfg.arch].from_config(d_model, n_features, cfg)
+    sae.configure(cfg)
+    return sae
 
 
 def param_groups(module: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -231,8 +233,10 @@ def make_states(
     states = []
     for n in ARCHITECTURES[cfg.arch].trained_sizes(cfg.sizes):
         sae = build_sae(cfg, d_model, n)
-        sae.initialize(torch.Generator().manual_seed(cfg.seed * 7919 + n), cfg.dec_init_norm)
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + n)
+        sae.initialize(generator, cfg.dec_init_norm, cfg.enc_init_norm)
         layout = FeatureShard.from_full(sae, dist) if cfg.feature_parallel and dist else Whole(sae, dist)
+        layout.sae.configure(cfg)  # a shard is a module of its own
         layout.sae.to(device)
         # fused: one pass over each parameter instead of ~10 (11 vs 72 ms per step for a 16,384 x 576
         # dictionary on this CPU), the same update to rounding

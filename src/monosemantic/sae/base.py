@@ -91,16 +91,22 @@ class SparseAutoencoder(nn.Module):
         """An untrained dictionary with the settings of ``cfg`` that this architecture reads."""
         return cls(d_model, n_features)
 
+    def configure(self, cfg: TrainConfig) -> None:
+        """Take the training settings of ``cfg`` that change how this module trains but not what it
+        holds or saves (not hyperparameters; a feature shard gets them too)."""
+
     def hyperparameters(self) -> dict[str, Any]:
         """Constructor keywords beyond (d_model, n_features), saved in cfg.json to rebuild it."""
         return {}
 
     @torch.no_grad()
-    def initialize(self, generator: torch.Generator, dec_norm: float = 0.1) -> None:
-        """Random decoder directions of norm ``dec_norm``, W_enc = W_decᵀ, zero biases."""
+    def initialize(self, generator: torch.Generator, dec_norm: float = 0.1, enc_norm: float = 0.0) -> None:
+        """Random decoder directions of norm ``dec_norm``, W_enc = W_decᵀ (rescaled to rows of norm
+        ``enc_norm`` unless 0), zero biases."""
         w = torch.randn(self.d_model, self.n_features, generator=generator)
-        self.W_dec.copy_(w / w.norm(dim=0, keepdim=True) * dec_norm)
-        self.W_enc.copy_(self.W_dec.T)
+        w /= w.norm(dim=0, keepdim=True)
+        self.W_dec.copy_(w * dec_norm)
+        self.W_enc.copy_(w.T * (enc_norm or dec_norm))
         self.b_enc.zero_()
         self.b_dec.zero_()
 

@@ -38,8 +38,8 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.tensor(-1.0))
 
     @torch.no_grad()
-    def initialize(self, generator: torch.Generator, dec_norm: float = 1.0) -> None:
-        super().initialize(generator, dec_norm)
+    def initialize(self, generator: torch.Generator, dec_norm: float = 1.0, enc_norm: float = 0.0) -> None:
+        super().initialize(generator, dec_norm, enc_norm)
         self.threshold.fill_(-1.0)
 
     def select(self, pre: Tensor) -> Active:

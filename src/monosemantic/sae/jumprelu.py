@@ -128,8 +128,8 @@ class JumpReLUSAE(SparseAutoencoder):
         }
 
     @torch.no_grad()
-    def initialize(self, generator: torch.Generator, dec_norm: float = 0.1) -> None:
-        super().initialize(generator, dec_norm)
+    def initialize(self, generator: torch.Generator, dec_norm: float = 0.1, enc_norm: float = 0.0) -> None:
+        super().initialize(generator, dec_norm, enc_norm)
         self.log_threshold.fill_(math.log(self.init_threshold))
 
     def thresholds(self) -> Tensor:
