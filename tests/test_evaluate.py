@@ -109,3 +109,28 @@ def test_tiny_qwen2_reports_loss_recovered_as_na(capsys, monkeypatch, tiny_corpu
     assert "n/a" in row and f"{m['kl_spliced']:.4f}" in row and f"{m['loss_clean']:.3f}" in row
     assert "Loss recovered n/a: zero-ablation is not clearly worse" in page
     assert "Undefined for this run" in page
+
+
+def test_wide_dictionaries_are_evaluated_in_fewer_rows_with_the_same_metrics(harvested: Path, monkeypatch) -> None:
+    """A dictionary's (rows x features) block per evaluation batch is bounded (the full run's
+    36,864-feature dictionary at 4,096 rows peaked at 8.7 GiB); the metrics do not change."""
+    from monosemantic import evaluate as ev
+    from monosemantic.activations import ActivationStore
+    from monosemantic.sae import TopKSAE
+
+    assert ev.rows_per_batch(4096, 36_864) == ev.MAX_BATCH_ELEMENTS // 36_864 < 4096
+    assert ev.rows_per_batch(4096, 512) == 4096
+    assert ev.rows_per_batch(10, 1 << 40) == 1
+    store = ActivationStore(harvested)
+    torch.manual_seed(0)
+    sae = TopKSAE(store.d_model, 96, k=4)
+    sae.initialize(torch.Generator().manual_seed(0))
+    whole = ev.reconstruction_metrics(sae, store, 4096, "cpu")
+    dens = ev.firing_density({"s": sae}, ev.density_tokens(store), 4096, "cpu")
+    monkeypatch.setattr(ev, "MAX_BATCH_ELEMENTS", 96 * 7)  # 7 rows at a time
+    assert ev.rows_per_batch(4096, 96) == 7
+    small = ev.reconstruction_metrics(sae, store, 4096, "cpu")
+    assert small["n_eval_tokens"] == whole["n_eval_tokens"]
+    for key in ("l0", "variance_explained", "mse"):
+        assert small[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert ev.firing_density({"s": sae}, ev.density_tokens(store), 4096, "cpu") == dens
