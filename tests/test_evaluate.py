@@ -111,7 +111,9 @@ def test_tiny_qwen2_reports_loss_recovered_as_na(capsys, monkeypatch, tiny_corpu
     assert "Undefined for this run" in page
 
 
-def test_wide_dictionaries_are_evaluated_in_fewer_rows_with_the_same_metrics(harvested: Path, monkeypatch) -> None:
+def test_wide_dictionaries_are_evaluated_in_fewer_rows_with_the_same_metrics(
+    harvested: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A dictionary's (rows x features) block per evaluation batch is bounded (the full run's
     36,864-feature dictionary at 4,096 rows peaked at 8.7 GiB); the metrics do not change."""
     from monosemantic import evaluate as ev
