@@ -67,6 +67,13 @@ def test_feature_list_paginates(client: TestClient) -> None:
     assert a["total"] == 64 and [f["id"] for f in a["features"]] == list(range(10))
     assert [f["id"] for f in b.json()["features"]] == list(range(10, 20))
     assert client.get("/run/tiny/relu-64/features?page=1").status_code == 200
+    # past the last page: a message, not an empty page "7 of 2" with a link back
+    past = client.get("/run/tiny/relu-64/features?page=7")
+    assert past.status_code == 404 and "pages run from 0 to 1" in past.text
+    api_past = client.get("/api/runs/tiny/saes/relu-64/features", params={"per_page": 10, "page": 7})
+    assert api_past.status_code == 404 and "pages run from 0 to 6" in api_past.json()["error"]
+    last = client.get("/api/runs/tiny/saes/relu-64/features", params={"per_page": 10, "page": 6})
+    assert last.status_code == 200
 
 
 def test_full_text_search_finds_contexts_and_explanations(client: TestClient) -> None:

@@ -210,8 +210,9 @@ class TrainConfig:
         check_float("l1_warmup", self.l1_warmup, 0.0, 1.0, hi_open=True)
         check_float("lr_decay", self.lr_decay, 0.0, 1.0)
         check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
-        check_float("dec_init_norm", self.dec_init_norm, 0.0, lo_open=True)
-        check_float("--enc-init-norm", self.enc_init_norm, 0.0, lo_open=True)
+        check_float("--dec-init-norm", self.dec_init_norm, 0.0, 1e3, lo_open=True)
+        default = " (0 = the architecture's default)"
+        check_float("--enc-init-norm", self.enc_init_norm, 0.0, 1e3, lo_open=True, hint=default)
         check_seed("--seed", self.seed)
         check_int("checkpoint_every", self.checkpoint_every, 1)
         check_int("log_every", self.log_every, 1)

@@ -155,8 +155,15 @@ def feature(run: ServedRun, con: sqlite3.Connection, sae: str, fid: int, top: in
 def feature_list(
     run: ServedRun, con: sqlite3.Connection, sae: str, page: int, per_page: int, order: str
 ) -> dict[str, Any]:
-    """One page of a dictionary's features in the given order (a key of ``ORDERS``)."""
+    """One page of a dictionary's features in the given order (a key of ``ORDERS``).
+
+    Raises:
+        NotFound: no such dictionary, or a page past the last one.
+    """
     n = run.check_sae(con, sae)
+    last = max(0, (n - 1) // per_page)
+    if page > last:
+        raise NotFound(f"{sae} has {n} features: pages run from 0 to {last}")
     rows = con.execute(
         "SELECT id, freq, max_act, explanation, score_auc FROM features WHERE sae = ? "
         f"ORDER BY {ORDERS[order]}, id LIMIT ? OFFSET ?",
