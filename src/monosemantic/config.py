@@ -95,11 +95,11 @@ class TrainConfig:
     l1_coeff: float = _f(
         1.0, "lambda: weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0)"
     )
-    k: int = _f(32, "topk/batchtopk/matryoshka: active features per token")
+    k: int = _f(32, "topk, batchtopk, matryoshka: active features per token")
     k_aux: int = _f(
-        0, "topk/batchtopk/matryoshka: dead latents the AuxK loss reconstructs with (0 = d_model / 2)"
+        0, "topk, batchtopk, matryoshka: dead latents the AuxK loss reconstructs with (0 = d_model / 2)"
     )
-    aux_coeff: float = _f(1 / 32, "topk/batchtopk/matryoshka: weight of the AuxK loss")
+    aux_coeff: float = _f(1 / 32, "topk, batchtopk, matryoshka: weight of the AuxK loss")
     group_sizes: list[int] = _f(
         (),
         "matryoshka: sizes of the consecutive feature groups, summing to the largest of --sizes; "
@@ -143,15 +143,15 @@ class TrainConfig:
     l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
     lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
     grad_clip: float = _f(1.0, "gradient clipping: max global norm")
-    dec_init_norm: float = _f(0.1, "initial norm of each decoder column (topk/batchtopk/matryoshka: 1)")
+    dec_init_norm: float = _f(0.1, "initial norm of each decoder column (topk, batchtopk, matryoshka: 1)")
     enc_init_norm: float = _f(
         0.0,
         "initial norm of each encoder row (W_enc starts as the decoder's directions, transposed); "
-        "0 = the architecture's default: topk/batchtopk/matryoshka 0.5, the others dec_init_norm",
+        "0 = the architecture's default: topk, batchtopk, matryoshka 0.5, the others dec_init_norm",
     )
     centred_encoder: bool = _f(
         True,
-        "topk/batchtopk/matryoshka: Adam steps the encoder as W_enc (x - b_dec) + c, Gao et al.'s "
+        "topk, batchtopk, matryoshka: Adam steps the encoder as W_enc (x - b_dec) + c, Gao et al.'s "
         "parametrisation (fewer silent features early in training); the saved dictionary is plain either way",
         flag="--centred-encoder/--plain-encoder",
     )
@@ -251,7 +251,7 @@ class EvalConfig:
 class ScalingConfig:
     arch: str = _f("relu", "dictionary architecture swept (λ and k stay fixed)")
     l1_coeff: float = _f(1.0, "lambda, fixed across the sweep")
-    k: int = _f(32, "topk/batchtopk: k, fixed across the sweep")
+    k: int = _f(32, "topk, batchtopk: k, fixed across the sweep")
     levels: int = _f(4, "compute levels (IsoFLOP profiles)")
     decades: float = _f(1.5, "decades of compute between the smallest and largest level")
     min_flops: float = _f(

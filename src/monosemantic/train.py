@@ -300,6 +300,7 @@ def train(
             completed=step * cfg.batch_size,
             info="",
         )
+        shown = ""
         while step < total and not _stop(interrupted, dist):
             batch = next(batches)
             # every size is laid out alike: the first says which rows this process trains on
@@ -323,6 +324,8 @@ def train(
                             st.out_dir / "log.jsonl", {"step": st.step, "resampled": stats_resampled}
                         )
                 stats = train_step(st, x, cfg, total)
+                # the training batch's figures (evaluate measures held-out ones), of the size named
+                shown = f"{st.out_dir.name}: L0 {stats['l0']:.0f}, batch VE {stats['variance_explained']:.2f}"
                 if main and (st.step % cfg.log_every == 0 or st.step == total):
                     row = {
                         "step": st.step,
@@ -341,7 +344,7 @@ def train(
             bar.update(
                 task,
                 advance=cfg.batch_size,
-                info=f"L0 {stats['l0']:.0f} VE {stats['variance_explained']:.2f}",
+                info=shown,
             )
         if step < total:  # interrupted
             for st in states:
