@@ -224,7 +224,16 @@ def family(request: Request, run: RunName, sae: SaeName, feature: FeatureId) -> 
 def text_search(
     request: Request, run: RunName, sae: SaeName, q: SearchText, page: Page = 0, per_page: PerPage = 20
 ) -> dict[str, Any]:
-    r = get_run(request, run)
+    return text_search_result(get_run(request, run), sae, q, page, per_page)
+
+
+def text_search_result(r: ServedRun, sae: str, q: str, page: int, per_page: int) -> dict[str, Any]:
+    """``queries.text_search`` of a served run, remembered until its database changes (the API and
+    the search page ask the same question under the same key).
+
+    Raises:
+        NotFound: no feature database or no such dictionary.
+    """
     return r.remembered(
         ("search", sae, q, page, per_page), lambda con: queries.text_search(r, con, sae, q, page, per_page)
     )

@@ -124,9 +124,7 @@ def _search_page(request: Request, run: str, q: str, sae: str, mode: str, page: 
         if mode == "concept":
             result = api.concept_search_result(request, run, sae, q)
         else:
-            result = r.remembered(
-                ("search", sae, q, page, 20), lambda con: queries.text_search(r, con, sae, q, page, 20)
-            )
+            result = api.text_search_result(r, sae, q, page, 20)
     analysis = None
     if text.strip() and sae:
         analysis = model_requests.inspect(api.served(request), r, sae, text, per_token=5, top=20)
