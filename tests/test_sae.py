@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,12 +89,15 @@ def test_center_on_starts_pre_activations_at_the_data_mean() -> None:
     torch.testing.assert_close(sae.decode(torch.zeros(16)), mean)
 
 
+@pytest.mark.parametrize("sparse_below", [0.0, 2.0])
 @pytest.mark.parametrize("silent", [0, 5, 16])
-def test_fast_training_step_has_the_reference_gradients(silent: int) -> None:
-    """The fast step (``sae/relu_step.py``: one autograd function over the columns that fired) against
-    plain autograd, with ``silent`` of the 16 features pushed below zero on every token (gathered
-    columns when some are silent, the whole matrix when none is), on (B, T, d) input."""
+def test_fast_training_step_has_the_reference_gradients(silent: int, sparse_below: float) -> None:
+    """The fast step (``sae/relu_step.py``: one autograd function over the columns that fired, or
+    over the nonzero activations as CSR products with ``sparse_below`` > 1) against plain autograd,
+    with ``silent`` of the 16 features pushed below zero on every token (gathered columns when some
+    are silent, the whole matrix when none is, no nonzero at all when all are), on (B, T, d) input."""
     sae = _sae()
+    sae.sparse_below = sparse_below
     with torch.no_grad():
         sae.b_enc[:silent] = -100.0
     x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(5))
@@ -127,3 +131,29 @@ def test_the_input_keeps_its_gradient() -> None:
     assert out.penalty is None
     out.recon.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_sparse_relu_steps_train_like_the_dense_ones(tmp_path: Path) -> None:
+    """Whole training steps with the ReLU step forced sparse (CSR products, firing counts from its
+    nonzero entries) and forced dense, from one initialisation on the same batches: the same
+    statistics each step (L0, dead fraction exactly) and the same weights after them."""
+    from monosemantic.config import TrainConfig
+    from monosemantic.train import make_states, train_step
+
+    cfg = TrainConfig(arch="relu", sizes=[64], batch_size=32, l1_coeff=3.0, lr=1e-3, seed=1)
+    runs = []
+    for below in (0.0, 2.0):
+        (state,) = make_states(cfg, 12, tmp_path / str(below), "cpu")
+        assert isinstance(state.sae, ReluSAE)
+        state.sae.sparse_below = below
+        g = torch.Generator().manual_seed(3)
+        stats = [train_step(state, torch.randn(32, 12, generator=g), cfg, 20) for _ in range(6)]
+        runs.append((stats, state))
+    (dense_stats, dense), (sparse_stats, sparse) = runs
+    assert 0 < sparse_stats[-1]["l0"] < 64
+    for a, b in zip(dense_stats, sparse_stats, strict=True):
+        assert a["l0"] == b["l0"] and a["dead_fraction"] == b["dead_fraction"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    for name, p in dense.sae.named_parameters():
+        torch.testing.assert_close(p, dict(sparse.sae.named_parameters())[name], rtol=1e-4, atol=1e-6)
+    assert torch.equal(dense.since_fired, sparse.since_fired)

@@ -7,8 +7,9 @@
 Decoder columns are free in norm (the penalty weights each feature by its decoder norm instead),
 W_enc starts as W_decᵀ and both biases start at zero.
 
-Training runs ``sae/relu_step.py`` (one autograd function over the columns that fired in the batch)
-unless ``ReluSAE.fast`` is False, which runs the plain autograd reference.
+Training runs ``sae/relu_step.py`` (one autograd function over the columns that fired in the batch,
+or over the nonzero activations as sparse products once they are few) unless ``ReluSAE.fast`` is
+False, which runs the plain autograd reference.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class ReluSAE(SparseAutoencoder):
 
     arch = "relu"
     fast: bool = True
+    sparse_below: float | None = None
+    """The fast step's switch to sparse (CSR) products: below this fraction of nonzero activations
+    (None: ``relu_step.SPARSE_BELOW`` on the CPU, never elsewhere; 0: never; above 1: always)."""
 
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
@@ -36,10 +40,12 @@ class ReluSAE(SparseAutoencoder):
         # respect to the input (attribution) gets the plain autograd forward
         if not (self.fast and torch.is_grad_enabled() and self.collectives is LOCAL) or x.requires_grad:
             return super().forward(x)
-        step = relu_step(x.reshape(-1, self.d_model), self.W_enc, self.b_enc, self.W_dec, self.b_dec)
+        step = relu_step(
+            x.reshape(-1, self.d_model), self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.sparse_below
+        )
         n = self.n_features
         pre, feats = step.pre.view(*x.shape[:-1], n), step.feats.view(*x.shape[:-1], n)
-        return ForwardOutput(pre, feats, step.recon.view_as(x), penalty=step.penalty)
+        return ForwardOutput(pre, feats, step.recon.view_as(x), active=step.active, penalty=step.penalty)
 
     def loss(self, x: Tensor, out: ForwardOutput, ctx: LossContext) -> LossOutput:
         if out.penalty is not None:
