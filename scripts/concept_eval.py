@@ -209,7 +209,11 @@ def cmd_score(args: argparse.Namespace) -> None:
             for kind in dict.fromkeys(c.kind for c in concepts):
                 ks = [c for c in concepts if c.kind == kind]
                 k1 = sum(bool(r[c.name]) and hit(c.name, r[c.name][0]) for c in ks)
-                print(f"    {kind:10s} p@1 {k1}/{len(ks)}")
+                h5 = sum(hit(c.name, f) for c in ks for f in r[c.name])
+                a5 = sum(any(hit(c.name, f) for f in r[c.name]) for c in ks)
+                n5 = sum(near(c.name, f) for c in ks for f in r[c.name])
+                print(f"    {kind:10s} p@1 {k1}/{len(ks)}  hits@5 {h5}/{5 * len(ks)}  "
+                      f"hit in top 5 {a5}/{len(ks)}  concept or kind@5 {n5}/{5 * len(ks)}")  # fmt: skip
 
 
 def cmd_table(args: argparse.Namespace) -> None:
