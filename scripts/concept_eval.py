@@ -67,7 +67,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     sources, and the top-context precision of every feature."""
     harvest = load_stage(args.run, "harvest")
     lm = load_model(harvest.model)
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     texts = list(load_texts(harvest.corpus))
     saes = {name: load_dictionary(args.run / "saes" / name) for name in args.sae}
@@ -156,7 +156,7 @@ def cmd_sheet(args: argparse.Namespace) -> None:
     """Every (concept, feature) that some ranking puts in its top ``--top`` (5), with the evidence to
     judge it; ``--method`` limits the rankings (e.g. ``--method semantic --top 1``: the default's
     first result only, for precision@1 alone)."""
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     ranks = {m: ranked(con, args.sae, args.cache, m, args.top) for m in args.method or METHODS}
     done = read_column(args.verdicts, args.sae, 3) if args.verdicts else {}
@@ -186,7 +186,7 @@ def read_column(path: Path, sae: str, column: int) -> dict[tuple[str, int], str]
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     verdicts = read_column(args.verdicts, args.sae, 3)
     concepts = load_concepts()
     for m in METHODS:
@@ -218,7 +218,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     one's strongest context."""
     from monosemantic.stages.features import snippet
 
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     verdicts = read_column(args.verdicts, args.sae, 3)
     notes = read_column(args.verdicts, args.sae, 4)

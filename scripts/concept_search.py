@@ -28,7 +28,7 @@ def main() -> None:
     harvest = load_stage(args.run, "harvest")
     lm = load_model(harvest.model)
     sae, cfg = load_dictionary(args.run / "saes" / args.sae)
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     for query in args.queries:
         hits, occs = search(

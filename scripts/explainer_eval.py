@@ -74,7 +74,7 @@ def main() -> None:
         "lexicon-nearest": dataclasses.replace(labeler, background=np.zeros((0, 384))),
         "lexicon": labeler,
     }
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     rows = []
     for sae in args.sae:
         ids = [int(i) for i in args.ids.split(",") if i]
