@@ -100,6 +100,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
                 prec_val=np.array(list(prec.values())) / n_top,
             )
         print(f"{c.name}: {len(occs)} occurrences", file=sys.stderr)
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def load_cached(cache: Path, sae: str, c: Concept) -> dict[str, np.ndarray]:
@@ -172,6 +173,7 @@ def cmd_sheet(args: argparse.Namespace) -> None:
             print(f"\n## {c.name} ({c.kind}) #{f}  mentions {n}/{N_JUDGED}  rank {where}")
             for s in shown:
                 print("   ", s)
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def read_column(path: Path, sae: str, column: int) -> dict[tuple[str, int], str]:
@@ -210,6 +212,7 @@ def cmd_score(args: argparse.Namespace) -> None:
                 ks = [c for c in concepts if c.kind == kind]
                 k1 = sum(bool(r[c.name]) and hit(c.name, r[c.name][0]) for c in ks)
                 print(f"    {kind:10s} p@1 {k1}/{len(ks)}")
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -233,6 +236,7 @@ def cmd_table(args: argparse.Namespace) -> None:
         ctx = snippet(con, args.sae, s, words, 50).replace("|", "\\|") if s is not None else ""
         print(f"| {c.kind} | `{c.name}` | {counts[c.name][0]} | {b} | {verdicts.get((c.name, b), '')} | {s} "
               f"| {verdicts.get((c.name, s), '')} | `{ctx}` | {notes.get((c.name, s), '')} |")  # fmt: skip
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ def main() -> None:
                 i = c.peak - c.start
                 text = "".join(c.tokens[:i]) + "[[" + c.tokens[i] + "]]" + "".join(c.tokens[i + 1 :])
                 print(f"      {c.activation:5.2f} {text!r}")
+    con.close()
 
 
 if __name__ == "__main__":

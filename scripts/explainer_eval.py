@@ -89,6 +89,7 @@ def main() -> None:
             if args.bands:
                 print("  detection AUC by band (weakest first):", by_band(con, sae, embedder, res))
             rows += [{"sae": sae, "explainer": name, **r.__dict__} for r in res]
+    con.close()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 
