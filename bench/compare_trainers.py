@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from monosemantic.activations import ActivationStore
-from monosemantic.config import TrainConfig
+from monosemantic.config import TrainConfig, for_arch
 from monosemantic.fsio import write_text
 from monosemantic.train import dead_window, lr_at
 
@@ -111,8 +111,7 @@ def ours(job: Job, d: int, arch: str, fast: bool = True) -> Trainer:
     cfg = TrainConfig(
         arch=arch,
         sizes=[job.n_features],
-        l1_coeff=job.l1_coeff,
-        k=job.k,
+        **for_arch(TrainConfig, arch, l1_coeff=job.l1_coeff, k=job.k),
         lr=job.lr,
         batch_size=job.batch_size,
         l1_warmup=WARMUP,

@@ -67,7 +67,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     sources, and the top-context precision of every feature."""
     harvest = load_stage(args.run, "harvest")
     lm = load_model(harvest.model)
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     texts = list(load_texts(harvest.corpus))
     saes = {name: load_dictionary(args.run / "saes" / name) for name in args.sae}
@@ -100,6 +100,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
                 prec_val=np.array(list(prec.values())) / n_top,
             )
         print(f"{c.name}: {len(occs)} occurrences", file=sys.stderr)
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def load_cached(cache: Path, sae: str, c: Concept) -> dict[str, np.ndarray]:
@@ -156,7 +157,7 @@ def cmd_sheet(args: argparse.Namespace) -> None:
     """Every (concept, feature) that some ranking puts in its top ``--top`` (5), with the evidence to
     judge it; ``--method`` limits the rankings (e.g. ``--method semantic --top 1``: the default's
     first result only, for precision@1 alone)."""
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     ranks = {m: ranked(con, args.sae, args.cache, m, args.top) for m in args.method or METHODS}
     done = read_column(args.verdicts, args.sae, 3) if args.verdicts else {}
@@ -172,6 +173,7 @@ def cmd_sheet(args: argparse.Namespace) -> None:
             print(f"\n## {c.name} ({c.kind}) #{f}  mentions {n}/{N_JUDGED}  rank {where}")
             for s in shown:
                 print("   ", s)
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def read_column(path: Path, sae: str, column: int) -> dict[tuple[str, int], str]:
@@ -186,7 +188,7 @@ def read_column(path: Path, sae: str, column: int) -> dict[tuple[str, int], str]
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     verdicts = read_column(args.verdicts, args.sae, 3)
     concepts = load_concepts()
     for m in METHODS:
@@ -214,6 +216,7 @@ def cmd_score(args: argparse.Namespace) -> None:
                 n5 = sum(near(c.name, f) for c in ks for f in r[c.name])
                 print(f"    {kind:10s} p@1 {k1}/{len(ks)}  hits@5 {h5}/{5 * len(ks)}  "
                       f"hit in top 5 {a5}/{len(ks)}  concept or kind@5 {n5}/{5 * len(ks)}")  # fmt: skip
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -222,7 +225,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     one's strongest context."""
     from monosemantic.stages.features import snippet
 
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     verdicts = read_column(args.verdicts, args.sae, 3)
     notes = read_column(args.verdicts, args.sae, 4)
@@ -237,6 +240,7 @@ def cmd_table(args: argparse.Namespace) -> None:
         ctx = snippet(con, args.sae, s, words, 50).replace("|", "\\|") if s is not None else ""
         print(f"| {c.kind} | `{c.name}` | {counts[c.name][0]} | {b} | {verdicts.get((c.name, b), '')} | {s} "
               f"| {verdicts.get((c.name, s), '')} | `{ctx}` | {notes.get((c.name, s), '')} |")  # fmt: skip
+    con.close()  # closed, SQLite removes the -wal / -shm files it made
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ def main() -> None:
     harvest = load_stage(args.run, "harvest")
     lm = load_model(harvest.model)
     sae, cfg = load_dictionary(args.run / "saes" / args.sae)
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     words = db.vocab(con)
     for query in args.queries:
         hits, occs = search(
@@ -44,6 +44,7 @@ def main() -> None:
                 i = c.peak - c.start
                 text = "".join(c.tokens[:i]) + "[[" + c.tokens[i] + "]]" + "".join(c.tokens[i + 1 :])
                 print(f"      {c.activation:5.2f} {text!r}")
+    con.close()
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def main() -> None:
         "lexicon-nearest": dataclasses.replace(labeler, background=np.zeros((0, 384))),
         "lexicon": labeler,
     }
-    con = db.open_db(args.run)
+    con = db.open_db(args.run, readonly=True)
     rows = []
     for sae in args.sae:
         ids = [int(i) for i in args.ids.split(",") if i]
@@ -89,6 +89,7 @@ def main() -> None:
             if args.bands:
                 print("  detection AUC by band (weakest first):", by_band(con, sae, embedder, res))
             rows += [{"sae": sae, "explainer": name, **r.__dict__} for r in res]
+    con.close()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 

@@ -204,7 +204,8 @@ class Chaos:
 
     def stages(self, torchrun: bool = True) -> list[Stage]:
         def train(arch: str) -> Callable[[Path], list[str]]:
-            opts = [*TRAIN, "--arch", arch, "--k", "8", "--checkpoint-every", "3"]
+            k = [] if arch in ("relu", "jumprelu") else ["--k", "8"]  # --k applies to the TopK family
+            opts = [*TRAIN, "--arch", arch, *k, "--checkpoint-every", "3"]
             return lambda r: ["train", "--out", str(r), *opts]
 
         explain = ["--sae", "relu-64", "--features", "6", "--explainer-url", self.url]

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,43 @@ def test_a_stage_recorded_by_an_older_version_is_named_so(tmp_path: Path) -> Non
     with pytest.raises(UserError, match="no b_dec_init setting .recorded by an older version"):
         record_stage(tmp_path, "train.relu", TrainConfig())
     record_stage(tmp_path, "train.relu", TrainConfig(), force=True)
+
+
+def test_a_topk_run_recorded_before_dec_init_norm_was_resolved_still_resumes(tmp_path: Path) -> None:
+    """Before, run.toml and checkpoints said dec_init_norm = 0.1 for a TopK-family decoder initialised
+    at norm 1 (the family ignored the setting); that record is taken for the 1.0 it resolves to now,
+    and rewritten so."""
+    from monosemantic.config import TrainConfig, record_stage, same_setting
+    from monosemantic.errors import UserError
+
+    record_stage(tmp_path, "train.batchtopk", TrainConfig(arch="batchtopk"))
+    text = (tmp_path / "run.toml").read_text()
+    assert "dec_init_norm = 1.0\n" in text
+    (tmp_path / "run.toml").write_text(text.replace("dec_init_norm = 1.0\n", "dec_init_norm = 0.1\n"))
+    record_stage(tmp_path, "train.batchtopk", TrainConfig(arch="batchtopk"))
+    assert "dec_init_norm = 1.0\n" in (tmp_path / "run.toml").read_text()
+    with pytest.raises(UserError, match="dec_init_norm=1.0, not dec_init_norm=0.3"):
+        record_stage(tmp_path, "train.batchtopk", TrainConfig(arch="batchtopk", dec_init_norm=0.3))
+    # the checkpoint's comparison (train.py, SizeState.restore) takes the same view
+    assert same_setting("dec_init_norm", 0.1, 1.0, "topk")
+    assert not same_setting("dec_init_norm", 0.1, 1.0, "relu")
+    # a ReLU run records what it always did
+    record_stage(tmp_path, "train.relu", TrainConfig())
+    relu = tomllib.loads((tmp_path / "run.toml").read_text())["train"]["relu"]
+    assert (relu["dec_init_norm"], relu["enc_init_norm"]) == (0.1, 0.1)
+
+
+def test_an_option_of_another_architecture_is_one_line(capsys, monkeypatch, run: Path) -> None:
+    train = ["train", "--out", run, "--sizes", "16,64"]
+    one_line_error(
+        *cli(capsys, monkeypatch, *train, "--arch", "relu", "--k", "8"),
+        "--k applies to --arch topk, batchtopk or matryoshka, not relu: drop it or change --arch",
+    )
+    one_line_error(
+        *cli(capsys, monkeypatch, *train, "--arch", "topk", "--plain-encoder", "--l1-coeff", "5"),
+        "--l1-coeff applies to --arch relu or jumprelu, not topk",
+    )
+    assert not (run / "saes").exists()
 
 
 def test_nan_activations_name_the_shard(capsys, monkeypatch, run: Path) -> None:

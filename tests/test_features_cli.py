@@ -344,3 +344,25 @@ def test_catalog_ranks_the_planted_feature_for_its_probe_set(
     one_line_error(
         *cli(capsys, monkeypatch, "catalog", run, "--sae", "relu-64", "--probes", probes), "label 0"
     )
+
+
+def test_read_only_commands_leave_the_run_folder_as_they_found_it(capsys, monkeypatch, run: Path) -> None:
+    """search, feature and family only read features.sqlite: no -wal / -shm file may be left next
+    to it (a WAL database creates them for every reader that does not open it read-only)."""
+    assert analyze(capsys, monkeypatch, run, "--sae", "relu-16")[0] == 0
+    before = sorted(p.name for p in run.iterdir())
+    for args in (
+        ["search", run, "code", "--sae", "relu-16", "--no-semantic"],
+        ["feature", run, "3", "--sae", "relu-16"],
+        ["family", run, "3", "--sae", "relu-16"],
+    ):
+        code, err = cli(capsys, monkeypatch, *args)
+        assert code == 0, err
+        assert sorted(p.name for p in run.iterdir()) == before, args[0]
+    con = db.open_db(run, readonly=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            con.execute("DELETE FROM meta")
+    finally:
+        con.close()
+    assert sorted(p.name for p in run.iterdir()) == before

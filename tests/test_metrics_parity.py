@@ -90,7 +90,8 @@ def test_core_metrics_equal_saelens_evals(
     args = harvest_args(tiny_llama_dir, tiny_corpus, run, "--store-dtype", "float32")
     assert cli(capsys, monkeypatch, *args)[0] == 0
     for arch in ("relu", "topk"):
-        code, err = cli(capsys, monkeypatch, "train", "--out", run, *TRAIN, "--arch", arch, "--k", "4")
+        k = ["--k", "4"] if arch == "topk" else []
+        code, err = cli(capsys, monkeypatch, "train", "--out", run, *TRAIN, "--arch", arch, *k)
         assert code == 0, err
     store = ActivationStore(run)
     shards = store.shards("eval")

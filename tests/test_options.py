@@ -3,7 +3,9 @@ on its config, with the field's default and help, and the value comes back as th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import typer
@@ -138,3 +140,60 @@ def test_every_device_option_defaults_to_auto():
     }
     assert "steer" in defaults and "inspect" in defaults
     assert {n: d for n, d in defaults.items() if d != "auto"} == {}
+
+
+# A value other than the default for every field that only some architectures read.
+ARCH_ONLY: dict[str, Any] = {
+    "l1_coeff": 2.0,
+    "k": 4,
+    "k_aux": 8,
+    "aux_coeff": 0.5,
+    "group_sizes": [32, 16, 16],
+    "bandwidth": 0.2,
+    "init_threshold": 0.3,
+    "threshold_lr_scale": 2.0,
+    "preact_coeff": 0.0,
+    "resample_dead": True,
+    "l1_warmup": 0.1,
+    "centred_encoder": False,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCH_ONLY))
+def test_an_option_of_another_architecture_is_refused(name: str) -> None:
+    """An option that the chosen --arch does not read would be ignored: it is refused, in one line
+    naming the option as typed and the architectures it applies to; they accept it."""
+    from monosemantic.sae import ARCHITECTURES
+
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    archs = f.metadata["archs"]
+    assert archs and set(archs) < set(ARCHITECTURES)
+    flag = flag_of(f).split("/")[0 if ARCH_ONLY[name] else -1]  # --plain-encoder for False
+    for arch in ARCHITECTURES:
+        if arch in archs:
+            cfg = TrainConfig(arch=arch, sizes=[32, 64], **{name: ARCH_ONLY[name]})
+            assert getattr(cfg, name) == ARCH_ONLY[name]
+            continue
+        with pytest.raises(UserError) as e:
+            TrainConfig(arch=arch, sizes=[32, 64], **{name: ARCH_ONLY[name]})
+        msg = str(e.value)
+        assert msg.startswith(f"{flag} applies to --arch ") and f", not {arch}: " in msg and "\n" not in msg
+        TrainConfig(arch=arch, sizes=[32, 64], **{name: f.default})  # the default is no choice
+
+
+def test_every_architecture_specific_field_is_tested() -> None:
+    assert {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["archs"]} == set(ARCH_ONLY)
+
+
+def test_scaling_refuses_options_of_another_architecture_and_trains_with_the_others() -> None:
+    from monosemantic.config import for_arch
+
+    with pytest.raises(UserError, match=r"^--k applies to --arch topk, batchtopk or matryoshka, not relu"):
+        ScalingConfig(arch="relu", k=8)
+    with pytest.raises(UserError, match=r"^--l1-coeff applies to --arch relu or jumprelu, not topk"):
+        ScalingConfig(arch="topk", l1_coeff=2.0)
+    with pytest.raises(UserError, match="unknown --arch"):
+        ScalingConfig(arch="sparse")
+    cfg = ScalingConfig(arch="topk", k=8)
+    assert for_arch(TrainConfig, cfg.arch, l1_coeff=cfg.l1_coeff, k=cfg.k) == {"k": 8}
+    assert for_arch(TrainConfig, "relu", l1_coeff=2.0, k=8) == {"l1_coeff": 2.0}

@@ -208,7 +208,7 @@ def test_auxk_is_zero_without_dead_latents_and_trains_only_dead_ones() -> None:
 @pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
 def test_decoder_stays_on_the_unit_sphere(cls: type[TopKSAE]) -> None:
     sae = cls(5, 12, k=3)
-    sae.initialize(torch.Generator().manual_seed(0), dec_norm=0.1)
+    sae.initialize(torch.Generator().manual_seed(0))
     torch.testing.assert_close(sae.decoder_norms(), torch.ones(12))
     x = _randn(8, 5, seed=9)
     out = sae(x)
@@ -400,6 +400,22 @@ def test_encoder_init_norm_resolves_per_architecture() -> None:
     assert relu.enc_init_norm == 0.2  # W_enc = W_decᵀ: Anthropic's recipe unchanged
     assert TrainConfig(arch="topk", enc_init_norm=1.0).enc_init_norm == 1.0
     assert not build_sae(TrainConfig(arch="topk", centred_encoder=False), 8, 64).centred
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_decoder_init_norm_is_recorded_as_initialised_and_honoured(arch: str) -> None:
+    """0 = the architecture's default, resolved (so run.toml says what the decoder started at: 1 for
+    the TopK family, which ignored the setting before, 0.1 as ever for the others); an explicit
+    --dec-init-norm holds for every architecture."""
+    sizes = dict(sizes=[64]) if arch == "matryoshka" else {}
+    cfg = TrainConfig(arch=arch, **sizes)
+    topk = arch in ("topk", "batchtopk", "matryoshka")
+    assert cfg.dec_init_norm == (1.0 if topk else 0.1)
+    assert cfg.enc_init_norm == (0.5 if topk else 0.1)  # ReLU, JumpReLU: the record of old runs
+    for c in (cfg, TrainConfig(arch=arch, dec_init_norm=0.3, **sizes)):
+        sae = build_sae(c, 8, 64)
+        sae.initialize(torch.Generator().manual_seed(0), c.dec_init_norm, c.enc_init_norm)
+        torch.testing.assert_close(sae.decoder_norms(), torch.full((64,), c.dec_init_norm))
 
 
 @pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])

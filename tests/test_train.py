@@ -70,3 +70,24 @@ def test_keeping_freed_memory_is_idempotent_and_keeps_tensors_intact() -> None:
         t = torch.full((10_000_000,), float(i))
         assert t.sum().item() == pytest.approx(1e7 * i)
         del t
+
+
+def test_a_topk_checkpoint_recorded_with_the_old_dec_init_norm_resumes(tmp_path: Path) -> None:
+    """A TopK-family checkpoint written before dec_init_norm resolved per architecture holds 0.1
+    for a decoder initialised at norm 1: it resumes (and a real change of the setting does not)."""
+    from monosemantic.errors import UserError
+    from monosemantic.integrity import load_checkpoint, write_checkpoint
+
+    _, batches_from = planted(seed=3)
+    cfg = TrainConfig(arch="topk", k=4, sizes=[64], batch_size=512, log_every=5, checkpoint_every=7)
+    assert cfg.dec_init_norm == 1.0
+    train_with_a_stop(cfg, batches_from, tmp_path, stop_at=10, n_train_tokens=512 * 20)
+    path = tmp_path / "saes" / "topk-64" / "state.pt"
+    state = load_checkpoint(path, "cpu", "")
+    state["cfg"]["dec_init_norm"] = 0.1  # as the version before wrote it
+    write_checkpoint(path, state)
+    with pytest.raises(UserError, match="another configuration"):
+        moved = TrainConfig(arch="topk", k=4, sizes=[64], batch_size=512, log_every=5, dec_init_norm=0.5)
+        train(moved, batches_from, run_dir=tmp_path, d_model=32, n_train_tokens=512 * 20, scale=2.0, meta={})
+    train(cfg, batches_from, run_dir=tmp_path, d_model=32, n_train_tokens=512 * 20, scale=2.0, meta={})
+    assert (tmp_path / "saes" / "topk-64" / "sae.safetensors").is_file()

@@ -17,10 +17,52 @@ from monosemantic.errors import UserError
 from monosemantic.fsio import write_text
 
 
-def _f(default: Any, help: str, *, flag: str = "", cli: bool = True) -> Any:
+def _f(default: Any, help: str, *, flag: str = "", cli: bool = True, archs: tuple[str, ...] = ()) -> Any:
     """A config field: ``help`` is its option's help text; ``flag`` the option's name where it is not
-    ``--`` + the field's name; ``cli=False`` keeps it off the command line (see ``options.py``)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
+    ``--`` + the field's name; ``cli=False`` keeps it off the command line (see ``options.py``);
+    ``archs`` the architectures that read it (empty: all), any other refuses a value but the
+    default (``check_archs``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "archs": archs})
+
+
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+SPARSITY_PENALTY = ("relu", "jumprelu")
+"""The architectures whose loss has a sparsity penalty (λ, ramped up over l1_warmup)."""
+
+
+def _or(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if isinstance(f.default, tuple | list):
+        return list(value) == list(f.default)
+    return bool(value == f.default)
+
+
+def check_archs(cfg: Any) -> None:
+    """Refuse a setting of ``cfg`` (a dataclass with ``arch``) that ``cfg.arch`` does not read: a
+    field whose ``archs`` leave it out must keep its default, or the option would be ignored.
+
+    Raises:
+        UserError: naming the option as typed and the architectures it applies to.
+    """
+    for f in dataclasses.fields(cfg):
+        archs = f.metadata.get("archs")
+        value = getattr(cfg, f.name)
+        if not archs or cfg.arch in archs or _is_default(f, value):
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if "/" in flag:  # a boolean's --on/--off pair: the one that gives this value
+            flag = flag.split("/")[0 if value else 1]
+        raise UserError(f"{flag} applies to --arch {_or(archs)}, not {cfg.arch}: drop it or change --arch")
+
+
+def for_arch(cls: type, arch: str, **values: Any) -> dict[str, Any]:
+    """``values`` of ``cls``'s fields less those that ``arch`` does not read (for code that sets
+    them for whichever architecture it trains)."""
+    fields = {f.name: f.metadata.get("archs", ()) for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if not fields[k] or arch in fields[k]}
 
 
 @dataclass
@@ -72,12 +114,16 @@ DEFAULT_LR = {"topk": 1e-3}
 (docs/architectures.md); BatchTopK and JumpReLU did better at 3e-3."""
 
 TOPK_ENC_INIT_NORM = 0.5
-DEFAULT_ENC_INIT_NORM = dict.fromkeys(("topk", "batchtopk", "matryoshka"), TOPK_ENC_INIT_NORM)
+DEFAULT_ENC_INIT_NORM = dict.fromkeys(TOPK_FAMILY, TOPK_ENC_INIT_NORM)
 """Encoder row norms at init that differ from the decoder's by architecture: the TopK family's
 decoder columns have norm 1, and encoder rows of norm 1 (W_enc = W_decᵀ, Gao et al.) trailed
 smaller ones on the demo store at 2,048 latents after 20k tokens (variance explained, mean of seeds
 0-3, centred encoder steps): norm 1 0.557, 1/sqrt(3) (sparsify's) 0.577, 0.5 0.578, 0.45 0.576
 (docs/architectures.md)."""
+
+DEFAULT_DEC_INIT_NORM = dict.fromkeys(TOPK_FAMILY, 1.0)
+"""Decoder column norms at init that differ from 0.1 (Anthropic, April 2024) by architecture: the
+TopK family keeps its columns at norm 1 while training (Gao et al.)."""
 
 
 @dataclass
@@ -93,32 +139,41 @@ class TrainConfig:
         "largest size whose prefixes are the others)",
     )
     l1_coeff: float = _f(
-        1.0, "lambda: weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0)"
+        1.0,
+        "lambda: weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0)",
+        archs=SPARSITY_PENALTY,
     )
-    k: int = _f(32, "topk, batchtopk, matryoshka: active features per token")
+    k: int = _f(32, "topk, batchtopk, matryoshka: active features per token", archs=TOPK_FAMILY)
     k_aux: int = _f(
-        0, "topk, batchtopk, matryoshka: dead latents the AuxK loss reconstructs with (0 = d_model / 2)"
+        0,
+        "topk, batchtopk, matryoshka: dead latents the AuxK loss reconstructs with (0 = d_model / 2)",
+        archs=TOPK_FAMILY,
     )
-    aux_coeff: float = _f(1 / 32, "topk, batchtopk, matryoshka: weight of the AuxK loss")
+    aux_coeff: float = _f(1 / 32, "topk, batchtopk, matryoshka: weight of the AuxK loss", archs=TOPK_FAMILY)
     group_sizes: list[int] = _f(
         (),
         "matryoshka: sizes of the consecutive feature groups, summing to the largest of --sizes; "
         "each prefix of groups reconstructs the input on its own, and every size in --sizes must "
         "end a group (empty = the groups between the --sizes)",
+        archs=("matryoshka",),
     )
     bandwidth: float = _f(
-        0.1, "jumprelu: width of the straight-through estimator's kernel (on the √d-normalised scale)"
+        0.1,
+        "jumprelu: width of the straight-through estimator's kernel (on the √d-normalised scale)",
+        archs=("jumprelu",),
     )
-    init_threshold: float = _f(0.1, "jumprelu: initial per-feature threshold")
+    init_threshold: float = _f(0.1, "jumprelu: initial per-feature threshold", archs=("jumprelu",))
     threshold_lr_scale: float = _f(
         10.0,
         "jumprelu: learning-rate multiplier for the (log) thresholds; Adam moves log θ by about "
         "lr per step, so short runs need a larger one to let θ travel",
+        archs=("jumprelu",),
     )
     preact_coeff: float = _f(
         1e-4,
         "jumprelu: weight of the pre-activation loss that pulls pre-activations below their "
         "threshold up to it (revives dead features; Anthropic, January 2025); 0 = off",
+        archs=("jumprelu",),
     )
     dead_window: int = _f(
         0,
@@ -126,7 +181,7 @@ class TrainConfig:
         "(AuxK, resampling, logs); 0 = 5% of the run, at most 10M",
     )
     resample_dead: bool = _f(
-        False, "relu: resample dead features at 10/20/30/40% of training (Anthropic 2023)"
+        False, "relu: resample dead features at 10/20/30/40% of training (Anthropic 2023)", archs=("relu",)
     )
     feature_parallel: bool = _f(
         False,
@@ -140,10 +195,16 @@ class TrainConfig:
     )
     batch_size: int = _f(512, "activations per training step", flag="--train-batch-size")
     epochs: float = _f(1.0, "passes over the stored training activations")
-    l1_warmup: float = _f(0.05, "fraction of steps over which lambda ramps up linearly from 0")
+    l1_warmup: float = _f(
+        0.05, "fraction of steps over which lambda ramps up linearly from 0", archs=SPARSITY_PENALTY
+    )
     lr_decay: float = _f(0.2, "final fraction of steps over which the LR decays linearly to 0")
     grad_clip: float = _f(1.0, "gradient clipping: max global norm")
-    dec_init_norm: float = _f(0.1, "initial norm of each decoder column (topk, batchtopk, matryoshka: 1)")
+    dec_init_norm: float = _f(
+        0.0,
+        "initial norm of each decoder column; 0 = the architecture's default: topk, batchtopk, "
+        "matryoshka 1 (they keep it at 1 while training), the others 0.1",
+    )
     enc_init_norm: float = _f(
         0.0,
         "initial norm of each encoder row (W_enc starts as the decoder's directions, transposed); "
@@ -154,6 +215,7 @@ class TrainConfig:
         "topk, batchtopk, matryoshka: Adam steps the encoder as W_enc (x - b_dec) + c, Gao et al.'s "
         "parametrisation (fewer silent features early in training); the saved dictionary is plain either way",
         flag="--centred-encoder/--plain-encoder",
+        archs=TOPK_FAMILY,
     )
     b_dec_init: str = _f(
         "mean",
@@ -174,16 +236,15 @@ class TrainConfig:
             raise UserError(f"--b-dec-init must be 'mean' or 'zero', not {self.b_dec_init!r}")
         if self.arch not in ARCHITECTURES:
             raise UserError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-        if self.resample_dead and self.arch != "relu":
-            raise UserError(
-                "--resample-dead applies to --arch relu (TopK variants revive features with AuxK)"
-            )
+        check_archs(self)
         if self.resample_dead and self.feature_parallel:
             raise UserError("--resample-dead does not support --feature-parallel yet: drop one of them")
         if not self.sizes or min(self.sizes) <= 0 or max(self.sizes) > MAX_INT:
             raise UserError("--sizes must be positive integers, e.g. 512,2048,16384")
         if self.lr == 0:
             self.lr = DEFAULT_LR.get(self.arch, 3e-3)
+        if self.dec_init_norm == 0:
+            self.dec_init_norm = DEFAULT_DEC_INIT_NORM.get(self.arch, 0.1)
         if self.enc_init_norm == 0:
             self.enc_init_norm = DEFAULT_ENC_INIT_NORM.get(self.arch, self.dec_init_norm)
         check_float("--lr", self.lr, 0.0, lo_open=True)
@@ -210,8 +271,8 @@ class TrainConfig:
         check_float("l1_warmup", self.l1_warmup, 0.0, 1.0, hi_open=True)
         check_float("lr_decay", self.lr_decay, 0.0, 1.0)
         check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
-        check_float("--dec-init-norm", self.dec_init_norm, 0.0, 1e3, lo_open=True)
         default = " (0 = the architecture's default)"
+        check_float("--dec-init-norm", self.dec_init_norm, 0.0, 1e3, lo_open=True, hint=default)
         check_float("--enc-init-norm", self.enc_init_norm, 0.0, 1e3, lo_open=True, hint=default)
         check_seed("--seed", self.seed)
         check_int("checkpoint_every", self.checkpoint_every, 1)
@@ -222,9 +283,7 @@ class TrainConfig:
         """Matryoshka's groups: given, or the steps between the sizes; every size ends a group."""
         self.group_sizes = [int(s) for s in self.group_sizes]
         if self.arch != "matryoshka":
-            if self.group_sizes:
-                raise UserError("--group-sizes applies to --arch matryoshka: drop it")
-            return
+            return  # any given groups were refused by check_archs
         sizes = sorted(set(self.sizes))
         if not self.group_sizes:
             self.group_sizes = [b - a for a, b in zip([0, *sizes[:-1]], sizes, strict=True)]
@@ -250,8 +309,8 @@ class EvalConfig:
 @dataclass
 class ScalingConfig:
     arch: str = _f("relu", "dictionary architecture swept (λ and k stay fixed)")
-    l1_coeff: float = _f(1.0, "lambda, fixed across the sweep")
-    k: int = _f(32, "topk, batchtopk: k, fixed across the sweep")
+    l1_coeff: float = _f(1.0, "relu, jumprelu: lambda, fixed across the sweep", archs=SPARSITY_PENALTY)
+    k: int = _f(32, "topk, batchtopk, matryoshka: k, fixed across the sweep", archs=TOPK_FAMILY)
     levels: int = _f(4, "compute levels (IsoFLOP profiles)")
     decades: float = _f(1.5, "decades of compute between the smallest and largest level")
     min_flops: float = _f(
@@ -268,6 +327,11 @@ class ScalingConfig:
     device: str = _f("auto", "cpu, cuda ...; auto picks cuda when available")
 
     def __post_init__(self) -> None:
+        from monosemantic.sae import ARCHITECTURES
+
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        check_archs(self)
         check_int("--levels", self.levels, 2, 50, hint=" (a law needs a span)")
         check_float("--decades", self.decades, 0.0, 15.0, lo_open=True)
         check_int("--sizes-per-level", self.sizes_per_level, 3, 40, hint=" (to locate a minimum)")
@@ -493,6 +557,15 @@ _RESUMABLE = {
 }
 
 
+def same_setting(key: str, old: Any, new: Any, arch: Any) -> bool:
+    """Whether the recorded value ``old`` of a setting is the value ``new`` it resolves to now. A
+    TopK-family run recorded before dec_init_norm was resolved per architecture says 0.1 for the
+    norm 1 its decoder was initialised at (the family ignored the setting then): it still resumes."""
+    if old == new:
+        return True
+    return key == "dec_init_norm" and arch in TOPK_FAMILY and old == 0.1 and new == 1.0
+
+
 def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) -> None:
     """Write ``cfg`` into run.toml, refusing when an earlier run of the stage used another setting
     that changes what is on disk (unless ``force``). A dotted ``stage`` ("train.topk") nests."""
@@ -504,7 +577,8 @@ def record_stage(run_dir: Path, stage: str, cfg: Any, *, force: bool = False) ->
         table = table.setdefault(key, {})
     old = table.get(leaf)
     if old is not None and not force:
-        diff = [k for k in new if k not in _RESUMABLE and old.get(k) != new[k]]
+        arch = new.get("arch")
+        diff = [k for k in new if k not in _RESUMABLE and not same_setting(k, old.get(k), new[k], arch)]
         if diff:
             k = diff[0]
             had = (

@@ -123,7 +123,7 @@ class Run:
         from monosemantic.features import db
 
         name = self._name(sae)
-        con = db.open_db(self.path)
+        con = db.open_db(self.path, readonly=True)
         try:
             row = dict(db.feature_row(con, name, feature))
             contexts = db.contexts(con, name, feature, "top", db.vocab(con))[:top]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from monosemantic.activations import ActivationStore
-from monosemantic.config import ScalingConfig, TrainConfig
+from monosemantic.config import ScalingConfig, TrainConfig, for_arch
 from monosemantic.dictionary import sae_name
 from monosemantic.distributed import DistContext
 from monosemantic.errors import UserError
@@ -343,8 +343,7 @@ class Sweep:
         tcfg = TrainConfig(
             arch=self.cfg.arch,
             sizes=[p.n_features],
-            l1_coeff=self.cfg.l1_coeff,
-            k=self.cfg.k,
+            **for_arch(TrainConfig, self.cfg.arch, l1_coeff=self.cfg.l1_coeff, k=self.cfg.k),
             lr=p.lr,
             batch_size=self.cfg.batch_size,
             epochs=tokens / n_train,

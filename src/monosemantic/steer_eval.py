@@ -94,7 +94,7 @@ def load_target(run: Path, sae: str, lm: LoadedModel, con: sqlite3.Connection | 
     """The analysed dictionary ``sae`` of ``run`` ('' = the largest analysed) with ``lm``; its
     statistics read through ``con`` when given (the web app's read-only connection, left open)."""
     own = con is None
-    con = db.open_db(run) if con is None else con
+    con = db.open_db(run, readonly=True) if con is None else con
     try:
         name = db.pick_sae(con, run, sae)
         max_act = torch.as_tensor(db.feature_stats(con, name)["max_act"], dtype=torch.float32)
@@ -347,7 +347,7 @@ def demo_feature(
     from monosemantic.config import load_stage
     from monosemantic.features.search import analysed_texts, search
 
-    con = db.open_db(run)
+    con = db.open_db(run, readonly=True)
     try:
         name = db.pick_sae(con, run, sae)
         module, cfg = load_dictionary(run / "saes" / name)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monosemantic.config import TrainConfig
+from monosemantic.config import TrainConfig, same_setting
 from monosemantic.dictionary import dictionary_saved, sae_name, save_dictionary
 from monosemantic.distributed import DistContext, Layout, Whole
 from monosemantic.errors import UserError
@@ -121,7 +121,8 @@ class SizeState:
         if not path.is_file():
             return
         state = load_checkpoint(path, self.layout.checkpoint_device, "delete it to restart this size")
-        if state.get("cfg") != cfg:
+        old = state.get("cfg") or {}
+        if any(not same_setting(k, old.get(k), cfg.get(k), cfg.get("arch")) for k in {*old, *cfg}):
             raise UserError(
                 f"checkpoint {path} was written with another configuration: delete it, or rerun with --force"
             )

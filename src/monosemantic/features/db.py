@@ -148,8 +148,13 @@ def _unseal_on_write(path: Path) -> Any:
     return authorize
 
 
-def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
-    """Open ``run_dir/features.sqlite`` (creating the schema when ``create``), checking its version."""
+def open_db(run_dir: Path, *, create: bool = False, readonly: bool = False) -> sqlite3.Connection:
+    """Open ``run_dir/features.sqlite`` (creating the schema when ``create``), checking its version.
+
+    ``readonly`` (commands that only read: search, feature, steer's lookups, exports) refuses any
+    write through the connection and leaves the run folder as it was: its close removes the
+    -wal / -shm files SQLite made for it, and the seal stays (an FTS5 query is authorised as an
+    update of sqlite_master, which would otherwise unseal the database)."""
     path = run_dir / DB_NAME
     if not path.is_file() and not create:
         raise UserError(f"{run_dir} has no feature database: run `monosemantic analyze {run_dir}` first")
@@ -158,16 +163,25 @@ def open_db(run_dir: Path, *, create: bool = False) -> sqlite3.Connection:
         check_db(path, rerun)
     con = sqlite3.connect(path, timeout=30.0)  # a writer's commit holds readers for milliseconds
     con.row_factory = sqlite3.Row
-    con.set_authorizer(_unseal_on_write(path))
+    if not readonly:
+        con.set_authorizer(_unseal_on_write(path))
     try:
         con.execute("PRAGMA foreign_keys = ON")
-        # WAL: a killed writer leaves the last commit intact, and readers (serve) go on reading
-        # while analyze writes
-        con.execute("PRAGMA journal_mode = WAL")
+        if readonly:
+            # Not SQLite's mode=ro: a read-only connection cannot delete the -wal / -shm files when
+            # it closes, and leaves them behind; this one can, and query_only refuses any write.
+            con.execute("PRAGMA query_only = ON")
+        else:
+            # WAL: a killed writer leaves the last commit intact, and readers (serve) go on
+            # reading while analyze writes
+            con.execute("PRAGMA journal_mode = WAL")
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as e:
         con.close()
         raise UserError(f"{path} is corrupt ({e}): {rerun}") from e
+    if "meta" not in tables and readonly:
+        con.close()
+        raise UserError(f"{path} holds no feature tables: {rerun}")
     if "meta" not in tables:
         # one transaction: executescript would otherwise commit table by table, and a full disk
         # midway would leave a database without its version that no rerun could open

@@ -162,7 +162,7 @@ def open_inspector(run: Path, sae: str, lm: LoadedModel, con: sqlite3.Connection
     (close ``inspector.con`` when done)."""
     from monosemantic.dictionary import load_dictionary
 
-    con = db.open_db(run) if con is None else con
+    con = db.open_db(run, readonly=True) if con is None else con
     try:
         name = db.pick_sae(con, run, sae)
         module, cfg = load_dictionary(run / "saes" / name)

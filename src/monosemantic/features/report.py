@@ -141,7 +141,7 @@ def features_section(run_dir: Path, out_dir: Path) -> str:
     if not (run_dir / db.DB_NAME).is_file():
         run = "<code>monosemantic analyze RUN</code>"
         return f'<h2>Features</h2><p class="pending">Not analysed yet: run {run}.</p>'
-    con = db.open_db(run_dir)
+    con = db.open_db(run_dir, readonly=True)
     try:
         return _section(con, run_dir, out_dir)
     finally:

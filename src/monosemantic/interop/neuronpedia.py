@@ -42,7 +42,7 @@ def write(
     source = source_id(meta)
     model_id = meta.model.replace("/", "-").lower()
     base = {"modelId": model_id, "layer": source}
-    con = db.open_db(run)
+    con = db.open_db(run, readonly=True)
     try:
         words = db.vocab(con)
         rows = con.execute("SELECT * FROM features WHERE sae = ? ORDER BY id", (meta.name,)).fetchall()

@@ -168,8 +168,9 @@ class TopKSAE(SparseAutoencoder):
 
     @torch.no_grad()
     def initialize(self, generator: torch.Generator, dec_norm: float = 1.0, enc_norm: float = 0.0) -> None:
-        """As the base class, but with unit-norm decoder columns: ``dec_norm`` is ignored."""
-        super().initialize(generator, dec_norm=1.0, enc_norm=enc_norm)
+        """As the base class, with unit-norm decoder columns by default; another ``dec_norm`` (an
+        explicit --dec-init-norm) holds until the first optimizer step puts them back at norm 1."""
+        super().initialize(generator, dec_norm=dec_norm, enc_norm=enc_norm)
 
     def select(self, pre: Tensor) -> Active:
         """The active features of pre (B, n): the k largest of each row (over every slice of a

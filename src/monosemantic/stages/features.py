@@ -54,7 +54,7 @@ def feature_card(run: Path, feature: int, sae: str = "", top: int = 8, neighbors
     check_int("--top", top, 0)
     check_int("--neighbors", neighbors, 0)
     check_run(run)
-    con = db.open_db(run)
+    con = db.open_db(run, readonly=True)
     try:
         name = pick_sae(con, run, sae)
         db.feature_row(con, name, feature)
@@ -157,7 +157,7 @@ def run_search(
     check_run(run)
     if not query.strip():
         raise UserError("the search query is empty: give some text, e.g. 'SQL injection'")
-    con = db.open_db(run)
+    con = db.open_db(run, readonly=True)
     try:
         name = pick_sae(con, run, sae)
         d = load_run_dictionary(run, name)

@@ -52,7 +52,7 @@ def run_demo_summary(run: Path, metrics: dict[str, dict[str, Any]], report: Path
         explained = {
             r.feature: r.explanation for r in run_explain(run, ExplainConfig(sae=sae, ids=ids)).results
         }
-        con = db.open_db(run)
+        con = db.open_db(run, readonly=True)
         try:
             for concept, s, f, snippet in found:
                 if s == sae:
