@@ -47,20 +47,31 @@ def main() -> None:
     for i, x in enumerate(xs):
         with torch.no_grad():
             density = float((states[0].sae.encode(x)[1] > 0).float().mean())
-        ms = []
-        for st, below in zip(states if i % 2 == 0 else states[::-1], (0.0, 2.0) if i % 2 == 0 else (2.0, 0.0)):
+        # states[0] always dense, states[1] always sparse; who goes first alternates
+        order = [(states[0], 0.0), (states[1], 2.0)]
+        ms = {}
+        for st, below in order if i % 2 == 0 else order[::-1]:
             assert isinstance(st.sae, ReluSAE)
             st.sae.sparse_below = below
             t0 = time.perf_counter()
             train_step(st, x, cfg, args.steps)
-            ms.append((below, (time.perf_counter() - t0) * 1e3))
-        dense_ms = next(m for b, m in ms if b == 0.0)
-        sparse_ms = next(m for b, m in ms if b == 2.0)
+            ms[below] = (time.perf_counter() - t0) * 1e3
+        dense_ms, sparse_ms = ms[0.0], ms[2.0]
         if i >= 2:
             rows.append((density, dense_ms, sparse_ms))
     print(f"n={args.n} B={args.batch} threads={torch.get_num_threads()} store={args.run_dir}")
     print("density band   steps  dense ms  sparse ms  dense/sparse")
-    for lo, hi in ((0.0, 0.05), (0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.25), (0.25, 0.3), (0.3, 0.4), (0.4, 1.0)):
+    bands = (
+        (0.0, 0.05),
+        (0.05, 0.1),
+        (0.1, 0.15),
+        (0.15, 0.2),
+        (0.2, 0.25),
+        (0.25, 0.3),
+        (0.3, 0.4),
+        (0.4, 1.0),
+    )
+    for lo, hi in bands:
         band = [r for r in rows if lo <= r[0] < hi]
         if band:
             d, s = statistics.median(r[1] for r in band), statistics.median(r[2] for r in band)
