@@ -29,6 +29,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from monosemantic.sae.sparse import Active
@@ -79,7 +80,7 @@ def relu_step(
         f = _to_csr(feats)
         recon, penalty = _SparseReluStep.apply(f, x, W_enc, b_enc, W_dec, b_dec)
         rows = torch.repeat_interleave(torch.arange(f.shape[0], device=x.device), f.crow_indices().diff())
-        return ReluStep(pre, feats, recon, penalty, Active(rows, f.col_indices(), f.values()))
+        return ReluStep(pre, feats, recon, penalty, Active(rows, f.col_indices().long(), f.values()))
     recon, penalty = _ReluStep.apply(feats, x, W_enc, b_enc, W_dec, b_dec)
     return ReluStep(pre, feats, recon, penalty)
 
@@ -122,14 +123,19 @@ class _ReluStep(torch.autograd.Function):
 
 
 def _to_csr(feats: Tensor) -> Tensor:
-    """The nonzero entries of feats (B, n) as a CSR matrix; 15% faster than ``Tensor.to_sparse_csr``
-    on this CPU, which also warns that CSR support is in beta (these products are tested here)."""
+    """The nonzero entries of feats (B, n) as a CSR matrix, with 32-bit indices where they fit
+    (MKL's sampled product and the sort of the transpose are faster on them); 15% faster than
+    ``Tensor.to_sparse_csr`` on this CPU, which also warns that CSR support is in beta (these
+    products are tested here)."""
     batch, n = feats.shape
     flat = feats.reshape(-1)
     at = flat.nonzero().squeeze(1)  # (M,) row-major positions
     counts = torch.bincount(at // n, minlength=batch)
     crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return _csr(crow, at % n, flat.index_select(0, at), (batch, n))
+    cols = at % n
+    if flat.numel() < 2**31:
+        crow, cols = crow.int(), cols.int()
+    return _csr(crow, cols, flat.index_select(0, at), (batch, n))
 
 
 def _csr(crow: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -152,8 +158,10 @@ class _SparseReluStep(torch.autograd.Function):
         # f: the (B, n) activations as CSR (``_to_csr``), M nonzeros, all > 0
         table = W_dec.detach().T.contiguous()  # (n, d): the layout every sparse product reads
         norms = torch.linalg.vector_norm(table, dim=1)  # (n,)
-        recon = torch.addmm(b_dec.detach(), f, table)
         cols, values = f.col_indices(), f.values()
+        # x̂ row by row from the rows of the table (2x MKL's CSR product at 16% nonzero, 2 threads)
+        recon = F.embedding_bag(cols, table, f.crow_indices()[:-1], per_sample_weights=values, mode="sum")
+        recon += b_dec.detach()
         penalty = (values @ norms.index_select(0, cols)) / f.shape[0]
         ctx.save_for_backward(f, x, table, norms)
         return recon, penalty
@@ -168,9 +176,9 @@ class _SparseReluStep(torch.autograd.Function):
         grad_values = grad_f.values().add_(norms.index_select(0, cols) * scale)
         # the (n, B) transpose's pattern: the entries in column order (a stable sort keeps rows ascending)
         perm = torch.argsort(cols, stable=True)
-        rows = torch.repeat_interleave(torch.arange(batch, device=cols.device), crow.diff())
+        rows = torch.repeat_interleave(torch.arange(batch, device=cols.device, dtype=cols.dtype), crow.diff())
         counts = torch.bincount(cols, minlength=n)
-        crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(cols.dtype)
         rows_t = rows.index_select(0, perm)
 
         def transposed(v: Tensor) -> Tensor:
