@@ -11,13 +11,15 @@ once, applies ReLU's derivative and the penalty's gradient in one pass over (B, 
 each weight gradient in its parameter's own layout (autograd's transposed matmuls copy them).
 
 Sparse step: within a few dozen steps fewer than a fifth of the (B, n) activations are nonzero
-(L0 < 0.2 n), and from then on the same four products are cheaper as sparse × dense ones over the
-M = B·L0 nonzeros (CSR, MKL's sparse BLAS on the CPU): x̂ = f W_decᵀ, the gradient of f only where
-ReLU passes it (a sampled product, ``torch.sparse.sampled_addmm``), and the weight gradients from
-the transposed pattern. This is TopK's sparse backward (Gao et al. 2024; sparsify) applied to a ReLU
-dictionary whose sparsity is learned rather than fixed. On 2,048 features, one thread, from the
-demo store (bench/relu_sparse_crossover.py): 1.42x the dense step at 10-15% nonzero, 1.12x at
-15-20%, 0.93x at 20-25%; on 16,384 features at 0-5%, 1.63x the column-gathered step.
+(L0 < 0.2 n), and from then on the same four products are cheaper over the M = B·L0 nonzeros
+alone: x̂ = f W_decᵀ as a weighted sum of table rows (``F.embedding_bag``), the gradient of f only
+where ReLU passes it (a sampled product, ``torch.sparse.sampled_addmm``), and the weight gradients
+as CSR × dense products (MKL's sparse BLAS on the CPU) over the transposed pattern. This is TopK's
+sparse backward (Gao et al. 2024; sparsify) applied to a ReLU dictionary whose sparsity is learned
+rather than fixed. Step time, dense / sparse, 2 threads, on the demo store
+(bench/relu_sparse_crossover.py): at 2,048 features 1.64x at 5-10% nonzero, 1.44x at 10-15%,
+1.14x at 15-20%, 0.99x at 20-25%, 0.87x at 25-30%; at 16,384 features 1.63x at 0-5% against the
+column-gathered step.
 
 Shapes: x (B, d), W_enc (n, d), b_enc (n,), W_dec (d, n), b_dec (d,). The plain autograd step
 (``ReluSAE.fast = False``) is the reference; tests/test_sae.py checks that both paths agree with it.
