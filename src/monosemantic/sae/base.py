@@ -63,6 +63,17 @@ class LossOutput(NamedTuple):
     """() auxiliary loss (AuxK for TopK variants; 0 otherwise)."""
 
 
+def column_dots(a: Tensor, b: Tensor, rows: int = 64) -> Tensor:
+    """Σ_j a[j, i] b[j, i] for a, b (d, n) -> (n,), over blocks of ``rows`` rows. A reduction over
+    the first dimension of a row-major matrix is slow in torch (vecdot, (a * b).sum(0) and
+    norm(dim=0) write or stride through a (d, n) temporary: 20-28 ms against 3 ms this way at
+    576 x 16,384 on the 2-core CPU); the blocks stay in cache."""
+    out = a.new_zeros(a.shape[1])
+    for i in range(0, a.shape[0], rows):
+        out += (a[i : i + rows] * b[i : i + rows]).sum(0)
+    return out
+
+
 def mse_loss(x: Tensor, recon: Tensor) -> Tensor:
     """‖x − x̂‖² summed over d, averaged over the batch: x, recon (B, d) -> ()."""
     return (recon - x).pow(2).sum(dim=-1).mean()

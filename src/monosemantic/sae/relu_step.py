@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from monosemantic.sae.base import column_dots
 from monosemantic.sae.sparse import Active
 
 COMPACT_BELOW = 0.9
@@ -78,7 +79,9 @@ def relu_step(
     # the density from the first rows only: a misjudged step near the threshold costs about the
     # same either way, and counting all B·n entries would cost a tenth of the sparse step's saving
     sample = feats[:DENSITY_SAMPLE_ROWS]
-    if sparse_below > 0 and int(torch.count_nonzero(sample)) < sparse_below * sample.numel():
+    if (
+        sparse_below > 0 and int((sample > 0).sum()) < sparse_below * sample.numel()
+    ):  # count_nonzero: 6x slower
         f = _to_csr(feats)
         recon, penalty = _SparseReluStep.apply(f, x, W_enc, b_enc, W_dec, b_dec)
         rows = torch.repeat_interleave(torch.arange(f.shape[0], device=x.device), f.crow_indices().diff())
@@ -97,7 +100,7 @@ class _ReluStep(torch.autograd.Function):
         idx: Tensor | None = fired if fired.numel() < COMPACT_BELOW * n else None
         f = feats if idx is None else feats.index_select(1, idx)  # (B, n_a)
         w = W_dec.detach() if idx is None else W_dec.detach().index_select(1, idx)  # (d, n_a)
-        norms = torch.linalg.vector_norm(w, dim=0)  # (n_a,)
+        norms = column_dots(w, w).sqrt_()  # (n_a,); norm(dim=0) strides: 1.1 ms against 0.1 at 576 x 2,048
         recon = torch.addmm(b_dec.detach(), f, w.T)
         penalty = (f @ norms).mean()
         ctx.save_for_backward(f, x, w, norms, idx)
