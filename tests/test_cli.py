@@ -200,7 +200,8 @@ def test_an_option_of_another_architecture_is_one_line(capsys, monkeypatch, run:
     train = ["train", "--out", run, "--sizes", "16,64"]
     one_line_error(
         *cli(capsys, monkeypatch, *train, "--arch", "relu", "--k", "8"),
-        "--k applies to --arch topk, batchtopk or matryoshka, not relu: drop it or change --arch",
+        "--k applies to --arch topk, batchtopk or matryoshka, not relu: "
+        "drop it or train an architecture that reads it",
     )
     one_line_error(
         *cli(capsys, monkeypatch, *train, "--arch", "topk", "--plain-encoder", "--l1-coeff", "5"),

@@ -157,3 +157,24 @@ def test_sparse_relu_steps_train_like_the_dense_ones(tmp_path: Path) -> None:
     for name, p in dense.sae.named_parameters():
         torch.testing.assert_close(p, dict(sparse.sae.named_parameters())[name], rtol=1e-4, atol=1e-6)
     assert torch.equal(dense.since_fired, sparse.since_fired)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_dictionaries_keep_the_dense_relu_step(dtype: torch.dtype) -> None:
+    """The CPU has no float16 / bfloat16 sampled CSR product: a half-precision dictionary whose
+    activations are sparse trains through the dense fast step, with the reference's gradients."""
+    sae = _sae(n=64)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # about a tenth of the activations nonzero: the sparse step's range
+        sae.b_enc.sub_(torch.quantile(sae.encode(x)[0].flatten(), 0.9))
+    sae, x = sae.to(dtype), x.to(dtype)
+    grads = []
+    for fast in (True, False):
+        sae.fast = fast
+        sae.zero_grad(set_to_none=True)
+        out = sae(x)
+        assert 0 < int((out.feats > 0).sum()) < 0.2 * out.feats.numel()
+        sae.loss(x, out, LossContext(2.5)).loss.backward()
+        grads.append([p.grad.float() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)

@@ -55,7 +55,10 @@ def check_archs(cfg: Any) -> None:
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if "/" in flag:  # a boolean's --on/--off pair: the one that gives this value
             flag = flag.split("/")[0 if value else 1]
-        raise UserError(f"{flag} applies to --arch {_or(archs)}, not {cfg.arch}: drop it or change --arch")
+        raise UserError(
+            f"{flag} applies to --arch {_or(archs)}, not {cfg.arch}: "
+            "drop it or train an architecture that reads it"
+        )
 
 
 def for_arch(cls: type, arch: str, **values: Any) -> dict[str, Any]:

@@ -4,11 +4,12 @@ that fired in the batch only, or over the nonzero activations only once they are
 A feature that fired on no token of the batch has f = 0 in every row, so it adds nothing to x̂, to
 the penalty or to any gradient (its gradients are exactly 0 in the plain autograd step too). In a
 ReLU dictionary most features are soon silent on any one batch of 512 (52% of 16,384 never fired on
-the demo's 20k held-out tokens after 10 steps, docs/benchmarks.md), so four of the step's five
+the demo's 20k held-out tokens after 10 steps, docs/bench.md), so four of the step's five
 (B, d) x (d, n) matmuls (decoder forward, the gradients of f, W_dec and W_enc) run over the n_a
 columns that fired, and only the encoder forward over all n. It also computes the decoder norms
 once, applies ReLU's derivative and the penalty's gradient in one pass over (B, n_a), and writes
-each weight gradient in its parameter's own layout (autograd's transposed matmuls copy them).
+each weight gradient in its parameter's own layout (autograd's transposed matmuls copy them; the
+sparse step below writes W_dec's as a transposed view, which autograd copies once).
 
 Sparse step: within a few dozen steps fewer than a fifth of the (B, n) activations are nonzero
 (L0 < 0.2 n), and from then on the same four products are cheaper over the M = B·L0 nonzeros
@@ -76,6 +77,8 @@ def relu_step(
     feats = torch.relu(pre)
     if sparse_below is None:
         sparse_below = SPARSE_BELOW if x.device.type == "cpu" else 0.0
+    if pre.dtype not in (torch.float32, torch.float64):
+        sparse_below = 0.0  # the CPU's sampled CSR product has no float16 / bfloat16 kernel
     # the density from the first rows only: a misjudged step near the threshold costs about the
     # same either way, and counting all B·n entries would cost a tenth of the sparse step's saving
     sample = feats[:DENSITY_SAMPLE_ROWS]
