@@ -4,9 +4,9 @@ sparse (``sparse_below=2``), each step timed for both with the batch's density o
 activations. Run it from this checkout::
 
     OMP_NUM_THREADS=2 PYTHONPATH=src .venv/bin/python bench/relu_sparse_crossover.py \\
-        --run-dir runs/demo --n 2048 --steps 40
+        --run-dir runs/demo --n 2048 --steps 80
 
-Prints, per density band, the median ms of each step and their ratio; ``relu_step.SPARSE_BELOW``
+Prints, per density band, the median wall ms of each step and their ratio; ``relu_step.SPARSE_BELOW``
 is set from this table (the densities where sparse is clearly faster)."""
 
 from __future__ import annotations

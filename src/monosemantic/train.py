@@ -64,7 +64,9 @@ def train_flops_per_token(d_model: int, n_features: int, arch: str = "relu", k: 
     """Training FLOPs per token, counting the matmuls (2 FLOPs per multiply-add; backward twice the
     forward): a dense SAE's encoder and decoder cost 2dn each forward, so 12·d·n in all; TopK and
     BatchTopK decode only k columns, so 6·d·n for the encoder plus 6·d·k for the decoder (Matryoshka
-    counted alike: its prefixes' decoders re-read the same k columns)."""
+    counted alike: its prefixes' decoders re-read the same k columns). A nominal count, the compute
+    axis of the scaling laws: ReLU's sparse step (``sae/relu_step.py``) does less work once L0 is
+    below 0.2·n, so its GFLOP/s by this count can exceed the machine's matmul peak."""
     if arch in ("topk", "batchtopk", "matryoshka"):
         return 6 * d_model * (n_features + min(k, n_features))
     return 12 * d_model * n_features
