@@ -290,3 +290,14 @@ def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus,
     assert con.execute("SELECT DISTINCT sae FROM catalog").fetchall() == [("relu-64",)]
     con.close()
     assert "Map of relu-64" in (out / "report" / "index.html").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_device_torch_cannot_use_is_one_line(capsys, monkeypatch, run: Path) -> None:
+    """--device cuda on a CPU-only torch, and a device that does not exist, were tracebacks from the
+    first tensor moved there (the training memory check); now they are refused before any work."""
+    train = ["train", "--out", run, "--sizes", "16"]
+    for device in ("cuda", "cuda:1"):
+        one_line_error(*cli(capsys, monkeypatch, *train, "--device", device), "this torch sees no CUDA GPU")
+    one_line_error(*cli(capsys, monkeypatch, *train, "--device", "gpu0"), "'gpu0' is not a device")
+    assert cli(capsys, monkeypatch, *train, "--device", "cpu")[0] == 0

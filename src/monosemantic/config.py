@@ -523,10 +523,30 @@ STAGES: dict[str, type] = {
 
 
 def resolve_device(device: str) -> str:
+    """The device a stage runs on: ``auto`` picks cuda where torch sees a GPU, else cpu; an
+    explicit one is checked here, so that a typo or a GPU this torch cannot use is a one-line
+    error instead of a traceback from the first tensor moved there.
+
+    Raises:
+        UserError: not a device torch knows, or a CUDA device with no usable GPU.
+    """
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(
+                f"--device {device}: this torch sees no CUDA GPU (a CPU-only build or no driver): "
+                "use --device cpu or auto"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"--device {device}: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     return device
 
 
