@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--l1-coeff", type=float, default=1.0)
     args = ap.parse_args()
     store = ActivationStore(Path(args.run_dir))
