@@ -197,3 +197,21 @@ def test_scaling_refuses_options_of_another_architecture_and_trains_with_the_oth
     cfg = ScalingConfig(arch="topk", k=8)
     assert for_arch(TrainConfig, cfg.arch, l1_coeff=cfg.l1_coeff, k=cfg.k) == {"k": 8}
     assert for_arch(TrainConfig, "relu", l1_coeff=2.0, k=8) == {"l1_coeff": 2.0}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_refused_number_names_the_flag_the_user_typed(command: str) -> None:
+    """Every numeric option that refuses a bad value says so with its own flag: TrainConfig's batch
+    size said --batch-size where the option is --train-batch-size, EvalConfig's said batch_size."""
+    cls = COMMANDS[command]
+    checked = 0
+    for f in cli_fields(cls):
+        if f.type not in ("int", "float") or f.name in SKIPPED.get(command, set()):
+            continue
+        for bad in (-(10**9), 10**12):
+            try:
+                cls(**{f.name: bad})
+            except UserError as e:
+                assert flag_of(f).split("/")[0] in str(e), (f.name, str(e))
+                checked += 1
+    assert checked > 0

@@ -251,7 +251,7 @@ class TrainConfig:
         if self.enc_init_norm == 0:
             self.enc_init_norm = DEFAULT_ENC_INIT_NORM.get(self.arch, self.dec_init_norm)
         check_float("--lr", self.lr, 0.0, lo_open=True)
-        check_int("--batch-size", self.batch_size, 1)
+        check_int("--train-batch-size", self.batch_size, 1)
         check_float("--epochs", self.epochs, 0.0, 1e6, lo_open=True)
         check_float("--threshold-lr-scale", self.threshold_lr_scale, 0.0, lo_open=True)
         check_float("--l1-coeff", self.l1_coeff, 0.0)
@@ -271,16 +271,16 @@ class TrainConfig:
         check_float("--bandwidth", self.bandwidth, 0.0, lo_open=True)
         check_float("--init-threshold", self.init_threshold, 0.0, lo_open=True)
         check_int("--dead-window", self.dead_window, 0, hint=" (0 = 5% of the run)")
-        check_float("l1_warmup", self.l1_warmup, 0.0, 1.0, hi_open=True)
-        check_float("lr_decay", self.lr_decay, 0.0, 1.0)
-        check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
+        check_float("--l1-warmup", self.l1_warmup, 0.0, 1.0, hi_open=True)
+        check_float("--lr-decay", self.lr_decay, 0.0, 1.0)
+        check_float("--grad-clip", self.grad_clip, 0.0, lo_open=True)
         default = " (0 = the architecture's default)"
         check_float("--dec-init-norm", self.dec_init_norm, 0.0, 1e3, lo_open=True, hint=default)
         check_float("--enc-init-norm", self.enc_init_norm, 0.0, 1e3, lo_open=True, hint=default)
         check_seed("--seed", self.seed)
-        check_int("checkpoint_every", self.checkpoint_every, 1)
-        check_int("log_every", self.log_every, 1)
-        check_int("buffer_shards", self.buffer_shards, 1)
+        check_int("--checkpoint-every", self.checkpoint_every, 1)
+        check_int("--log-every", self.log_every, 1)
+        check_int("--buffer-shards", self.buffer_shards, 1)
 
     def _check_group_sizes(self) -> None:
         """Matryoshka's groups: given, or the steps between the sizes; every size ends a group."""
@@ -306,7 +306,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_int("--loss-sequences", self.loss_sequences, 0, hint=" (0 skips the spliced loss)")
-        check_int("batch_size", self.batch_size, 1)
+        check_int("--batch-size", self.batch_size, 1)
 
 
 @dataclass
