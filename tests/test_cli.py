@@ -301,3 +301,14 @@ def test_a_device_torch_cannot_use_is_one_line(capsys, monkeypatch, run: Path) -
         one_line_error(*cli(capsys, monkeypatch, *train, "--device", device), "this torch sees no CUDA GPU")
     one_line_error(*cli(capsys, monkeypatch, *train, "--device", "gpu0"), "'gpu0' is not a device")
     assert cli(capsys, monkeypatch, *train, "--device", "cpu")[0] == 0
+
+
+def test_harvest_settings_without_model_are_refused_by_train(capsys, monkeypatch, run: Path) -> None:
+    """train's --tokens/--layer/--corpus... set on-the-fly training (--model); on a run's store they
+    were ignored without a word (--tokens 50000 trained the whole store, --layer 3 the stored layer)."""
+    train = ["train", "--out", run, "--sizes", "16"]
+    for flag, value in (("--tokens", "5000"), ("--layer", "0"), ("--corpus", "x.txt"), ("--seq-len", "8")):
+        one_line_error(
+            *cli(capsys, monkeypatch, *train, flag, value), f"{flag} applies to on-the-fly training (--model)"
+        )
+    assert cli(capsys, monkeypatch, *train, "--device", "cpu", "--epochs", "0.5")[0] == 0

@@ -108,6 +108,14 @@ def train_cmd(
     `torchrun --nproc-per-node N -m monosemantic train ...` the ranks train data-parallel, or with
     --feature-parallel each rank holds a slice of every dictionary's features."""
     if model is None:
+        # the harvest settings of on-the-fly training would be ignored by a training from the store
+        # --device is shared with TrainConfig, --model is the command's own option
+        given = [flag for name, flag in stream.changed() if name not in ("device", "model")]
+        if given:
+            raise UserError(
+                f"{given[0]} applies to on-the-fly training (--model); without --model, train reads "
+                "the run's store: drop it (fewer of its tokens: --epochs)"
+            )
         sizes = sizes_of(cfg["sizes"], store_d_model(out))
         result = run_train(cfg.build(sizes=sizes), out, force, tracking=tracking.build())
     else:

@@ -78,6 +78,20 @@ class ConfigOptions(Generic[C]):
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
+    def changed(self) -> list[tuple[str, str]]:
+        """(field name, flag) of each option given a value other than its default (list fields
+        compared as their comma-separated text)."""
+        out = []
+        for f in cli_fields(self.cls):
+            if f.name not in self.values or f.default is dataclasses.MISSING:
+                continue
+            default = f.default
+            if isinstance(default, list | tuple):
+                default = ",".join(map(str, default))
+            if self.values[f.name] != default:
+                out.append((f.name, flag_of(f).split("/")[0]))
+        return out
+
     def build(self, **overrides: Any) -> C:
         """The validated dataclass; ``overrides`` replace values (already in their field type).
 
