@@ -25,7 +25,7 @@ PRESETS = {
         "a larger run: the first 1M tokens of the corpus (a prefix mixes every source and language, "
         "docs/data.md), BatchTopK k=64 (the best variance explained at L0 <= 64 in "
         "docs/architectures.md) at 4x/16x/64x d_model (2,304 / 9,216 / 36,864 features for the "
-        "default model); measured at about 2 h 50 min on 2 shared CPU cores (README, Full run)",
+        "default model); measured at about 48 min on 2 CPU cores (README, Full run)",
         harvest={"n_tokens": 1_000_000},
         train={"arch": "batchtopk", "k": 64, "sizes": "4x,16x,64x"},
     ),
