@@ -10,7 +10,8 @@ import pytest
 
 from monosemantic.config import HarvestConfig, TrainConfig
 from monosemantic.errors import UserError
-from monosemantic.stages.presets import PRESETS, option_defaults, resolve
+from monosemantic.options import option_defaults
+from monosemantic.stages.presets import PRESETS, resolve
 from tests.helpers import main_exit_code
 
 

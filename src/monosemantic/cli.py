@@ -193,7 +193,8 @@ def demo_cmd(
 ) -> None:
     """Every stage on the embedded default: harvest, train three sizes, evaluate, analyze the
     features, report. (`harvest`, `train` and `analyze` take more settings.)"""
-    from monosemantic.stages.presets import option_defaults, resolve
+    from monosemantic.options import option_defaults
+    from monosemantic.stages.presets import resolve
 
     harvest.values = resolve(preset, harvest.values, option_defaults(HarvestConfig), "harvest")
     train.values = resolve(preset, train.values, option_defaults(TrainConfig), "train")

@@ -25,6 +25,12 @@ def _f(default: Any, help: str, *, flag: str = "", cli: bool = True, archs: tupl
     return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "archs": archs})
 
 
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field: its ``flag`` metadata, else ``--`` + the name with
+    dashes (a boolean's pair as ``--on/--off``)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 SPARSITY_PENALTY = ("relu", "jumprelu")
 """The architectures whose loss has a sparsity penalty (λ, ramped up over l1_warmup)."""
@@ -52,7 +58,7 @@ def check_archs(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if not archs or cfg.arch in archs or _is_default(f, value):
             continue
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
         if "/" in flag:  # a boolean's --on/--off pair: the one that gives this value
             flag = flag.split("/")[0 if value else 1]
         raise UserError(

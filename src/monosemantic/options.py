@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import typer
 
+from monosemantic.config import flag_of as flag_of  # re-exported: the CLI's name for it
 from monosemantic.errors import UserError
 
 C = TypeVar("C")
@@ -36,15 +37,18 @@ FORCE = typer.Option(
 SAE = typer.Option("", "--sae", help="dictionary, e.g. relu-2048 (default: the largest analysed one)")
 
 
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a config field: its ``flag`` metadata, else ``--`` + the name with
-    dashes."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
 def _param_name(flag: str) -> str:
     """'--l1-coeff' -> 'l1_coeff'; a boolean's '--keep-error/--drop-error' -> 'keep_error'."""
     return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def option_defaults(cls: type) -> dict[str, Any]:
+    """Each field's default as its option holds it (list fields as comma-separated text)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = ",".join(map(str, f.default)) if isinstance(f.default, tuple | list) else f.default
+    return out
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field]:
@@ -81,16 +85,12 @@ class ConfigOptions(Generic[C]):
     def changed(self) -> list[tuple[str, str]]:
         """(field name, flag) of each option given a value other than its default (list fields
         compared as their comma-separated text)."""
-        out = []
-        for f in cli_fields(self.cls):
-            if f.name not in self.values or f.default is dataclasses.MISSING:
-                continue
-            default = f.default
-            if isinstance(default, list | tuple):
-                default = ",".join(map(str, default))
-            if self.values[f.name] != default:
-                out.append((f.name, flag_of(f).split("/")[0]))
-        return out
+        defaults = option_defaults(self.cls)
+        return [
+            (f.name, flag_of(f).split("/")[0])
+            for f in cli_fields(self.cls)
+            if f.name in self.values and f.name in defaults and self.values[f.name] != defaults[f.name]
+        ]
 
     def build(self, **overrides: Any) -> C:
         """The validated dataclass; ``overrides`` replace values (already in their field type).

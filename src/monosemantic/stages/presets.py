@@ -3,7 +3,6 @@ settings the user left at their defaults, never one typed on the command line.""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,13 +45,4 @@ def resolve(name: str, given: dict[str, Any], defaults: dict[str, Any], section:
     for key, value in preset.items():
         if key not in given or given[key] == defaults.get(key):
             out[key] = value
-    return out
-
-
-def option_defaults(cls: type) -> dict[str, Any]:
-    """Each field's default as its option holds it (list fields as comma-separated text)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = ",".join(map(str, f.default)) if isinstance(f.default, tuple | list) else f.default
     return out
