@@ -81,13 +81,11 @@ def relu_step(
         sparse_below = 0.0  # the CPU's sampled CSR product has no float16 / bfloat16 kernel
     # the density from the first rows only: a misjudged step near the threshold costs about the
     # same either way, and counting all B·n entries would cost a tenth of the sparse step's saving
+    # (a comparison and a sum: count_nonzero is 6x slower)
     sample = feats[:DENSITY_SAMPLE_ROWS]
-    if (
-        sparse_below > 0 and int((sample > 0).sum()) < sparse_below * sample.numel()
-    ):  # count_nonzero: 6x slower
-        f = _to_csr(feats)
-        recon, penalty = _SparseReluStep.apply(f, x, W_enc, b_enc, W_dec, b_dec)
-        rows = torch.repeat_interleave(torch.arange(f.shape[0], device=x.device), f.crow_indices().diff())
+    if sparse_below > 0 and int((sample > 0).sum()) < sparse_below * sample.numel():
+        f, rows = _to_csr(feats)
+        recon, penalty = _SparseReluStep.apply(f, rows, x, W_enc, b_enc, W_dec, b_dec)
         return ReluStep(pre, feats, recon, penalty, Active(rows, f.col_indices().long(), f.values()))
     recon, penalty = _ReluStep.apply(feats, x, W_enc, b_enc, W_dec, b_dec)
     return ReluStep(pre, feats, recon, penalty)
@@ -130,20 +128,21 @@ class _ReluStep(torch.autograd.Function):
         return None, None, grad_w_enc, grad_b_enc, grad_w_dec, grad_recon.sum(0)
 
 
-def _to_csr(feats: Tensor) -> Tensor:
+def _to_csr(feats: Tensor) -> tuple[Tensor, Tensor]:
     """The nonzero entries of feats (B, n) as a CSR matrix, with 32-bit indices where they fit
-    (MKL's sampled product and the sort of the transpose are faster on them); 15% faster than
-    ``Tensor.to_sparse_csr`` on this CPU, which also warns that CSR support is in beta (these
-    products are tested here)."""
+    (MKL's sampled product and the sort of the transpose are faster on them), and the (M,) int64
+    row of each entry; 15% faster than ``Tensor.to_sparse_csr`` on this CPU, which also warns that
+    CSR support is in beta (these products are tested here)."""
     batch, n = feats.shape
     flat = feats.reshape(-1)
     at = flat.nonzero().squeeze(1)  # (M,) row-major positions
-    counts = torch.bincount(at // n, minlength=batch)
+    rows = at // n
+    counts = torch.bincount(rows, minlength=batch)
     crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     cols = at % n
     if flat.numel() < 2**31:
         crow, cols = crow.int(), cols.int()
-    return _csr(crow, cols, flat.index_select(0, at), (batch, n))
+    return _csr(crow, cols, flat.index_select(0, at), (batch, n)), rows
 
 
 def _csr(crow: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -161,9 +160,16 @@ class _SparseReluStep(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, f: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor
+        ctx: Any,
+        f: Tensor,
+        rows: Tensor,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        # f: the (B, n) activations as CSR (``_to_csr``), M nonzeros, all > 0
+        # f: the (B, n) activations as CSR and rows the (M,) row of each of its entries (``_to_csr``)
         table = W_dec.detach().T.contiguous()  # (n, d): the layout every sparse product reads
         norms = torch.linalg.vector_norm(table, dim=1)  # (n,)
         cols, values = f.col_indices(), f.values()
@@ -171,23 +177,22 @@ class _SparseReluStep(torch.autograd.Function):
         recon = F.embedding_bag(cols, table, f.crow_indices()[:-1], per_sample_weights=values, mode="sum")
         recon += b_dec.detach()
         penalty = (values @ norms.index_select(0, cols)) / f.shape[0]
-        ctx.save_for_backward(f, x, table, norms)
+        ctx.save_for_backward(f, rows, x, table, norms)
         return recon, penalty
 
     @staticmethod
     def backward(ctx: Any, grad_recon: Tensor, grad_penalty: Tensor) -> tuple[Tensor | None, ...]:
-        f, x, table, norms = ctx.saved_tensors
-        (batch, n), crow, cols, values = f.shape, f.crow_indices(), f.col_indices(), f.values()
+        f, rows, x, table, norms = ctx.saved_tensors
+        (batch, n), cols, values = f.shape, f.col_indices(), f.values()
         scale = grad_penalty / batch
         # dL/df at the nonzeros (ReLU's derivative is 1 there, 0 elsewhere): (g W_dec)_bi + scale·‖W_dec,i‖
         grad_f = torch.sparse.sampled_addmm(f, grad_recon, table.T, beta=0.0)
         grad_values = grad_f.values().add_(norms.index_select(0, cols) * scale)
         # the (n, B) transpose's pattern: the entries in column order (a stable sort keeps rows ascending)
         perm = torch.argsort(cols, stable=True)
-        rows = torch.repeat_interleave(torch.arange(batch, device=cols.device, dtype=cols.dtype), crow.diff())
         counts = torch.bincount(cols, minlength=n)
         crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(cols.dtype)
-        rows_t = rows.index_select(0, perm)
+        rows_t = rows.index_select(0, perm).to(cols.dtype)
 
         def transposed(v: Tensor) -> Tensor:
             return _csr(crow_t, rows_t, v.index_select(0, perm), (n, batch))
@@ -199,4 +204,4 @@ class _SparseReluStep(torch.autograd.Function):
         column_sums = values.new_zeros(n).index_add_(0, cols, values)
         along = torch.where(norms > 0, column_sums * scale / norms, 0.0)
         grad_w_dec_t = (transposed(values) @ grad_recon).addcmul_(table, along[:, None])
-        return None, None, grad_w_enc, grad_b_enc, grad_w_dec_t.T, grad_recon.sum(0)
+        return None, None, None, grad_w_enc, grad_b_enc, grad_w_dec_t.T, grad_recon.sum(0)
