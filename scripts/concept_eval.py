@@ -216,7 +216,34 @@ def cmd_score(args: argparse.Namespace) -> None:
                 n5 = sum(near(c.name, f) for c in ks for f in r[c.name])
                 print(f"    {kind:10s} p@1 {k1}/{len(ks)}  hits@5 {h5}/{5 * len(ks)}  "
                       f"hit in top 5 {a5}/{len(ks)}  concept or kind@5 {n5}/{5 * len(ks)}")  # fmt: skip
+        if args.by_occurrences:
+            _by_occurrences(con, args.sae, concepts, r, verdicts)
     con.close()  # closed, SQLite removes the -wal / -shm files it made
+
+
+OCCURRENCE_BINS = (0, 5, 10, 30, 100)
+"""Lower edges of the bins of `score --by-occurrences`."""
+
+
+def _by_occurrences(con, sae: str, concepts: list[Concept], r: dict[str, list[int]], verdicts: dict) -> None:  # noqa: ANN001
+    """Precision@1 by how often the concept occurs in the text the run analysed (the sequences
+    whose top contexts are read): a feature is judged on its 10 top contexts, so a concept seen
+    fewer than 5 times there cannot be a hit, and one seen a handful of times rarely has a
+    feature of its own."""
+    row = db.analysis(con, sae)
+    assert row is not None
+    texts = [t for (t,) in con.execute(
+        "SELECT f.text FROM sequences_fts f JOIN sequences s ON s.id = f.rowid WHERE s.corpus = ?",
+        (int(row["corpus"]),))]  # fmt: skip
+    counts = count_occurrences(texts, concepts)
+    edges = (*OCCURRENCE_BINS, None)
+    print(f"    by occurrences in the analysed text ({len(texts)} sequences):")
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        ks = [c for c in concepts if counts[c.name][0] >= lo and (hi is None or counts[c.name][0] < hi)]
+        firsts = [verdicts.get((c.name, r[c.name][0])) if r[c.name] else None for c in ks]
+        label = f"{lo}+" if hi is None else f"{lo}-{hi - 1}"
+        print(f"    {label:>7s}: {len(ks):3d} concepts  p@1 {firsts.count('yes')}/{len(ks)}  "
+              f"kind {firsts.count('kind')}  no {firsts.count('no')}")  # fmt: skip
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -257,6 +284,8 @@ def main() -> None:
         p.add_argument("--verdicts", type=Path)
         p.add_argument("--all", action="store_true", help="sheet: also pairs already judged")
         p.add_argument("--by-kind", action="store_true")
+        p.add_argument("--by-occurrences", action="store_true",
+                       help="score: precision@1 by occurrences in the analysed text")  # fmt: skip
         p.add_argument("--method", nargs="+", choices=METHODS, help="sheet: only these rankings")
         p.add_argument("--top", type=int, default=5, help="sheet: results per ranking")
     args = ap.parse_args()

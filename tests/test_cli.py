@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import monosemantic.activations as activations
+from monosemantic.progress import progress_bar
 from tests.helpers import (
     TRAIN,
     cli,
@@ -248,6 +249,17 @@ def test_console_script_prints_one_line_without_traceback(tmp_path) -> None:
 
 @pytest.mark.slow
 @needs_minilm
+def test_a_progress_bar_written_to_a_log_keeps_its_numbers(capsys) -> None:
+    # Off a terminal a bar prints once, when it stops; at rich's 80 columns the counts, rate and
+    # the training figures were cut to "1999…".
+    with progress_bar() as bar:
+        task = bar.add_task("train 2304/9216/36864", total=1_999_872, info="L0 64.0  FVU 0.123  dead 0.5%")
+        bar.update(task, advance=1_999_872)
+    out = capsys.readouterr().out
+    assert "1999872/1999872" in out and "tok/s" in out and "dead 0.5%" in out
+    assert len(out.splitlines()) == 1
+
+
 def test_demo_runs_every_stage(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:
     out = tmp_path / "demo"
     from monosemantic.features import label

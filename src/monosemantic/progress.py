@@ -8,6 +8,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,8 +38,17 @@ class _Rate(ProgressColumn):
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="cyan")
 
 
+LOG_WIDTH = 160
+"""Columns of a bar written to a file or pipe: it is printed once, when it stops, and rich's
+80-column default cut its counts and rate to ``1999…``."""
+
+
 def progress_bar(unit: str = "tok", disable: bool = False) -> Progress:
-    """A rich progress bar showing done/total, rate in ``unit``/s, elapsed time and ETA."""
+    """A rich progress bar showing done/total, rate in ``unit``/s, elapsed time and ETA (on a
+    terminal it redraws in place; elsewhere it prints its last state, ``LOG_WIDTH`` wide)."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, LOG_WIDTH))
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -50,6 +60,7 @@ def progress_bar(unit: str = "tok", disable: bool = False) -> Progress:
         TextColumn("{task.fields[info]}"),
         transient=False,
         disable=disable,
+        console=console,
     )
 
 
@@ -89,6 +100,4 @@ class Throughput:
 
 def status(message: str) -> AbstractContextManager[object]:
     """A spinner with ``message`` on stderr while a slow step without a known length runs."""
-    from rich.console import Console
-
     return Console(stderr=True).status(message)
