@@ -106,6 +106,12 @@ def test_train_resumes_after_ctrl_c_to_the_same_weights(capsys, monkeypatch, run
         b = load_file(str(other / "saes" / f"relu-{n}" / "sae.safetensors"))
         for k in a:
             assert torch.equal(a[k], b[k]), k
+    # a rerun of the finished run trains nothing and says so, without an empty bar first
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["monosemantic", "train", "--out", str(other), *TRAIN])
+    assert main_exit_code() == 0
+    out, err = capsys.readouterr()
+    assert "is trained" in err and "tok/s" not in out + err
 
 
 def test_bad_model_and_layer(capsys, monkeypatch, tiny_llama_dir, tiny_corpus, tmp_path) -> None:

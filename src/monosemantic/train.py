@@ -298,7 +298,9 @@ def train(
         flops_per_item=sum(train_flops_per_token(d_model, n, cfg.arch, cfg.k) for n in trained)
     )
     stats: dict[str, float] = {"l0": math.nan, "variance_explained": math.nan}
-    with progress_bar("tok", disable=not main) as bar, deferred_interrupt() as interrupted:
+    # nothing left to train (a rerun of a finished run): no bar, only the stage's "is trained" line
+    nothing_left = step >= total
+    with progress_bar("tok", disable=not main or nothing_left) as bar, deferred_interrupt() as interrupted:
         task = bar.add_task(
             "train " + "/".join(map(str, trained)),
             total=total * cfg.batch_size,
