@@ -243,7 +243,8 @@ def _by_occurrences(con, sae: str, concepts: list[Concept], r: dict[str, list[in
         firsts = [verdicts.get((c.name, r[c.name][0])) if r[c.name] else None for c in ks]
         label = f"{lo}+" if hi is None else f"{lo}-{hi - 1}"
         print(f"    {label:>7s}: {len(ks):3d} concepts  p@1 {firsts.count('yes')}/{len(ks)}  "
-              f"kind {firsts.count('kind')}  no {firsts.count('no')}")  # fmt: skip
+              f"kind {firsts.count('kind')}  no {firsts.count('no')}"
+              + (f"  not judged {firsts.count(None)}" if None in firsts else ""))  # fmt: skip
 
 
 def cmd_table(args: argparse.Namespace) -> None:
