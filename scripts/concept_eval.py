@@ -191,7 +191,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     con = db.open_db(args.run, readonly=True)
     verdicts = read_column(args.verdicts, args.sae, 3)
     concepts = load_concepts()
-    for m in METHODS:
+    for m in args.method or METHODS:
         r = ranked(con, args.sae, args.cache, m, 5)
         missing = [(c.name, f) for c in concepts for f in r[c.name] if (c.name, f) not in verdicts]
         if missing:
@@ -287,7 +287,7 @@ def main() -> None:
         p.add_argument("--by-kind", action="store_true")
         p.add_argument("--by-occurrences", action="store_true",
                        help="score: precision@1 by occurrences in the analysed text")  # fmt: skip
-        p.add_argument("--method", nargs="+", choices=METHODS, help="sheet: only these rankings")
+        p.add_argument("--method", nargs="+", choices=METHODS, help="sheet, score: only these rankings")
         p.add_argument("--top", type=int, default=5, help="sheet: results per ranking")
     args = ap.parse_args()
     commands = {"count": cmd_count, "collect": cmd_collect, "sheet": cmd_sheet, "score": cmd_score}
