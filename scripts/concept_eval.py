@@ -232,9 +232,7 @@ def _by_occurrences(con, sae: str, concepts: list[Concept], r: dict[str, list[in
     feature of its own."""
     row = db.analysis(con, sae)
     assert row is not None
-    texts = [t for (t,) in con.execute(
-        "SELECT f.text FROM sequences_fts f JOIN sequences s ON s.id = f.rowid WHERE s.corpus = ?",
-        (int(row["corpus"]),))]  # fmt: skip
+    texts = db.sequence_texts(con, int(row["corpus"]))
     counts = count_occurrences(texts, concepts)
     edges = (*OCCURRENCE_BINS, None)
     print(f"    by occurrences in the analysed text ({len(texts)} sequences):")

@@ -48,7 +48,7 @@ def progress_bar(unit: str = "tok", disable: bool = False) -> Progress:
     terminal it redraws in place; elsewhere it prints its last state, ``LOG_WIDTH`` wide)."""
     console = Console()
     if not console.is_terminal:
-        console = Console(width=max(console.width, LOG_WIDTH))
+        console.width = max(console.width, LOG_WIDTH)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

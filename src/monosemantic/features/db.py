@@ -263,6 +263,17 @@ def sequence_tokens(con: sqlite3.Connection, corpus: int, seq: int) -> np.ndarra
     return np.frombuffer(row[0], dtype=np.int32)
 
 
+def sequence_texts(con: sqlite3.Connection, corpus: int) -> list[str]:
+    """The text of every stored sequence of a corpus (what its top contexts are drawn from)."""
+    return [
+        str(r[0])
+        for r in con.execute(
+            "SELECT f.text FROM sequences_fts f JOIN sequences s ON s.id = f.rowid WHERE s.corpus = ?",
+            (corpus,),
+        )
+    ]
+
+
 def match_sequences(
     con: sqlite3.Connection, corpus: int, fts_query: str, limit: int
 ) -> list[tuple[int, str]]:
